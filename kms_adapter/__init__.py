@@ -1,0 +1,42 @@
+"""The KMS port, its SOAP adapter, error mapping, an in-memory fake and the KMS simulator (DESIGN.md §4).
+
+- :mod:`.port`: ``KmsPort`` (Protocol), ``KmsOutcome``, ``ClientState``, ``QUERY_SECTIONS``
+- :mod:`.errors`: ``KmsError`` and its retryable/terminal subclasses
+- :mod:`.soap_client`: ``SoapKmsClient`` (zeep async client on httpx)
+- :mod:`.fake`: ``InMemoryKms`` for unit tests
+- :mod:`.simulator`: the HTTP KMS simulator (``kmsbridge simulator``)
+
+``SoapKmsClient`` is imported lazily so that importing the port does not load zeep.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from .errors import KmsAuthError, KmsError, KmsRejected, KmsUnavailable
+from .fake import InMemoryKms
+from .port import QUERY_SECTIONS, ClientState, KmsOutcome, KmsPort
+
+if TYPE_CHECKING:
+    from .soap_client import SoapKmsClient
+
+__all__ = [
+    "QUERY_SECTIONS",
+    "ClientState",
+    "InMemoryKms",
+    "KmsAuthError",
+    "KmsError",
+    "KmsOutcome",
+    "KmsPort",
+    "KmsRejected",
+    "KmsUnavailable",
+    "SoapKmsClient",
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "SoapKmsClient":
+        from .soap_client import SoapKmsClient
+
+        return SoapKmsClient
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,26 @@
+"""The ``kmsbridge`` command (DESIGN.md §8). Exit codes: 0 done, 1 rejected or failed, 2 bad input."""
+
+from __future__ import annotations
+
+import click
+
+from kmsbridge.cli_demo import demo_cmd
+from kmsbridge.cli_io import produce_cmd, tail_cmd, topics_group
+from kmsbridge.cli_run import run_cmd
+from kmsbridge.cli_simulator import simulator_group
+from kmsbridge.cli_stack import stack_group
+
+__all__ = ["main"]
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """kmsbridge: provisions an Irdeto KMS from CRM events on Kafka."""
+
+
+for command in (demo_cmd, produce_cmd, tail_cmd, topics_group, run_cmd, simulator_group, stack_group):
+    main.add_command(command)
+
+
+if __name__ == "__main__":
+    main()

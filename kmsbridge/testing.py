@@ -1,0 +1,84 @@
+"""Run the product's processes in-process (threads) for integration tests and benchmarks.
+
+Each helper builds the process exactly as ``kmsbridge run`` does (same wiring, real Kafka, real KMS
+over HTTP); only signals are replaced by an explicit ``stop()``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from consumers.translator import TransactionalTranslator
+from kmsbridge.settings import Settings
+from kmsbridge.wiring import ExecutorApp, build_executor, build_translator
+
+__all__ = ["RunningProcess", "start_executor", "start_translator"]
+
+
+@dataclass
+class RunningProcess:
+    name: str
+    thread: threading.Thread
+    stop_fn: Callable[[], None]
+    error: list[BaseException] = field(default_factory=list)
+    handle: Any = None
+
+    def stop(self, timeout: float = 30.0) -> None:
+        self.stop_fn()
+        self.thread.join(timeout)
+        if self.thread.is_alive():
+            raise TimeoutError(f"{self.name} did not stop within {timeout}s")
+        if self.error:
+            raise RuntimeError(f"{self.name} failed") from self.error[0]
+
+
+def start_translator(settings: Settings, **kwargs: Any) -> RunningProcess:
+    translator: TransactionalTranslator = build_translator(settings, **kwargs)
+    proc = RunningProcess("translator", threading.Thread(), translator.request_stop, handle=translator)
+
+    def target() -> None:
+        try:
+            translator.run()
+        except BaseException as exc:
+            proc.error.append(exc)
+
+    proc.thread = threading.Thread(target=target, name="translator", daemon=True)
+    proc.thread.start()
+    return proc
+
+
+def start_executor(settings: Settings) -> RunningProcess:
+    ready = threading.Event()
+    box: dict[str, Any] = {}
+    proc = RunningProcess("executor", threading.Thread(), lambda: None)
+
+    def target() -> None:
+        async def main() -> None:
+            app: ExecutorApp = build_executor(settings)
+            box["app"], box["loop"] = app, asyncio.get_running_loop()
+            ready.set()
+            await app.run()
+
+        try:
+            asyncio.run(main())
+        except BaseException as exc:
+            proc.error.append(exc)
+            ready.set()
+
+    proc.thread = threading.Thread(target=target, name="executor", daemon=True)
+    proc.thread.start()
+    if not ready.wait(30):
+        raise TimeoutError("executor did not start")
+    if proc.error:
+        raise RuntimeError("executor failed to start") from proc.error[0]
+
+    def stop() -> None:
+        box["loop"].call_soon_threadsafe(box["app"].executor.request_stop)
+
+    proc.stop_fn = stop
+    proc.handle = box["app"]
+    return proc

@@ -1,0 +1,192 @@
+"""Composition root: builds each process from :class:`Settings` with the real adapters."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+from dataclasses import dataclass
+from datetime import timedelta
+
+from sqlalchemy import create_engine
+from sqlalchemy.engine import Engine
+
+from consumers.breaker import Breaker
+from consumers.command_runner import CommandRunner
+from consumers.executor import Executor, ExecutorConfig
+from consumers.health import HealthServer, HealthState
+from consumers.kafka_clients import consumer_config, make_consumer, make_producer, producer_config
+from consumers.ledger import LEDGER_METADATA, Ledger
+from consumers.translation import DeviceDirectory, HandlerContext, build_handlers
+from consumers.translator import TransactionalTranslator, TranslatorConfig
+from kms_adapter.soap_client import SoapKmsClient
+from kmsbridge.settings import Settings, SettingsError
+from provisioning.provider import ProviderConfig, ProviderConfigError, load_provider
+from provisioning.text import TextLimits
+from schemas.codec import Codec
+
+__all__ = [
+    "ExecutorApp",
+    "build_codec",
+    "build_executor",
+    "build_translator",
+    "engine_for",
+    "load_provider_or_exit",
+    "run_executor",
+    "run_translator",
+]
+
+log = logging.getLogger(__name__)
+
+
+def build_codec(settings: Settings) -> Codec:
+    return Codec(registry_url=settings.schema_registry_url)
+
+
+def engine_for(settings: Settings) -> Engine:
+    url = settings.database_url
+    if url.startswith("sqlite:///"):
+        path = url.removeprefix("sqlite:///")
+        if path and path != ":memory:":
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    engine = create_engine(url, pool_pre_ping=True)
+    if url.startswith("sqlite"):
+        from sqlalchemy import event
+
+        @event.listens_for(engine, "connect")
+        def _pragmas(dbapi_conn: object, _record: object) -> None:
+            cur = dbapi_conn.cursor()  # type: ignore[attr-defined]
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.execute("PRAGMA busy_timeout=10000")
+            cur.close()
+
+    return engine
+
+
+def migrate(engine: Engine) -> None:
+    """Bring the database schema up to date (idempotent)."""
+    LEDGER_METADATA.create_all(engine)
+
+
+def load_provider_or_exit(settings: Settings) -> ProviderConfig:
+    try:
+        return load_provider(settings.provider_file)
+    except ProviderConfigError as exc:
+        raise SettingsError(f"KMSBRIDGE_PROVIDER_FILE ({settings.provider_file}): {exc}") from exc
+
+
+def text_limits(settings: Settings) -> TextLimits:
+    t = settings.text_limits
+    return TextLimits(ansi_max_chars=t.ansi_max_chars, unicode_max_chars=t.unicode_max_chars,
+                      raw_max_bytes=t.raw_max_bytes)
+
+
+def _health(settings: Settings) -> tuple[HealthState, HealthServer | None]:
+    state = HealthState(settings.health_ttl_seconds)
+    server = HealthServer(state, port=settings.metrics_port).start() if settings.metrics_port else None
+    return state, server
+
+
+def _instance(settings: Settings, process: str) -> str:
+    return settings.instance_id(process) or f"{socket.gethostname()}-{os.getpid()}-{process}"
+
+
+def build_translator(settings: Settings, *, only: list[str] | None = None,
+                     directory: DeviceDirectory | None = None, group_suffix: str = "",
+                     health: HealthState | None = None) -> TransactionalTranslator:
+    provider = load_provider_or_exit(settings)
+    kafka = settings.kafka_config()
+    names = only or ["subscriptions", "communications", "requests"]
+    inputs = {settings.topic(n): n for n in names}
+    group = settings.group_id("translator") + group_suffix
+    consumer = make_consumer(consumer_config(kafka, group, instance_id=settings.instance_id("translator"),
+                                             transactional_input=True))
+    producer = make_producer(producer_config(kafka, transactional_id=f"{group}-{_instance(settings, 'tx')}"))
+    ctx = HandlerContext(provider=provider, limits=text_limits(settings), directory=directory)
+    return TransactionalTranslator(
+        consumer, producer, build_codec(settings), build_handlers(ctx),
+        TranslatorConfig(inputs=inputs, commands_topic=settings.topic("commands"),
+                         results_topic=settings.topic("results"), dlq_suffix=settings.topics.dlq_suffix,
+                         max_message_bytes=settings.max_message_bytes,
+                         max_future_skew=timedelta(seconds=settings.max_future_skew_seconds)),
+        health=health,
+    )
+
+
+def run_translator(settings: Settings, *, until_end: bool = False, only: list[str] | None = None,
+                   group_suffix: str = "") -> None:
+    health, server = _health(settings)
+    translator = build_translator(settings, only=only, group_suffix=group_suffix, health=health)
+    signal.signal(signal.SIGTERM, lambda *_: translator.request_stop())
+    signal.signal(signal.SIGINT, lambda *_: translator.request_stop())
+    log.info("translator started inputs=%s", only or "all")
+    try:
+        translator.run(until_end=until_end)
+    finally:
+        if server:
+            server.stop()
+
+
+@dataclass
+class ExecutorApp:
+    executor: Executor
+    breaker: Breaker
+    kms: SoapKmsClient
+
+    async def run(self) -> None:
+        try:
+            await self.executor.run()
+        finally:
+            await self.breaker.aclose()
+            await self.kms.aclose()
+
+
+def build_executor(settings: Settings, health: HealthState | None = None) -> ExecutorApp:
+    """Must be called inside the event loop that will run it (the breaker binds to it)."""
+    provider = load_provider_or_exit(settings)
+    kafka = settings.kafka_config()
+    engine = engine_for(settings)
+    migrate(engine)
+    kms = SoapKmsClient(settings.kms.endpoint, provider.operator_tag, settings.kms.resolved_token(),
+                        timeout=settings.kms.timeout_seconds, verify=settings.kms.verify(),
+                        max_connections=settings.kms.max_connections)
+    ex_cfg = settings.executor
+    executor_ref: list[Executor] = []
+    breaker = Breaker(kms.ping, threshold=ex_cfg.breaker_failure_threshold,
+                      probe_seconds=ex_cfg.breaker_probe_seconds,
+                      on_change=lambda is_open: executor_ref[0].set_breaker_open(is_open))
+    runner = CommandRunner(kms, Ledger(engine), breaker, attempt_budget=ex_cfg.attempt_budget,
+                           retry_initial=ex_cfg.retry_initial_seconds, retry_max=ex_cfg.retry_max_seconds)
+    group = settings.group_id("executor")
+    consumer = make_consumer(consumer_config(kafka, group, instance_id=settings.instance_id("executor")))
+    producer = make_producer(producer_config(kafka))
+    commands = settings.topic("commands")
+    executor = Executor(consumer, producer, build_codec(settings), runner,
+                        ExecutorConfig(commands_topic=commands, results_topic=settings.topic("results"),
+                                       dlq_topic=settings.dlq(commands), max_inflight=ex_cfg.max_inflight,
+                                       max_buffered=ex_cfg.max_buffered,
+                                       grace_seconds=settings.shutdown_grace_seconds),
+                        health=health)
+    executor_ref.append(executor)
+    return ExecutorApp(executor, breaker, kms)
+
+
+def run_executor(settings: Settings) -> None:
+    asyncio.run(_executor_main(settings))
+
+
+async def _executor_main(settings: Settings) -> None:
+    health, server = _health(settings)
+    app = build_executor(settings, health)
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, app.executor.request_stop)
+    loop.add_signal_handler(signal.SIGINT, app.executor.request_stop)
+    log.info("executor started kms=%s", settings.kms.endpoint)
+    try:
+        await app.run()
+    finally:
+        if server:
+            server.stop()

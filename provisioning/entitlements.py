@@ -1,0 +1,120 @@
+"""Which KMS products each device of a subscription should hold (DESIGN.md §3 "entitled").
+
+The single source of the entitlement rule, used by planning (translator) and by the reconciler:
+
+* the subscription is ``ACTIVE``, the service is ``ACTIVE`` and the device's distributor allows it;
+* the service's period has not ended at ``at`` (``valid_until`` is exclusive; ``None`` is open);
+* a service whose period has **not started yet** is still sent, with its ``valid_from``: the KMS
+  honours the dates itself, so a termed service starts and ends on time without another event
+  (nothing in the design would emit one at that moment). Likewise every product carries its
+  ``valid_until`` so the KMS ends it. A service whose ``valid_from`` is not before its ``valid_until``
+  has an empty period and is never entitled;
+* one entry per product id, sorted by product id. When two services grant the same product, the
+  entry covers both periods (earliest start, latest end; ``None`` wins as "unbounded"). Disjoint
+  periods are therefore joined; that over-grants only in the gap, which is rare and the safer side
+  for the customer (a single entry per product is what ``overwriteEntitlements`` expects).
+
+``at`` is a parameter, never read from a clock: planning passes the event's ``occurred_at`` so a
+replay is byte-identical, the reconciler passes the time of its run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol
+
+from provisioning.errors import InvalidSubscription, PlanningError
+from provisioning.provider import ProviderConfig
+from provisioning.validation import sorted_devices, validate_subscription
+from schemas.records import Product, Service, ServiceState, SubscriptionEvent, SubscriptionState
+
+__all__ = ["DesiredClient", "SubscriptionLike", "desired_state", "entitled_products", "service_is_current"]
+
+
+class SubscriptionLike(Protocol):
+    """What the entitlement rule reads: a ``SubscriptionEvent`` or any record with these two fields."""
+
+    @property
+    def state(self) -> SubscriptionState: ...
+
+    @property
+    def services(self) -> Sequence[Service]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class DesiredClient:
+    """What one secure client should look like in the KMS."""
+
+    distributor: str
+    products: tuple[Product, ...]
+    chipset: str | None  # the set-top box it should be paired with, when CRM knows it
+
+
+def service_is_current(service: Service, at: datetime) -> bool:
+    """True when ``service`` is ACTIVE and its period has not ended at ``at`` (it may not have begun)."""
+    if service.state is not ServiceState.ACTIVE:
+        return False
+    if service.valid_until is None:
+        return True
+    if service.valid_from is not None and service.valid_from >= service.valid_until:
+        return False  # an empty period
+    return at < service.valid_until
+
+
+def entitled_products(
+    state: SubscriptionLike, distributor: str, provider: ProviderConfig, at: datetime
+) -> list[Product]:
+    """The products a device on ``distributor`` should hold at ``at``, deduplicated and sorted.
+
+    Raises :class:`PlanningError` for an unconfigured distributor or an unmapped service and for a
+    naive ``at``: validation rejects those inputs first, so reaching them is a caller bug.
+    """
+    if at.tzinfo is None:
+        raise PlanningError("entitlements are evaluated at a timezone-aware time")
+    rule = provider.rule(distributor)
+    if rule is None:
+        raise PlanningError(f"distributor {distributor!r} is not configured")
+    if state.state is not SubscriptionState.ACTIVE:
+        return []
+    periods: dict[str, list[Service]] = {}
+    for service in state.services:
+        if not (rule.allows(service.service_code) and service_is_current(service, at)):
+            continue
+        product_ids = provider.products.get(service.service_code)
+        if product_ids is None:
+            raise PlanningError(f"service {service.service_code!r} has no product mapping")
+        for product_id in product_ids:
+            periods.setdefault(product_id, []).append(service)
+    return [_covering(product_id, periods[product_id]) for product_id in sorted(periods)]
+
+
+def desired_state(
+    event: SubscriptionEvent, provider: ProviderConfig, at: datetime
+) -> dict[str, DesiredClient]:
+    """Secure client id → :class:`DesiredClient` for every current device, in device order.
+
+    Raises :class:`InvalidSubscription` (with its ``rejection``) when validation refuses the event.
+    """
+    rejection = validate_subscription(event, provider)
+    if rejection is not None:
+        raise InvalidSubscription(rejection)
+    return {
+        device.secure_client_id: DesiredClient(
+            distributor=device.distributor,
+            products=tuple(entitled_products(event, device.distributor, provider, at)),
+            chipset=device.stb_serial,
+        )
+        for device in sorted_devices(event.devices)
+    }
+
+
+def _covering(product_id: str, services: list[Service]) -> Product:
+    starts = [s.valid_from for s in services]
+    ends = [s.valid_until for s in services]
+    return Product(
+        product_id=product_id,
+        valid_from=None if None in starts else min(d for d in starts if d is not None),
+        valid_until=None if None in ends else max(d for d in ends if d is not None),
+    )

@@ -1,0 +1,180 @@
+"""Subscription event → KMS commands (DESIGN.md §1 feature 2, §5): the translator's whole job.
+
+:func:`plan_subscription` is pure: the same event and provider always give ``==`` commands, so a
+redelivered event is recognised downstream by its idempotency keys. Every command is absolute
+(overwrite, clear, pair, unpair, set PIN), which is what lets duplicates and replays converge.
+
+Rules, in order:
+
+1. **Validate** (:func:`~provisioning.validation.validate_subscription`); a violation rejects the
+   whole event and nothing is planned.
+2. **Removed devices** (``removed_devices``, by distributor then card): CLEAR_ENTITLEMENTS, then
+   UNPAIR from the removed box (only when its ``stb_serial`` is known: nothing else was paired).
+3. **Current devices** (by distributor then card): a *new* device gets PAIR (when ``stb_serial`` is
+   given; chipset = ``stb_serial``) and SET_PIN with the provider's default PIN; then every device
+   gets SYNC_ENTITLEMENTS with exactly its entitled products at ``occurred_at`` when the
+   subscription is ACTIVE (so RESUMED restores), else CLEAR_ENTITLEMENTS (SUSPENDED, CANCELLED).
+
+A device is **new** when the event is ACTIVATED, or it is in ``added_devices``, or the event is
+DEVICES_CHANGED and a removed device had the same distributor (a swap), or its card is itself in
+``removed_devices`` (taken off and put back, e.g. a new box for the same card: step 2 has just
+unpaired it, so it must be paired again).
+
+Removal commands carry the key discriminator ``removed`` so they never share a key with the same
+card's commands in step 3.
+
+:func:`plan_reset` is the same rule for a reconcile run: absolute commands for the current state,
+keyed by the run id (the event's own keys are already COMPLETED in the executor's ledger, and a
+reset must reach the KMS).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from datetime import datetime
+
+from provisioning.commands import CommandFactory
+from provisioning.entitlements import DesiredClient, desired_state
+from provisioning.keys import KeySource
+from provisioning.plan import Plan
+from provisioning.provider import ProviderConfig
+from provisioning.validation import sorted_devices, validate_subscription
+from schemas.records import (
+    Device,
+    EventType,
+    KmsCommand,
+    Operation,
+    Source,
+    SubscriptionEvent,
+    SubscriptionState,
+)
+
+__all__ = ["REMOVED", "Plan", "new_devices", "plan_reset", "plan_subscription"]
+
+#: Key discriminator of the commands sent to a removed device.
+REMOVED = "removed"
+
+
+def plan_subscription(
+    event: SubscriptionEvent,
+    provider: ProviderConfig,
+    process_name: str = "translator",
+    topic: str | None = None,
+) -> Plan:
+    """The commands that bring the KMS in line with ``event`` (see the module docstring)."""
+    rejection = validate_subscription(event, provider)
+    if rejection is not None:
+        return Plan.reject(rejection)
+    make = CommandFactory(
+        key_source=KeySource.EVENT,
+        source_id=event.event_id,
+        source=Source(process_name=process_name, topic=topic, event_id=event.event_id),
+        created_at=event.occurred_at,
+        subscription_id=event.subscription_id,
+        subscription_version=event.version,
+    )
+    desired = desired_state(event, provider, at=event.occurred_at)
+    fresh = new_devices(event)
+    commands: list[KmsCommand] = []
+    for removed in sorted_devices(event.removed_devices):
+        commands.extend(_removal(make, removed))
+    for device in sorted_devices(event.devices):
+        if device.secure_client_id in fresh:
+            commands.extend(_installation(make, device, provider))
+        commands.append(_entitlements(make, device, desired[device.secure_client_id], event.state))
+    return Plan(tuple(commands))
+
+
+def plan_reset(
+    event: SubscriptionEvent,
+    provider: ProviderConfig,
+    *,
+    run_id: str,
+    at: datetime,
+    process_name: str = "reconciler",
+    topic: str | None = None,
+    secure_client_ids: Collection[str] | None = None,
+    pair: Collection[str] = (),
+) -> Plan:
+    """Re-synchronisation of a subscription's current state by a reconcile run (DESIGN.md §1, 3-4).
+
+    ``event`` is the latest state the projector stored. Each current device (or only those in
+    ``secure_client_ids``) gets SYNC_ENTITLEMENTS evaluated at ``at`` (CLEAR_ENTITLEMENTS when the
+    subscription is not ACTIVE); cards in ``pair`` whose box is known are PAIRed first. The PIN is
+    never reset: a household may have changed it. Keys are ``run:<run_id>:...``; ``created_at`` is
+    ``at``.
+    """
+    rejection = validate_subscription(event, provider)
+    if rejection is not None:
+        return Plan.reject(rejection)
+    make = CommandFactory(
+        key_source=KeySource.RUN,
+        source_id=run_id,
+        source=Source(process_name=process_name, topic=topic, run_id=run_id),
+        created_at=at,
+        subscription_id=event.subscription_id,
+        subscription_version=event.version,
+    )
+    desired = desired_state(event, provider, at=at)
+    commands: list[KmsCommand] = []
+    for device in sorted_devices(event.devices):
+        if secure_client_ids is not None and device.secure_client_id not in secure_client_ids:
+            continue
+        if device.secure_client_id in pair and device.stb_serial:
+            commands.append(_pair(make, device))
+        commands.append(_entitlements(make, device, desired[device.secure_client_id], event.state))
+    return Plan(tuple(commands))
+
+
+def new_devices(event: SubscriptionEvent) -> frozenset[str]:
+    """Secure client ids of the current devices that must be paired and given the default PIN."""
+    if event.event_type is EventType.ACTIVATED:
+        return frozenset(d.secure_client_id for d in event.devices)
+    added = {d.secure_client_id for d in event.added_devices}
+    readded = {d.secure_client_id for d in event.removed_devices}
+    swapped_distributors = (
+        {d.distributor for d in event.removed_devices}
+        if event.event_type is EventType.DEVICES_CHANGED
+        else set()
+    )
+    return frozenset(
+        d.secure_client_id
+        for d in event.devices
+        if d.secure_client_id in added | readded or d.distributor in swapped_distributors
+    )
+
+
+def _removal(make: CommandFactory, device: Device) -> list[KmsCommand]:
+    commands = [
+        make(Operation.CLEAR_ENTITLEMENTS, device.secure_client_id,
+             distributor=device.distributor, discriminator=REMOVED)
+    ]
+    if device.stb_serial:
+        commands.append(
+            make(Operation.UNPAIR, device.secure_client_id, distributor=device.distributor,
+                 chipset=device.stb_serial, discriminator=REMOVED)
+        )
+    return commands
+
+
+def _installation(make: CommandFactory, device: Device, provider: ProviderConfig) -> list[KmsCommand]:
+    commands = [_pair(make, device)] if device.stb_serial else []
+    commands.append(
+        make(Operation.SET_PIN, device.secure_client_id, distributor=device.distributor,
+             pin=provider.default_pin)
+    )
+    return commands
+
+
+def _pair(make: CommandFactory, device: Device) -> KmsCommand:
+    return make(Operation.PAIR, device.secure_client_id, distributor=device.distributor,
+                chipset=device.stb_serial)
+
+
+def _entitlements(
+    make: CommandFactory, device: Device, wanted: DesiredClient, state: SubscriptionState
+) -> KmsCommand:
+    if state is SubscriptionState.ACTIVE:
+        return make(Operation.SYNC_ENTITLEMENTS, device.secure_client_id,
+                    distributor=device.distributor, products=wanted.products)
+    return make(Operation.CLEAR_ENTITLEMENTS, device.secure_client_id, distributor=device.distributor)

@@ -1,0 +1,137 @@
+"""The rules a subscription must satisfy before anything is planned for it (DESIGN.md §1, §5).
+
+:func:`validate_subscription` is the single gate: planning calls it first and rejects the whole event
+on the first violation (nothing is planned), and :func:`~provisioning.entitlements.desired_state`
+refuses a subscription it rejects, so the translator and the reconciler can never disagree about
+what is valid.
+
+Checks, in this order (the first violation is the answer; devices are visited sorted by distributor
+then secure client so the answer does not depend on the order CRM listed them):
+
+1. ``UNKNOWN_DISTRIBUTOR``: a device's distributor is not configured in the provider file;
+2. ``TOO_MANY_VIEWING_POINTS``: more devices than ``max_viewing_points``;
+3. ``DUPLICATE_SECURE_CLIENT``: one card listed twice;
+4. ``DUPLICATE_DISTRIBUTOR``: two devices on one distributor;
+5. ``REQUIRED_DISTRIBUTOR_MISSING``: e.g. a TWIN1 without a MAIN;
+6. ``INCONSISTENT_DEVICES``: ``added_devices`` names a card that is not among ``devices``, or
+   ``removed_devices`` lists one card twice;
+7. ``UNMAPPED_SERVICE``: a service, ACTIVE or not, with no KMS product mapping (a configuration gap
+   is reported, not silently ignored).
+
+Only current ``devices`` are checked for topology; ``removed_devices`` need no distributor rule to
+be cleared and unpaired.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Sequence
+
+from provisioning.errors import (
+    DUPLICATE_DISTRIBUTOR,
+    DUPLICATE_SECURE_CLIENT,
+    INCONSISTENT_DEVICES,
+    REQUIRED_DISTRIBUTOR_MISSING,
+    TOO_MANY_VIEWING_POINTS,
+    UNKNOWN_DISTRIBUTOR,
+    UNMAPPED_SERVICE,
+    Rejection,
+)
+from provisioning.provider import ProviderConfig
+from schemas.records import Device, SubscriptionEvent
+
+__all__ = ["device_order", "sorted_devices", "validate_subscription"]
+
+
+def device_order(device: Device) -> tuple[str, str]:
+    """The deterministic order of devices everywhere in planning: distributor, then secure client."""
+    return (device.distributor, device.secure_client_id)
+
+
+def sorted_devices(devices: Iterable[Device]) -> list[Device]:
+    return sorted(devices, key=device_order)
+
+
+def validate_subscription(event: SubscriptionEvent, provider: ProviderConfig) -> Rejection | None:
+    """``None`` when the subscription may be planned, else the first violated rule."""
+    devices = sorted_devices(event.devices)
+    return (
+        _unknown_distributor(devices, provider)
+        or _too_many_viewing_points(devices, provider)
+        or _duplicates(devices)
+        or _required_distributor_missing(devices, provider)
+        or _inconsistent_added(event, devices)
+        or _unmapped_service(event, provider)
+    )
+
+
+def _unknown_distributor(devices: Sequence[Device], provider: ProviderConfig) -> Rejection | None:
+    for device in devices:
+        if provider.rule(device.distributor) is None:
+            return Rejection(
+                UNKNOWN_DISTRIBUTOR,
+                f"device {device.secure_client_id} uses distributor {device.distributor!r}, "
+                f"which the provider does not configure",
+            )
+    return None
+
+
+def _too_many_viewing_points(devices: Sequence[Device], provider: ProviderConfig) -> Rejection | None:
+    if len(devices) > provider.max_viewing_points:
+        return Rejection(
+            TOO_MANY_VIEWING_POINTS,
+            f"{len(devices)} devices, at most {provider.max_viewing_points} viewing points allowed",
+        )
+    return None
+
+
+def _duplicates(devices: Sequence[Device]) -> Rejection | None:
+    cards = Counter(d.secure_client_id for d in devices)
+    for device in devices:
+        if cards[device.secure_client_id] > 1:
+            return Rejection(
+                DUPLICATE_SECURE_CLIENT, f"secure client {device.secure_client_id} is listed twice"
+            )
+    distributors = Counter(d.distributor for d in devices)
+    for device in devices:
+        if distributors[device.distributor] > 1:
+            sharing = ", ".join(d.secure_client_id for d in devices if d.distributor == device.distributor)
+            return Rejection(
+                DUPLICATE_DISTRIBUTOR, f"distributor {device.distributor} is used by {sharing}"
+            )
+    return None
+
+
+def _required_distributor_missing(devices: Sequence[Device], provider: ProviderConfig) -> Rejection | None:
+    in_use = {d.distributor for d in devices}
+    for device in devices:
+        rule = provider.rule(device.distributor)
+        if rule is not None and rule.requires is not None and rule.requires not in in_use:
+            return Rejection(
+                REQUIRED_DISTRIBUTOR_MISSING,
+                f"distributor {device.distributor} (device {device.secure_client_id}) requires "
+                f"{rule.requires}, which no device of the subscription uses",
+            )
+    return None
+
+
+def _inconsistent_added(event: SubscriptionEvent, devices: Sequence[Device]) -> Rejection | None:
+    current = {d.secure_client_id for d in devices}
+    for added in sorted_devices(event.added_devices):
+        if added.secure_client_id not in current:
+            return Rejection(
+                INCONSISTENT_DEVICES,
+                f"added device {added.secure_client_id} is not among the subscription's devices",
+            )
+    removed = Counter(d.secure_client_id for d in event.removed_devices)
+    for card in sorted(removed):
+        if removed[card] > 1:
+            return Rejection(INCONSISTENT_DEVICES, f"removed device {card} is listed twice")
+    return None
+
+
+def _unmapped_service(event: SubscriptionEvent, provider: ProviderConfig) -> Rejection | None:
+    for code in sorted({s.service_code for s in event.services}):
+        if code not in provider.products:
+            return Rejection(UNMAPPED_SERVICE, f"service {code!r} has no KMS product mapping")
+    return None

@@ -1,0 +1,217 @@
+"""Consumer lag against a real broker: the numbers ``kmsbridge lag`` and the lag gauges show.
+
+Offsets are committed by a real consumer group (``Consumer.commit``), so the lag is what Kafka's group
+coordinator holds, exactly as ``kafka-consumer-groups --describe`` would report it.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
+from prometheus_client import REGISTRY
+
+from consumers.lag import LagMonitor, PartitionLag, compute_lag, existing_groups
+from kmsbridge.cli_lag import lag_cmd
+
+pytestmark = pytest.mark.integration
+
+MakeTopics = Callable[..., list[str]]
+DEADLINE_S = 30.0
+
+
+def _group() -> str:
+    return f"test-lag-{uuid.uuid4().hex[:12]}"
+
+
+def _produce(config: dict[str, str], topic: str, per_partition: dict[int, int],
+             *, timestamp_ms: int | None = None) -> None:
+    producer = Producer({**config, "enable.idempotence": "true", "acks": "all"})
+    failures: list[KafkaError] = []
+
+    def on_delivery(err: KafkaError | None, _msg: Message) -> None:
+        if err is not None:
+            failures.append(err)
+
+    for partition, count in per_partition.items():
+        for i in range(count):
+            producer.produce(topic, key=f"k{i}".encode(), value=b"v", partition=partition,
+                             timestamp=timestamp_ms or 0, on_delivery=on_delivery)
+    assert producer.flush(DEADLINE_S) == 0
+    assert not failures, failures
+
+
+def _commit(config: dict[str, str], group: str, offsets: dict[tuple[str, int], int]) -> None:
+    """Commit ``offsets`` for ``group`` synchronously, as a consumer of that group would."""
+    consumer = Consumer({**config, "group.id": group, "enable.auto.commit": "false"})
+    try:
+        consumer.commit(offsets=[TopicPartition(t, p, o) for (t, p), o in offsets.items()], asynchronous=False)
+    finally:
+        consumer.close()
+
+
+def _by_partition(rows: list[PartitionLag]) -> dict[int, PartitionLag]:
+    return {row.partition: row for row in rows}
+
+
+def test_lag_is_end_minus_committed_per_partition_and_zero_after_committing_all(
+    kafka_config: dict[str, str], fresh_topics: MakeTopics
+) -> None:
+    (topic,) = fresh_topics(partitions=3)
+    produced = {0: 10, 1: 7, 2: 4}
+    committed = {0: 3, 1: 7, 2: 0}
+    # producer timestamps 5 s in the past: the time lag must show at least that much
+    old_ms = int((time.time() - 5) * 1000)
+    _produce(kafka_config, topic, produced, timestamp_ms=old_ms)
+    group = _group()
+    _commit(kafka_config, group, {(topic, p): k for p, k in committed.items() if k > 0})
+
+    rows = _by_partition(compute_lag(kafka_config, group, [topic]))
+    assert set(rows) == {0, 1, 2}
+    for partition, n in produced.items():
+        row = rows[partition]
+        assert row.group == group and row.topic == topic
+        assert row.high_watermark == n
+        assert row.committed == committed[partition]
+        assert row.lag == n - committed[partition]
+        assert row.lag_seconds is not None and row.lag_seconds >= 0
+    assert (rows[0].lag_seconds or 0) >= 4.0
+    assert rows[1].lag_seconds == 0.0
+
+    # default topics: those the group committed on, with every partition of them
+    assert {r.partition for r in compute_lag(kafka_config, group)} == {0, 1, 2}
+
+    _commit(kafka_config, group, {(topic, p): n for p, n in produced.items()})
+    after = compute_lag(kafka_config, group, [topic])
+    assert [(r.partition, r.lag, r.lag_seconds) for r in sorted(after, key=lambda r: r.partition)] == [
+        (0, 0, 0.0), (1, 0, 0.0), (2, 0, 0.0)
+    ]
+
+
+def test_lag_after_transactional_input_is_zero_once_everything_is_consumed(
+    kafka_config: dict[str, str], fresh_topics: MakeTopics
+) -> None:
+    """A transaction's commit marker takes an offset; a read_committed consumer that consumed every
+    record must still show lag 0 (or the stall alert would fire forever on kms.commands)."""
+    (topic,) = fresh_topics(partitions=1)
+    producer = Producer({**kafka_config, "transactional.id": f"lag-test-{uuid.uuid4().hex[:8]}"})
+    producer.init_transactions(DEADLINE_S)
+    producer.begin_transaction()
+    for i in range(5):
+        producer.produce(topic, key=b"k", value=str(i).encode(), partition=0)
+    producer.commit_transaction(DEADLINE_S)
+
+    group = _group()
+    consumer = Consumer({**kafka_config, "group.id": group, "enable.auto.commit": "false",
+                         "isolation.level": "read_committed", "auto.offset.reset": "earliest",
+                         "enable.partition.eof": "true"})
+    consumer.assign([TopicPartition(topic, 0, 0)])
+    seen = 0
+    deadline = time.monotonic() + DEADLINE_S
+    try:
+        while time.monotonic() < deadline:
+            msg = consumer.poll(0.5)
+            if msg is None:
+                continue
+            err = msg.error()
+            if err is not None and err.code() == KafkaError._PARTITION_EOF:
+                break
+            assert err is None, err
+            seen += 1
+        assert seen == 5
+        consumer.commit(asynchronous=False)  # the consumer's position, as the loops commit
+    finally:
+        consumer.close()
+    (row,) = compute_lag(kafka_config, group, [topic])
+    assert row.high_watermark == 6  # five records and the commit marker
+    # librdkafka's position moves past the marker, so the committed offset is the high watermark
+    assert (row.committed, row.lag) == (6, 0)
+    # a group committed just before the marker has lag 1 but nothing readable left: no time lag
+    marker_group = _group()
+    _commit(kafka_config, marker_group, {(topic, 0): 5})
+    (at_marker,) = compute_lag(kafka_config, marker_group, [topic], timeout=DEADLINE_S)
+    assert (at_marker.lag, at_marker.lag_seconds) == (1, 0.0)
+    assert row.lag_seconds == 0.0
+
+
+def test_group_without_commits_counts_from_the_low_watermark(
+    kafka_config: dict[str, str], fresh_topics: MakeTopics
+) -> None:
+    (topic,) = fresh_topics(partitions=2)
+    _produce(kafka_config, topic, {0: 2, 1: 3})
+    rows = _by_partition(compute_lag(kafka_config, _group(), [topic]))
+    assert {p: (r.committed, r.lag) for p, r in rows.items()} == {0: (0, 2), 1: (0, 3)}
+    # an unknown group with no topics named has nothing to show
+    assert compute_lag(kafka_config, _group()) == []
+
+
+def test_lag_monitor_sets_the_gauges_from_its_own_clients(
+    kafka_config: dict[str, str], fresh_topics: MakeTopics
+) -> None:
+    (topic,) = fresh_topics(partitions=2)
+    _produce(kafka_config, topic, {0: 6, 1: 2})
+    group = _group()
+    _commit(kafka_config, group, {(topic, 0): 1})
+    process = f"proc-{uuid.uuid4().hex[:6]}"
+    monitor = LagMonitor(kafka_config, process, group, [topic], interval=0.2, timeout=10).start()
+
+    def sample(name: str, partition: int) -> float | None:
+        return REGISTRY.get_sample_value(name, {"process": process, "topic": topic, "partition": str(partition)})
+
+    try:
+        deadline = time.monotonic() + DEADLINE_S
+        while time.monotonic() < deadline and sample("kmsbridge_consumer_lag", 1) is None:
+            time.sleep(0.05)
+        assert sample("kmsbridge_consumer_lag", 0) == 5
+        assert sample("kmsbridge_consumer_lag", 1) == 2
+        assert (sample("kmsbridge_consumer_lag_seconds", 0) or -1) >= 0
+        # committing everything brings the gauges to 0 within a few rounds
+        _commit(kafka_config, group, {(topic, 0): 6, (topic, 1): 2})
+        while time.monotonic() < deadline and (sample("kmsbridge_consumer_lag", 0), sample(
+                "kmsbridge_consumer_lag", 1)) != (0, 0):
+            time.sleep(0.05)
+        assert sample("kmsbridge_consumer_lag", 0) == 0 and sample("kmsbridge_consumer_lag", 1) == 0
+        assert sample("kmsbridge_consumer_lag_seconds", 0) == 0
+    finally:
+        monitor.stop()
+    assert monitor.rounds >= 2
+    # the monitor's reader never created a consumer group of its own
+    assert existing_groups(kafka_config, [group, f"{group}-lag-reader"]) == [group]
+
+
+def test_lag_cli_prints_a_table_and_json_lines(
+    kafka_config: dict[str, str], fresh_topics: MakeTopics, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    (topic,) = fresh_topics(partitions=2)
+    _produce(kafka_config, topic, {0: 4, 1: 1})
+    group = _group()
+    _commit(kafka_config, group, {(topic, 0): 1, (topic, 1): 1})
+    for key, value in kafka_config.items():
+        monkeypatch.setenv("KMSBRIDGE_KAFKA__" + key.upper().replace(".", "_"), value)
+    monkeypatch.setenv("KMSBRIDGE_STACK_DIR", str(tmp_path))  # no local stack defaults leak in
+    runner = CliRunner()
+
+    result = runner.invoke(lag_cmd, ["--group", group, "--json"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [(r["group"], r["topic"], r["partition"], r["committed"], r["high_watermark"], r["lag"])
+            for r in rows] == [(group, topic, 0, 1, 4, 3), (group, topic, 1, 1, 1, 0)]
+    assert rows[1]["lag_seconds"] == 0.0 and rows[0]["lag_seconds"] >= 0
+
+    table = runner.invoke(lag_cmd, ["--group", group], catch_exceptions=False)
+    assert table.exit_code == 0, table.output
+    header, *lines = table.stdout.splitlines()
+    assert header.split() == ["GROUP", "TOPIC", "PARTITION", "COMMITTED", "END", "LAG", "LAG-SECONDS"]
+    assert [line.split()[:6] for line in lines] == [
+        [group, topic, "0", "1", "4", "3"], [group, topic, "1", "1", "1", "0"]
+    ]
+
+    missing = runner.invoke(lag_cmd, ["--group", _group()], catch_exceptions=False)
+    assert missing.exit_code == 0
+    assert "no committed offsets" in missing.stderr
