@@ -106,7 +106,8 @@ class CommandRunner:
             except KmsError as exc:
                 KMS_REQUESTS.labels(op, "transient").inc()
                 KMS_REQUEST_SECONDS.labels(op).observe(time.monotonic() - t0)
-                history.append(f"{datetime.now(UTC).isoformat(timespec='milliseconds')} {exc.kind}")
+                kind = getattr(exc, "kind", type(exc).__name__)
+                history.append(f"{datetime.now(UTC).isoformat(timespec='milliseconds')} {kind}")
                 if not exc.retryable:
                     return self._transport_reject(cmd, started, history, dead_letter=True)
                 was_open = self._breaker.is_open

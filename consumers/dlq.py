@@ -26,8 +26,8 @@ def safe_reason(text: str) -> str:
 
 
 def dlq_headers(msg: Message, error: BaseException, *, reason: str | None = None,
-                extra: Sequence[tuple[str, str]] = ()) -> list[tuple[str, bytes]]:
-    headers = [
+                extra: Sequence[tuple[str, str]] = ()) -> list[tuple[str, str | bytes | None]]:
+    headers: list[tuple[str, str | bytes | None]] = [
         ("kmsbridge.original.topic", (msg.topic() or "").encode()),
         ("kmsbridge.original.partition", str(msg.partition()).encode()),
         ("kmsbridge.original.offset", str(msg.offset()).encode()),

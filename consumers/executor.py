@@ -24,6 +24,7 @@ after; paused, the loop still polls, so the member stays in the group.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -130,7 +131,10 @@ class Executor:
         try:  # step 3
             cmd = self._codec.decode(msg.value(), KmsCommand)
         except PoisonMessage as exc:
-            self._dead_letter(msg, exc, on_done=lambda: self._tracker.finished(topic, partition, offset))
+            def finish() -> None:
+                self._tracker.finished(topic, partition, offset)
+
+            self._dead_letter(msg, exc, on_done=finish)
             MESSAGES_PROCESSED.labels(PROCESS, topic, "dlq").inc()
             return
         # step 4: chain behind the same secure client
@@ -140,7 +144,7 @@ class Executor:
         self._tails[key] = task
         self._tasks.add(task)
         COMMANDS_INFLIGHT.set(len(self._tasks))
-        task.add_done_callback(lambda t, k=key: self._task_done(t, k))
+        task.add_done_callback(functools.partial(self._task_done, key=key))
 
     def _task_done(self, task: asyncio.Task[None], key: str) -> None:
         self._tasks.discard(task)
@@ -183,7 +187,7 @@ class Executor:
         self._produce(self._cfg.dlq_topic, msg.key(), msg.value(), dlq_headers(msg, exc), on_done)
 
     def _produce(self, topic: str, key: bytes | str | None, value: bytes | None,
-                 headers: list[tuple[str, bytes]] | None, on_done: object) -> None:
+                 headers: list[tuple[str, str | bytes | None]] | None, on_done: object) -> None:
         def delivered(err: KafkaError | None, _msg: Message) -> None:
             if err is not None:
                 log.error("delivery to %s failed (%s); producing again", topic, err)

@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from typing import Protocol
 
 from provisioning.errors import Rejection
-from provisioning.keys import idempotency_key
+from provisioning.keys import KeySource, rejection_key
 from provisioning.planning import plan_subscription
 from provisioning.provider import ProviderConfig
 from provisioning.requests import Skip, plan_communication, plan_request
@@ -59,12 +59,12 @@ class HandlerContext:
     extra: dict[str, object] = field(default_factory=dict)
 
 
-def _rejected(rejection: Rejection, *, source_kind: str, source_id: str, operation: str,
+def _rejected(rejection: Rejection, *, source_kind: KeySource, source_id: str, operation: str,
               secure_client_id: str | None = None, subscription_id: str | None = None,
               event_id: str | None = None, request_id: str | None = None,
               communication_id: str | None = None) -> KmsResult:
     return KmsResult(
-        idempotency_key=idempotency_key(source_kind, source_id, secure_client_id or "-", "REJECTED"),
+        idempotency_key=rejection_key(source_kind, source_id),
         operation=operation,
         secure_client_id=secure_client_id,
         subscription_id=subscription_id,
@@ -81,7 +81,7 @@ def _rejected(rejection: Rejection, *, source_kind: str, source_id: str, operati
 def translate_subscription(event: SubscriptionEvent, ctx: HandlerContext, topic: str) -> Translation:
     plan = plan_subscription(event, ctx.provider, process_name=PROCESS, topic=topic)
     if plan.rejection is not None:
-        result = _rejected(plan.rejection, source_kind="event", source_id=event.event_id,
+        result = _rejected(plan.rejection, source_kind=KeySource.EVENT, source_id=event.event_id,
                            operation="SUBSCRIPTION_EVENT", subscription_id=event.subscription_id,
                            event_id=event.event_id)
         return Translation(results=[result], outcome="rejected")
@@ -92,11 +92,11 @@ def translate_communication(comm: CommunicationEvent, ctx: HandlerContext, topic
     devices = None
     if comm.subscription_id and ctx.directory is not None:
         devices = ctx.directory.devices_of(comm.subscription_id)
-    plan = plan_communication(comm, ctx.provider, ctx.limits, devices)
+    plan = plan_communication(comm, ctx.provider, ctx.limits, devices, topic=topic)
     if isinstance(plan, Skip):
         return Translation(outcome="skipped", skip_reason=plan.reason)
     if plan.rejection is not None:
-        result = _rejected(plan.rejection, source_kind="communication", source_id=comm.communication_id,
+        result = _rejected(plan.rejection, source_kind=KeySource.COMMUNICATION, source_id=comm.communication_id,
                            operation=f"SEND_{comm.kind.value}", secure_client_id=comm.secure_client_id,
                            subscription_id=comm.subscription_id, communication_id=comm.communication_id)
         return Translation(results=[result], outcome="rejected")
@@ -107,9 +107,9 @@ def translate_request(req: ServiceRequest, ctx: HandlerContext, topic: str) -> T
     devices = None
     if req.subscription_id and ctx.directory is not None:
         devices = ctx.directory.devices_of(req.subscription_id)
-    plan = plan_request(req, ctx.provider, ctx.limits, devices=devices)
+    plan = plan_request(req, ctx.provider, ctx.limits, devices=devices, topic=topic)
     if plan.rejection is not None:
-        result = _rejected(plan.rejection, source_kind="request", source_id=req.request_id,
+        result = _rejected(plan.rejection, source_kind=KeySource.REQUEST, source_id=req.request_id,
                            operation=req.type.value, secure_client_id=req.secure_client_id,
                            subscription_id=req.subscription_id, request_id=req.request_id)
         return Translation(results=[result], outcome="rejected")

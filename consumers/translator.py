@@ -33,7 +33,7 @@ from consumers.health import HealthState
 from consumers.metrics import DLQ_MESSAGES, MESSAGES_CONSUMED, MESSAGES_PROCESSED, PROCESSING_SECONDS
 from consumers.translation import Translation
 from schemas.codec import Codec
-from schemas.errors import PoisonMessage
+from schemas.errors import PoisonMessage, SchemaRegistryUnavailable
 from schemas.records import KmsResult
 
 __all__ = ["Oversized", "TooFarInFuture", "TransactionalTranslator", "TranslatorConfig"]
@@ -46,14 +46,12 @@ Handler = Callable[[object, str], Translation]
 
 class Oversized(PoisonMessage):
     def __init__(self, size: int, limit: int) -> None:
-        super().__init__(f"message of {size} bytes exceeds the limit of {limit} bytes")
-        self.reason = "oversized"
+        super().__init__("oversized", f"message of {size} bytes exceeds the limit of {limit} bytes")
 
 
 class TooFarInFuture(PoisonMessage):
     def __init__(self, field: str, value: datetime, limit: timedelta) -> None:
-        super().__init__(f"{field} {value.isoformat()} lies more than {limit} in the future")
-        self.reason = "future_timestamp"
+        super().__init__("future_timestamp", f"{field} {value.isoformat()} lies more than {limit} in the future")
 
 
 @dataclass(frozen=True)
@@ -124,6 +122,13 @@ class TransactionalTranslator:
         except KafkaException as exc:
             self._recover(exc)
             return
+        except SchemaRegistryUnavailable as exc:
+            # not the message's fault: abort, rewind and try the batch again after a pause
+            log.warning("schema registry unavailable (%s); retrying the batch", exc)
+            self._abort_quietly()
+            self._rewind()
+            self._stop.wait(1.0)
+            return
         self.batches_committed += 1
         elapsed = (time.monotonic() - t0) / len(msgs)
         for msg, outcome in zip(msgs, outcomes, strict=True):
@@ -142,7 +147,7 @@ class TransactionalTranslator:
         try:
             if len(value) > self._cfg.max_message_bytes:
                 raise Oversized(len(value), self._cfg.max_message_bytes)
-            record = self._codec.decode(value, record_type)
+            record: object = self._codec.decode(value, record_type)
             self._check_future(record)
             translation = handler(record, topic)
         except PoisonMessage as exc:
@@ -170,7 +175,7 @@ class TransactionalTranslator:
                 raise TooFarInFuture(field, value, limit)
 
     def _produce(self, topic: str, key: bytes | None, value: bytes,
-                 headers: list[tuple[str, bytes]] | None = None) -> None:
+                 headers: list[tuple[str, str | bytes | None]] | None = None) -> None:
         while True:
             try:
                 self._producer.produce(topic, value=value, key=key, headers=headers)
@@ -183,13 +188,16 @@ class TransactionalTranslator:
         if isinstance(err, KafkaError) and err.fatal():
             raise FatalKafkaError(f"fatal producer error: {err}") from exc
         log.warning("transaction failed (%s); aborting and rewinding", err)
+        self._abort_quietly()
+        self._rewind()
+
+    def _abort_quietly(self) -> None:
         try:
             self._producer.abort_transaction(self._cfg.transaction_timeout_seconds)
         except KafkaException as abort_exc:
             abort_err = abort_exc.args[0] if abort_exc.args else None
             if isinstance(abort_err, KafkaError) and abort_err.fatal():
                 raise FatalKafkaError(f"fatal producer error on abort: {abort_err}") from abort_exc
-        self._rewind()
 
     def _rewind(self) -> None:
         parts = [TopicPartition(t, p) for t, p in self._assigned]

@@ -6,6 +6,7 @@ import json
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import click
 from confluent_kafka import Consumer, KafkaError, Producer
@@ -54,6 +55,7 @@ def produce_cmd(kind: str, file_: Path) -> None:
     """Validate every line of FILE, then encode and produce them all (nothing is sent if any line is bad)."""
     settings = cli_settings()
     logical, model = KINDS[kind]
+    records: list[Any]
     try:
         records = parse_jsonl(file_.read_text().splitlines(), model)
     except JsonLinesError as exc:
@@ -97,7 +99,9 @@ def _describe(msg: object, codec: Codec, as_json: bool) -> str:
         record = codec.decode_any(msg.value())
         return to_json(record) if as_json else f"{type(record).__name__} {to_json(record)}"
     except PoisonMessage as exc:
-        headers = {k: (v or b"").decode(errors="replace") for k, v in (msg.headers() or [])}
+        got = msg.headers() or []
+        raw_headers: list[tuple[str, Any]] = list(got.items()) if isinstance(got, dict) else list(got)
+        headers = {k: v.decode(errors="replace") if isinstance(v, bytes) else str(v) for k, v in raw_headers}
         return json.dumps({"topic": msg.topic(), "partition": msg.partition(), "offset": msg.offset(),
                            "key": (msg.key() or b"").decode(errors="replace"), "undecodable": exc.reason,
                            "headers": headers})

@@ -210,6 +210,17 @@ def free_port(host: str = _LOOPBACK) -> int:
         return int(sock.getsockname()[1])
 
 
+def _port_free(port: int, host: str = _LOOPBACK) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        # As the JVM does: a port whose old connections linger in TIME_WAIT is still usable.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
 def _new_cluster_id() -> str:
     # Kafka's Uuid.toString(): URL-safe base64 of the 16 bytes, no padding (22 characters).
     return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode("ascii").rstrip("=")
@@ -324,7 +335,8 @@ def _port_answers(host: str, port: int) -> bool:
 def _metadata_ok(bootstrap: str) -> bool:
     from confluent_kafka.admin import AdminClient  # function-level: keeps this module stdlib-importable
 
-    admin = AdminClient({"bootstrap.servers": bootstrap, "socket.timeout.ms": "2000"})
+    # log_level 0: a broker that is still starting makes librdkafka log timeouts; they are expected here.
+    admin = AdminClient({"bootstrap.servers": bootstrap, "socket.timeout.ms": "2000", "log_level": "0"})
     try:
         metadata = admin.list_topics(timeout=2)
     except Exception:  # KafkaException while the broker is still starting: keep polling
@@ -373,10 +385,11 @@ def start_broker(
         raise BrokerError(f"{data_dir} already holds a formatted broker; use an empty data dir")
     log_file = Path(log_file).resolve() if log_file is not None else data_dir / "broker.log"
     log_file.parent.mkdir(parents=True, exist_ok=True)
+    # 1. ports (a taken client port is reported here: the broker's own message would be in its log only)
+    if port is not None and not _port_free(port):
+        raise BrokerError(f"port {port} on {_LOOPBACK} is in use; pick another or omit it for a free one")
     libs = ensure_jars()
     java = _java()
-
-    # 1. ports
     ports = BrokerPorts(
         plaintext=port if port is not None else free_port(),
         controller=free_port(),

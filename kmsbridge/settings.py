@@ -114,7 +114,7 @@ class ExecutorSettings(BaseModel):
 
 class TextLimitSettings(BaseModel):
     ansi_max_chars: int = Field(default=1024, ge=1)
-    unicode_max_chars: int = Field(default=512, ge=1)
+    unicode_max_units: int = Field(default=512, ge=1, description="UTF-16 code units")
     raw_max_bytes: int = Field(default=1024, ge=1)
 
 

@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -134,7 +135,8 @@ def process_env(state: StackState, base: dict[str, str] | None = None) -> dict[s
     return env
 
 
-def up(*, provider_file: Path, processes: tuple[str, ...] | None = None, log=print) -> StackState:
+def up(*, provider_file: Path, processes: tuple[str, ...] | None = None,
+       log: Callable[[str], object] = print) -> StackState:
     folder = stack_dir()
     logs = folder / "logs"
     logs.mkdir(parents=True, exist_ok=True)
@@ -235,7 +237,7 @@ def _terminate(pid: int, timeout: float) -> None:
         os.kill(pid, signal.SIGKILL)
 
 
-def down(log=print) -> None:
+def down(log: Callable[[str], object] = print) -> None:
     folder = stack_dir()
     state = load_state(folder)
     if state is None:

@@ -80,7 +80,7 @@ def load_provider_or_exit(settings: Settings) -> ProviderConfig:
 
 def text_limits(settings: Settings) -> TextLimits:
     t = settings.text_limits
-    return TextLimits(ansi_max_chars=t.ansi_max_chars, unicode_max_chars=t.unicode_max_chars,
+    return TextLimits(ansi_max_chars=t.ansi_max_chars, unicode_max_units=t.unicode_max_units,
                       raw_max_bytes=t.raw_max_bytes)
 
 

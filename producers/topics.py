@@ -45,9 +45,7 @@ def create_topics(
         return []
     admin = _admin(kafka_config)
     new_topics = [
-        NewTopic(
-            name, num_partitions=partitions, replication_factor=replication, config=dict(topic_config or {})
-        )
+        NewTopic(name, num_partitions=partitions, replication_factor=replication, config=dict(topic_config or {}))
         for name in dict.fromkeys(names)
     ]
     try:
@@ -98,9 +96,7 @@ def wait_for_topics(
             if not pending:
                 return
             if time.monotonic() > deadline:
-                raise TopicAdminError(
-                    f"topics {pending} not ready (exist with a leader) after {timeout:.0f}s"
-                )
+                raise TopicAdminError(f"topics {pending} not ready (exist with a leader) after {timeout:.0f}s")
         time.sleep(poll_interval)
 
 

@@ -7,7 +7,7 @@ KMS state.
 
 from provisioning.entitlements import DesiredClient, desired_state, entitled_products
 from provisioning.errors import ERROR_CODES, InvalidSubscription, PlanningError, Rejection
-from provisioning.keys import KeySource, idempotency_key
+from provisioning.keys import KeySource, idempotency_key, rejection_key
 from provisioning.pin import validate_pin
 from provisioning.plan import Plan, Skip
 from provisioning.planning import plan_reset, plan_subscription
@@ -44,6 +44,7 @@ __all__ = [
     "plan_reset",
     "plan_subscription",
     "provider_from_mapping",
+    "rejection_key",
     "validate_pin",
     "validate_subscription",
     "validate_text",

@@ -25,7 +25,7 @@ from typing import Final
 
 from schemas.records import Operation
 
-__all__ = ["MAX_KEY_LENGTH", "MAX_LITERAL", "KeySource", "idempotency_key"]
+__all__ = ["MAX_KEY_LENGTH", "MAX_LITERAL", "KeySource", "idempotency_key", "rejection_key"]
 
 
 class KeySource(StrEnum):
@@ -67,6 +67,15 @@ def idempotency_key(
     if discriminator is not None:
         parts.append(_part(discriminator, "discriminator"))
     return ":".join(parts)
+
+
+def rejection_key(source: KeySource, source_id: str) -> str:
+    """The key of the REJECTED ``KmsResult`` of a whole input (``ev:<event_id>:REJECTED``).
+
+    Three parts where a command key has four or five, so it never equals one; deterministic, so a
+    redelivered rejected event yields the same result key.
+    """
+    return ":".join([source.value, _part(source_id, "source_id"), "REJECTED"])
 
 
 def _part(value: str, name: str) -> str:

@@ -80,11 +80,9 @@ def validate_text(mode: TextMode, text: str, limits: TextLimits | None = None) -
 def _representable(mode: TextMode, text: str) -> Rejection | None:
     if mode is TextMode.RAW:
         if _HEX_PAIRS.fullmatch(text) is None:
-            return Rejection(
-                INVALID_RAW_TEXT,
-                f"RAW text must be an even-length hexadecimal string (got {len(text)} characters"
-                f"{', not all hex digits' if re.search(r'[^0-9A-Fa-f]', text) else ''})",
-            )
+            bad = re.search(r"[^0-9A-Fa-f]", text)
+            reason = f"non-hex character at position {bad.start()}" if bad else f"odd length {len(text)}"
+            return Rejection(INVALID_RAW_TEXT, f"RAW text must be an even-length hexadecimal string ({reason})")
         return None
     if mode is TextMode.ANSI:
         try:

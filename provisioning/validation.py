@@ -16,7 +16,9 @@ then secure client so the answer does not depend on the order CRM listed them):
 6. ``INCONSISTENT_DEVICES``: ``added_devices`` names a card that is not among ``devices``, or
    ``removed_devices`` lists one card twice;
 7. ``UNMAPPED_SERVICE``: a service, ACTIVE or not, with no KMS product mapping (a configuration gap
-   is reported, not silently ignored).
+   is reported, not silently ignored). Checked only while the subscription is ACTIVE: a suspension
+   or cancellation clears every box whatever the product map says, so a customer who stopped paying
+   stops watching even when the configuration has a gap.
 
 Only current ``devices`` are checked for topology; ``removed_devices`` need no distributor rule to
 be cleared and unpaired.
@@ -38,7 +40,7 @@ from provisioning.errors import (
     Rejection,
 )
 from provisioning.provider import ProviderConfig
-from schemas.records import Device, SubscriptionEvent
+from schemas.records import Device, SubscriptionEvent, SubscriptionState
 
 __all__ = ["device_order", "sorted_devices", "validate_subscription"]
 
@@ -61,7 +63,7 @@ def validate_subscription(event: SubscriptionEvent, provider: ProviderConfig) ->
         or _duplicates(devices)
         or _required_distributor_missing(devices, provider)
         or _inconsistent_added(event, devices)
-        or _unmapped_service(event, provider)
+        or (_unmapped_service(event, provider) if event.state is SubscriptionState.ACTIVE else None)
     )
 
 

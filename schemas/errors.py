@@ -42,6 +42,8 @@ PoisonReason = Literal[
     "incompatible_schema",
     "corrupt",
     "invalid_record",
+    "oversized",
+    "future_timestamp",
 ]
 
 

@@ -162,7 +162,7 @@ def test_seeded_state_is_what_the_reconciler_reads() -> None:
     assert (state.paired_chipset, state.pin_set) == ("STB-1", True)
 
 
-def test_latency_is_awaited_so_calls_overlap() -> None:
+def test_latency_is_awaited_on_every_call() -> None:
     kms = InMemoryKms(latency=0.05)
 
     async def many() -> None:

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from kmsbridge.local_broker import (
+    BrokerError,
     BrokerHandle,
     BrokerPorts,
     _new_cluster_id,
@@ -19,6 +20,7 @@ from kmsbridge.local_broker import (
     free_port,
     render_properties,
     repo_root,
+    start_broker,
     stop_broker,
 )
 
@@ -120,3 +122,12 @@ def test_stopping_a_process_that_is_gone_is_not_an_error() -> None:
     proc = subprocess.Popen([sys.executable, "-c", "pass"])
     proc.wait()
     stop_broker(proc.pid, timeout=1)
+
+
+def test_starting_on_a_port_in_use_fails_with_a_message_naming_the_port(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(BrokerError, match=f"port {port} .* in use"):
+            start_broker(tmp_path, port=port)

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from provisioning import errors
+from provisioning.keys import MAX_KEY_LENGTH, KeySource, idempotency_key, rejection_key
 from provisioning.planning import plan_reset, plan_subscription
 from provisioning.provider import load_provider, provider_from_mapping
 from schemas.records import (
@@ -127,6 +128,15 @@ def test_distributor_the_provider_does_not_configure_is_rejected() -> None:
 @pytest.mark.parametrize("state", ["ACTIVE", "INACTIVE"])
 def test_service_without_product_mapping_is_rejected(state: str) -> None:
     assert rejection_code(services=[svc("BASIC"), svc("KARAOKE", state)]) == errors.UNMAPPED_SERVICE
+
+
+@pytest.mark.parametrize("sub_state", ["SUSPENDED", "CANCELLED"])
+def test_suspension_with_an_unmapped_service_still_clears_every_box(sub_state: str) -> None:
+    plan = plan_subscription(event(state=sub_state, services=[svc("BASIC"), svc("KARAOKE")]), PROVIDER)
+
+    assert plan.rejection is None
+    assert plan.commands and all(c.operation.value == "CLEAR_ENTITLEMENTS" for c in plan.commands
+                                 if c.secure_client_id == MAIN.secure_client_id)
 
 
 def test_added_device_missing_from_devices_is_rejected() -> None:
@@ -361,6 +371,36 @@ def test_another_event_gets_other_keys() -> None:
     second = plan_subscription(event(event_id="E-2"), PROVIDER)
 
     assert first.commands[0].idempotency_key != second.commands[0].idempotency_key
+
+
+# --- keys and error codes ----------------------------------------------------------------------------
+
+
+def test_long_or_separator_bearing_ids_are_hashed_into_a_bounded_key() -> None:
+    key = idempotency_key(KeySource.REQUEST, "x" * 500, "card:1", Operation.SET_PIN)
+
+    assert key.startswith("req:~") and key.endswith(":SET_PIN")
+    assert len(key) <= MAX_KEY_LENGTH
+    assert key.count(":") == 3
+
+
+def test_empty_key_part_is_a_caller_error() -> None:
+    with pytest.raises(ValueError, match="secure_client_id"):
+        idempotency_key(KeySource.EVENT, "E-1", "", Operation.PAIR)
+
+
+def test_rejection_key_is_stable_and_never_a_command_key() -> None:
+    assert rejection_key(KeySource.EVENT, "E-1") == "ev:E-1:REJECTED"
+    assert rejection_key(KeySource.EVENT, "E-1") != idempotency_key(KeySource.EVENT, "E-1", "REJECTED", OP.PAIR)
+
+
+def test_every_error_code_constant_is_in_the_catalogue_with_a_meaning() -> None:
+    constants = {v for k, v in vars(errors).items() if k.isupper() and isinstance(v, str)}
+
+    assert constants == set(errors.ERROR_CODES)
+    assert all(meaning for meaning in errors.ERROR_CODES.values())
+    with pytest.raises(ValueError, match="unknown rejection code"):
+        errors.Rejection("NOT_A_CODE", "made up")
 
 
 # --- reset runs (reconciler) -------------------------------------------------------------------------

@@ -92,7 +92,7 @@ def test_provider_config_is_immutable() -> None:
     provider = provider_from_mapping(MINIMAL)
 
     with pytest.raises(ValidationError):
-        provider.operator_tag = "OTHER"  # type: ignore[misc]
+        provider.operator_tag = "OTHER"
 
 
 # --- distributor rules -------------------------------------------------------------------------------

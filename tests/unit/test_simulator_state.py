@@ -196,7 +196,7 @@ def test_fault_clear_comes_first_then_the_given_fields_apply() -> None:
 
 
 def test_unknown_fault_field_is_refused_by_name() -> None:
-    with pytest.raises(FaultError, match="latency\\b"):
+    with pytest.raises(FaultError, match=r"unknown fault field: latency\b"):
         Faults().update({"latency": 5})
 
 

@@ -1,0 +1,42 @@
+"""Integration fixtures for the KMS: the real simulator over real HTTP on a loopback port.
+
+- ``kms_simulator``: a simulator (lenient clients) shared by the session, emptied and cleared of faults
+  before each test. It is a :class:`kms_adapter.simulator.testing.SimulatorHandle`: ``url``,
+  ``endpoint``, ``token``, ``soap_client(...)``, ``state()``, ``set_state(...)``, ``audit()``,
+  ``set_faults(...)``, ``clear_faults()``, ``reset()``.
+- ``strict_kms_simulator``: the same with ``strict_clients`` on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from kms_adapter.simulator.testing import SimulatorHandle, running_simulator
+
+
+@pytest.fixture(scope="session")
+def _kms_simulator_server() -> Iterator[SimulatorHandle]:
+    with running_simulator() as handle:
+        yield handle
+
+
+@pytest.fixture(scope="session")
+def _strict_kms_simulator_server() -> Iterator[SimulatorHandle]:
+    with running_simulator(strict_clients=True) as handle:
+        yield handle
+
+
+@pytest.fixture
+def kms_simulator(_kms_simulator_server: SimulatorHandle) -> Iterator[SimulatorHandle]:
+    _kms_simulator_server.reset()
+    yield _kms_simulator_server
+    _kms_simulator_server.reset()
+
+
+@pytest.fixture
+def strict_kms_simulator(_strict_kms_simulator_server: SimulatorHandle) -> Iterator[SimulatorHandle]:
+    _strict_kms_simulator_server.reset()
+    yield _strict_kms_simulator_server
+    _strict_kms_simulator_server.reset()
