@@ -17,15 +17,20 @@ import consumers.metrics as product_metrics
 
 __all__ = ["PROMQL_FUNCTIONS", "exported_series_names", "metric_names"]
 
-PROMQL_FUNCTIONS = frozenset(
-    """abs absent absent_over_time avg avg_over_time bottomk ceil changes clamp clamp_max clamp_min count
-    count_over_time count_values day_of_month day_of_week day_of_year days_in_month delta deriv exp floor group
-    histogram_quantile holt_winters hour idelta increase irate label_join label_replace last_over_time ln log10
-    log2 max max_over_time min min_over_time minute month predict_linear present_over_time quantile
-    quantile_over_time rate resets round scalar sgn sort sort_desc sqrt stddev stddev_over_time stdvar
-    stdvar_over_time sum sum_over_time time timestamp topk vector year""".split()
-)
-_KEYWORDS = frozenset("and or unless offset bool by without on ignoring group_left group_right inf nan".split())
+PROMQL_FUNCTIONS = frozenset({
+    "abs", "absent", "absent_over_time", "avg", "avg_over_time", "bottomk", "ceil", "changes", "clamp",
+    "clamp_max", "clamp_min", "count", "count_over_time", "count_values", "day_of_month", "day_of_week",
+    "day_of_year", "days_in_month", "delta", "deriv", "exp", "floor", "group", "histogram_quantile",
+    "holt_winters", "hour", "idelta", "increase", "irate", "label_join", "label_replace", "last_over_time", "ln",
+    "log10", "log2", "max", "max_over_time", "min", "min_over_time", "minute", "month", "predict_linear",
+    "present_over_time", "quantile", "quantile_over_time", "rate", "resets", "round", "scalar", "sgn", "sort",
+    "sort_desc", "sqrt", "stddev", "stddev_over_time", "stdvar", "stdvar_over_time", "sum", "sum_over_time",
+    "time", "timestamp", "topk", "vector", "year",
+})
+_KEYWORDS = frozenset({
+    "and", "or", "unless", "offset", "bool", "by", "without", "on", "ignoring", "group_left", "group_right", "inf",
+    "nan",
+})
 
 _STRINGS = re.compile(r'"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\'|`[^`]*`')
 _MATCHERS = re.compile(r"\{[^{}]*\}")
@@ -46,11 +51,12 @@ def metric_names(expr: str) -> set[str]:
         name = match.group("id")
         if name is None:
             continue
-        rest = text[match.end():].lstrip()
-        if rest.startswith("("):
+        if name in _KEYWORDS:
+            continue
+        if text[match.end():].lstrip().startswith("("):
             if name not in PROMQL_FUNCTIONS:
                 raise ValueError(f"unknown PromQL function {name!r} in {expr!r}")
-        elif name not in _KEYWORDS:
+        else:
             names.add(name)
     return names
 
