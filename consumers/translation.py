@@ -22,6 +22,7 @@ from schemas.records import (
     Device,
     KmsCommand,
     KmsResult,
+    ReconcileRequest,
     RequestType,
     ResultState,
     ServiceRequest,
@@ -45,7 +46,8 @@ class Translation:
     results: Sequence[KmsResult] = ()
     outcome: str = "ok"  # ok, rejected, skipped
     skip_reason: str | None = None
-    reconcile_subscription: str | None = None  # RESET_SUBSCRIPTION hands over to the reconciler
+    # RESET_SUBSCRIPTION hands over to the reconciler: published to reconcile.requests in the same transaction
+    reconcile: Sequence[ReconcileRequest] = ()
 
 
 Translator = Callable[[bytes | None], Translation]
@@ -114,7 +116,9 @@ def translate_request(req: ServiceRequest, ctx: HandlerContext, topic: str) -> T
                            subscription_id=req.subscription_id, request_id=req.request_id)
         return Translation(results=[result], outcome="rejected")
     if req.type is RequestType.RESET_SUBSCRIPTION and req.subscription_id:
-        return Translation(reconcile_subscription=req.subscription_id)
+        run = ReconcileRequest(run_id=req.request_id, subscription_ids=[req.subscription_id],
+                               requested_by=req.requested_by, requested_at=req.requested_at)
+        return Translation(reconcile=[run])
     return Translation(commands=plan.commands)
 
 

@@ -59,6 +59,7 @@ class TranslatorConfig:
     inputs: dict[str, str]  # topic -> logical name of the handler
     commands_topic: str
     results_topic: str
+    reconcile_requests_topic: str = "reconcile.requests"
     dlq_suffix: str = ".dlq"
     batch_size: int = 500
     batch_seconds: float = 0.1
@@ -70,8 +71,7 @@ class TranslatorConfig:
 class TransactionalTranslator:
     def __init__(self, consumer: Consumer, producer: Producer, codec: Codec,
                  handlers: dict[str, tuple[type, Handler]], config: TranslatorConfig,
-                 health: HealthState | None = None,
-                 on_reconcile: Callable[[str, str], None] | None = None) -> None:
+                 health: HealthState | None = None) -> None:
         self._consumer = consumer
         self._producer = producer
         self._codec = codec
@@ -79,7 +79,6 @@ class TransactionalTranslator:
         self._cfg = config
         self._health = health or HealthState(ttl_seconds=30)
         self._stop = threading.Event()
-        self._on_reconcile = on_reconcile
         self._assigned: set[tuple[str, int]] = set()
         self.batches_committed = 0
 
@@ -162,8 +161,9 @@ class TransactionalTranslator:
         for result in translation.results:
             self._produce(self._cfg.results_topic, _result_key(result).encode(),
                           self._codec.encode(result, self._cfg.results_topic))
-        if translation.reconcile_subscription and self._on_reconcile is not None:
-            self._on_reconcile(translation.reconcile_subscription, (msg.key() or b"").decode(errors="replace"))
+        for run in translation.reconcile:
+            self._produce(self._cfg.reconcile_requests_topic, run.run_id.encode(),
+                          self._codec.encode(run, self._cfg.reconcile_requests_topic))
         return translation.outcome
 
     def _check_future(self, record: object) -> None:

@@ -2,28 +2,45 @@
 
 from __future__ import annotations
 
+import importlib
+from collections.abc import Callable
+from typing import Any
+
 import click
 
 from kmsbridge.cli_common import cli_settings, fail
 from kmsbridge.settings import SettingsError
 
-__all__ = ["run_cmd"]
+__all__ = ["PROCESS_RUNNERS", "resolve_runner", "run_cmd"]
 
-PROCESSES = ("translator", "executor", "projector", "reconciler", "api")
+#: process name -> (module, function) of its composition root; imported only when run.
+PROCESS_RUNNERS: dict[str, tuple[str, str]] = {
+    "translator": ("kmsbridge.wiring", "run_translator"),
+    "executor": ("kmsbridge.wiring", "run_executor"),
+    "projector": ("kmsbridge.wiring_reconciler", "run_projector"),
+    "reconciler": ("kmsbridge.wiring_reconciler", "run_reconciler"),
+    "api": ("kmsbridge.wiring_api", "run_api"),
+}
+
+
+def resolve_runner(process: str) -> Callable[..., Any] | None:
+    module_name, func = PROCESS_RUNNERS[process]
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name == module_name:
+            return None
+        raise
+    runner: Callable[..., Any] | None = getattr(module, func, None)
+    return runner
 
 
 @click.command("run")
-@click.argument("process", type=click.Choice(PROCESSES))
+@click.argument("process", type=click.Choice(sorted(PROCESS_RUNNERS)))
 def run_cmd(process: str) -> None:
     """Run one process (translator, executor, projector, reconciler, api) until SIGTERM."""
     settings = cli_settings()
-    from kmsbridge import wiring
-
-    runners = {
-        "translator": wiring.run_translator,
-        "executor": wiring.run_executor,
-    }
-    runner = runners.get(process) or getattr(wiring, f"run_{process}", None)
+    runner = resolve_runner(process)
     if runner is None:
         fail(f"process {process!r} is not available in this build")
     try:

@@ -189,7 +189,7 @@ class Pipeline:
         return out
 
     def results(self, until: Callable[[list[KmsResult]], bool], timeout: float = 30.0) -> list[KmsResult]:
-        return self.read("results", until, timeout)  # type: ignore[arg-type]
+        return self.read("results", until, timeout)
 
 
 def iter_chunks(items: list[T], size: int) -> Iterator[list[T]]:

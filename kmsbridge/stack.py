@@ -32,9 +32,9 @@ PROCESSES = ("translator", "executor", "projector", "reconciler", "api")
 
 def available_processes() -> tuple[str, ...]:
     """The processes this build can run (``kmsbridge run NAME``)."""
-    from kmsbridge import wiring
+    from kmsbridge.cli_run import resolve_runner
 
-    return tuple(p for p in PROCESSES if hasattr(wiring, f"run_{p}"))
+    return tuple(p for p in PROCESSES if resolve_runner(p) is not None)
 
 
 def stack_dir() -> Path:

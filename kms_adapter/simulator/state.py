@@ -144,8 +144,8 @@ class SimulatorState:
         self,
         *,
         strict_clients: bool = False,
-        audit_limit: int = 100_000,
-        dedup_limit: int = 1_000_000,
+        audit_limit: int = 50_000,
+        dedup_limit: int = 500_000,
         audit_sink: Callable[[dict[str, Any]], None] | None = None,
         clock: Callable[[], str] = utc_now_iso,
     ) -> None:
