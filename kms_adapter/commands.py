@@ -6,6 +6,7 @@ accept and refuse exactly the same commands.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from schemas.records import KmsCommand, Product
@@ -14,6 +15,9 @@ from .errors import KmsRejected
 from .port import MUTATING_OPERATIONS
 
 __all__ = ["GLOBAL_OPERATIONS", "CommandFields", "command_fields"]
+
+# Characters XML 1.0 cannot carry (C0 controls but tab/CR/LF, lone surrogates, U+FFFE/U+FFFF).
+_NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
 
 #: Operations addressed to every subscriber rather than one card.
 GLOBAL_OPERATIONS: frozenset[str] = frozenset({"SEND_MAIL_GLOBAL", "SEND_MESSAGE_GLOBAL"})
@@ -41,7 +45,8 @@ def command_fields(command: KmsCommand) -> CommandFields:
     """Check a mutating command has what its operation needs; raise terminal ``KmsRejected`` if not.
 
     Codes: ``UNSUPPORTED_OPERATION`` (a query passed to ``execute``), ``INVALID_COMMAND`` (a required
-    value is missing: chipset for PAIR/UNPAIR, pin for SET_PIN, message for the SEND_* operations).
+    value is missing: chipset for PAIR/UNPAIR, pin for SET_PIN, message for the SEND_* operations; or
+    a value holds characters XML cannot carry, such as NUL or other control characters).
     """
     op = command.operation.value
     if op not in MUTATING_OPERATIONS:
@@ -66,7 +71,7 @@ def command_fields(command: KmsCommand) -> CommandFields:
         if command.pin is None:
             raise missing("a pin")
         pin = command.pin.get_secret_value()
-    return CommandFields(
+    fields = CommandFields(
         operation=op,
         idempotency_key=command.idempotency_key,
         card=None if op in GLOBAL_OPERATIONS else command.secure_client_id,
@@ -76,3 +81,10 @@ def command_fields(command: KmsCommand) -> CommandFields:
         text=text,
         text_mode=text_mode,
     )
+    named = [("idempotency key", fields.idempotency_key), ("secure client id", fields.card),
+             ("chipset", fields.chipset), ("pin", fields.pin), ("message text", fields.text),
+             *(("product id", p.product_id) for p in fields.products)]
+    for name, value in named:
+        if value is not None and _NOT_XML.search(value):
+            raise KmsRejected("INVALID_COMMAND", f"the {name} holds characters XML cannot carry", operation=op)
+    return fields

@@ -3,8 +3,8 @@
 ::
 
     kmsbridge simulator [--host H] [--port P] [--token-file F] [--strict-clients] [--audit-file F]
-    kmsbridge simulator state [--url U] [--json]
-    kmsbridge simulator fault [--url U] (--outage SECONDS | --latency-ms N | --error-rate R
+    kmsbridge simulator state [--url U] [--json] [--token-file F]
+    kmsbridge simulator fault [--url U] [--token-file F] (--outage SECONDS | --latency-ms N | --error-rate R
                                          | --http-status N | --timeout SECONDS | --card-error CARD=CODE
                                          | --clear)
 
@@ -31,6 +31,11 @@ TOKEN_ENV = "KMSBRIDGE_KMS__TOKEN"
 URL_ENV = "KMSBRIDGE_SIMULATOR_URL"
 DEFAULT_PORT = 8089
 DEFAULT_URL = f"http://127.0.0.1:{DEFAULT_PORT}"
+_TOKEN_FILE_KEY = "kmsbridge.simulator.token_file"
+
+_token_file_option = click.option(
+    "--token-file", type=click.Path(dir_okay=False), help=f"File holding the bearer token (else {TOKEN_ENV})."
+)
 
 
 def _token(token_file: str | None) -> str:
@@ -80,8 +85,7 @@ def _admin(method: str, url: str | None, path: str, token: str, body: Any = None
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
 @click.option("--port", default=DEFAULT_PORT, show_default=True, type=click.IntRange(0, 65535),
               help="Port to listen on.")
-@click.option("--token-file", type=click.Path(dir_okay=False),
-              help=f"File holding the bearer token (else {TOKEN_ENV}).")
+@_token_file_option
 @click.option("--strict-clients", is_flag=True,
               help="Answer UNKNOWN_CLIENT for cards never seen, instead of creating them.")
 @click.option("--audit-file", type=click.Path(dir_okay=False),
@@ -90,8 +94,7 @@ def _admin(method: str, url: str | None, path: str, token: str, body: Any = None
 def simulator_group(ctx: click.Context, host: str, port: int, token_file: str | None,
                     strict_clients: bool, audit_file: str | None) -> None:
     """Run the KMS simulator (SOAP at /kms), or read its state and inject faults."""
-    ctx.ensure_object(dict)
-    ctx.obj["token_file"] = token_file
+    ctx.meta[_TOKEN_FILE_KEY] = token_file
     if ctx.invoked_subcommand is not None:
         return
     from kms_adapter.simulator import serve
@@ -105,10 +108,11 @@ def simulator_group(ctx: click.Context, host: str, port: int, token_file: str | 
 @simulator_group.command("state")
 @click.option("--url", help=f"Simulator base URL (else {URL_ENV}, else {DEFAULT_URL}).")
 @click.option("--json", "as_json", is_flag=True, help="Print the whole state as JSON.")
+@_token_file_option
 @click.pass_context
-def state_command(ctx: click.Context, url: str | None, as_json: bool) -> None:
+def state_command(ctx: click.Context, url: str | None, as_json: bool, token_file: str | None) -> None:
     """Print the simulator's state: a table of secure clients, or the whole state as JSON."""
-    state = _admin("GET", url, "/admin/state", _token(ctx.obj.get("token_file")))
+    state = _admin("GET", url, "/admin/state", _token(token_file or ctx.meta.get(_TOKEN_FILE_KEY)))
     if as_json:
         click.echo(json.dumps(state, indent=2, sort_keys=False))
         return
@@ -148,10 +152,11 @@ def _table(state: dict[str, Any]) -> str:
 @click.option("--card-error", "card_errors", multiple=True, metavar="CARD=CODE",
               help="Answer calls for CARD with business error CODE (e.g. UNKNOWN_CLIENT); repeatable.")
 @click.option("--clear", is_flag=True, help="Clear every fault (applied before the other options).")
+@_token_file_option
 @click.pass_context
 def fault_command(ctx: click.Context, url: str | None, outage: float | None, latency_ms: float | None,
                   error_rate: float | None, http_status: int | None, timeout: float | None,
-                  card_errors: tuple[str, ...], clear: bool) -> None:
+                  card_errors: tuple[str, ...], clear: bool, token_file: str | None) -> None:
     """Inject faults into the simulator's SOAP endpoint; prints the faults now in force."""
     body: dict[str, Any] = {}
     if clear:
@@ -181,5 +186,5 @@ def fault_command(ctx: click.Context, url: str | None, outage: float | None, lat
         raise click.UsageError(
             "name a fault: --outage, --latency-ms, --error-rate, --http-status, --timeout, "
             "--card-error or --clear")
-    faults = _admin("POST", url, "/admin/faults", _token(ctx.obj.get("token_file")), body)
+    faults = _admin("POST", url, "/admin/faults", _token(token_file or ctx.meta.get(_TOKEN_FILE_KEY)), body)
     click.echo(json.dumps(faults))

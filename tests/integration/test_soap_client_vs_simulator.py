@@ -325,6 +325,16 @@ def test_audit_file_gets_one_json_line_per_audit_entry(tmp_path: Path) -> None:
     assert [(e["seq"], e["idempotency_key"], e["duplicate"]) for e in lines] == [(1, "k-a", False), (2, "k-a", True)]
 
 
+def test_simulator_cli_reads_the_token_from_a_file(kms_simulator: SimulatorHandle, tmp_path: Path) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_text(kms_simulator.token + "\n")
+    result = CliRunner().invoke(simulator_group, ["state", "--url", kms_simulator.url, "--json",
+                                                  "--token-file", str(token_file)],
+                                env={"KMSBRIDGE_KMS__TOKEN": ""})
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["secure_clients"] == {}
+
+
 def test_simulator_cli_reads_state_and_injects_faults(kms_simulator: SimulatorHandle) -> None:
     kms_simulator.set_state({"secure_clients": {"C1": {"paired_chipset": "STB-1", "pin": "7777"}}})
     runner = CliRunner()

@@ -192,3 +192,13 @@ def test_error_types_say_whether_to_retry() -> None:
     assert not KmsRejected("UNKNOWN_CLIENT").retryable
     assert all(issubclass(t, KmsError) for t in (KmsUnavailable, KmsAuthError, KmsRejected))
     assert "KMSBRIDGE_KMS__TOKEN" in str(KmsAuthError(403))
+
+
+def test_text_with_characters_xml_cannot_carry_is_rejected_before_it_is_sent() -> None:
+    kms = InMemoryKms()
+    bad = command(Operation.SEND_MAIL, "m", message=Message(kind=MessageKind.MAIL, text_mode=TextMode.RAW,
+                                                             text="bell\x07"))
+    with pytest.raises(KmsRejected) as info:
+        run(kms.execute(bad))
+    assert info.value.code == "INVALID_COMMAND" and "\x07" not in str(info.value)
+    assert kms.snapshot()["secure_clients"] == {}

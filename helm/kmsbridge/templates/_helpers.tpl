@@ -1,0 +1,452 @@
+{{/*
+Names, labels and the pod parts every workload shares. Each template file renders one object; the
+Deployments, the CronJob and the hook Job build their pods from the helpers below so the security
+context, environment and mounts cannot drift between them.
+*/}}
+
+{{- define "kmsbridge.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "kmsbridge.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "kmsbridge.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "kmsbridge.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "kmsbridge.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "kmsbridge.labels" -}}
+helm.sh/chart: {{ include "kmsbridge.chart" . }}
+{{ include "kmsbridge.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: kmsbridge
+{{- end }}
+
+{{/* Labels of one component: (dict "root" $ "component" "executor") */}}
+{{- define "kmsbridge.componentLabels" -}}
+{{ include "kmsbridge.labels" .root }}
+app.kubernetes.io/component: {{ .component }}
+{{- end }}
+
+{{- define "kmsbridge.componentSelectorLabels" -}}
+{{ include "kmsbridge.selectorLabels" .root }}
+app.kubernetes.io/component: {{ .component }}
+{{- end }}
+
+{{- define "kmsbridge.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "kmsbridge.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{- define "kmsbridge.image" -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
+
+{{/* Hardened pod-level security context (restricted Pod Security Standard). */}}
+{{- define "kmsbridge.podSecurityContext" -}}
+runAsNonRoot: true
+runAsUser: 10001
+runAsGroup: 10001
+fsGroup: 10001
+seccompProfile:
+  type: RuntimeDefault
+{{- end }}
+
+{{/* Hardened container security context. */}}
+{{- define "kmsbridge.containerSecurityContext" -}}
+runAsNonRoot: true
+runAsUser: 10001
+runAsGroup: 10001
+allowPrivilegeEscalation: false
+readOnlyRootFilesystem: true
+privileged: false
+capabilities:
+  drop:
+    - ALL
+seccompProfile:
+  type: RuntimeDefault
+{{- end }}
+
+{{/*
+Environment of a kmsbridge container: (dict "root" $ "kms" bool "db" bool "apiKeys" bool "extra" list).
+Secrets come only from existing Secrets: files for the KMS token and API keys (the settings read
+*_FILE), secretKeyRef for the database URL and the Kafka SASL credentials.
+*/}}
+{{- define "kmsbridge.env" -}}
+{{- $v := .root.Values -}}
+- name: KMSBRIDGE_KAFKA__BOOTSTRAP_SERVERS
+  value: {{ required "kafka.bootstrapServers is required (host:port of your Kafka brokers)" $v.kafka.bootstrapServers | quote }}
+- name: KMSBRIDGE_KAFKA__SECURITY_PROTOCOL
+  value: {{ $v.kafka.securityProtocol | quote }}
+{{- if $v.kafka.sasl.enabled }}
+- name: KMSBRIDGE_KAFKA__SASL_MECHANISM
+  value: {{ $v.kafka.sasl.mechanism | quote }}
+- name: KMSBRIDGE_KAFKA__SASL_USERNAME
+  valueFrom:
+    secretKeyRef:
+      name: {{ required "kafka.sasl.existingSecret is required when kafka.sasl.enabled" $v.kafka.sasl.existingSecret }}
+      key: {{ $v.kafka.sasl.usernameKey }}
+- name: KMSBRIDGE_KAFKA__SASL_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ $v.kafka.sasl.existingSecret }}
+      key: {{ $v.kafka.sasl.passwordKey }}
+{{- end }}
+{{- if $v.kafka.tls.caSecret }}
+- name: KMSBRIDGE_KAFKA__SSL_CA_LOCATION
+  value: /etc/kmsbridge/kafka-ca/ca.crt
+{{- end }}
+{{- range $key, $value := $v.kafka.extraConfig }}
+- name: KMSBRIDGE_KAFKA__{{ $key | upper | replace "." "_" }}
+  value: {{ $value | quote }}
+{{- end }}
+- name: KMSBRIDGE_TOPIC_PREFIX
+  value: {{ $v.topicPrefix | quote }}
+- name: KMSBRIDGE_GROUP_PREFIX
+  value: {{ $v.groupPrefix | quote }}
+- name: KMSBRIDGE_TOPICS__PARTITIONS
+  value: {{ $v.topics.partitions | quote }}
+- name: KMSBRIDGE_TOPICS__REPLICATION_FACTOR
+  value: {{ $v.topics.replicationFactor | quote }}
+{{- if $v.schemaRegistryUrl }}
+- name: KMSBRIDGE_SCHEMA_REGISTRY_URL
+  value: {{ $v.schemaRegistryUrl | quote }}
+{{- end }}
+- name: KMSBRIDGE_PROVIDER_FILE
+  value: /etc/kmsbridge/provider/provider.yaml
+- name: KMSBRIDGE_METRICS_PORT
+  value: {{ $v.metrics.port | quote }}
+- name: KMSBRIDGE_HEALTH_TTL_SECONDS
+  value: {{ $v.healthTtlSeconds | quote }}
+- name: KMSBRIDGE_SHUTDOWN_GRACE_SECONDS
+  value: {{ $v.shutdownGraceSeconds | quote }}
+- name: KMSBRIDGE_LOG_LEVEL
+  value: {{ $v.logLevel | quote }}
+- name: POD_NAME
+  valueFrom:
+    fieldRef:
+      fieldPath: metadata.name
+{{- if .kms }}
+- name: KMSBRIDGE_KMS__ENDPOINT
+  value: {{ required "kms.endpoint is required (the KMS SOAP endpoint URL)" $v.kms.endpoint | quote }}
+- name: KMSBRIDGE_KMS__TOKEN_FILE
+  value: /etc/kmsbridge/kms/token
+- name: KMSBRIDGE_KMS__TIMEOUT_SECONDS
+  value: {{ $v.kms.timeoutSeconds | quote }}
+{{- if $v.kms.caSecret }}
+- name: KMSBRIDGE_KMS__CA_FILE
+  value: /etc/kmsbridge/kms-ca/ca.crt
+{{- end }}
+{{- end }}
+{{- if .db }}
+- name: KMSBRIDGE_DATABASE_URL
+  valueFrom:
+    secretKeyRef:
+      name: {{ required "database.existingSecret is required (a Secret with the database URL)" $v.database.existingSecret }}
+      key: {{ $v.database.urlKey }}
+{{- end }}
+{{- if .apiKeys }}
+- name: KMSBRIDGE_API__HOST
+  value: "0.0.0.0"
+- name: KMSBRIDGE_API__PORT
+  value: {{ $v.api.port | quote }}
+- name: KMSBRIDGE_API__API_KEYS_FILE
+  value: /etc/kmsbridge/api/api-keys
+{{- end }}
+{{- with $v.extraEnv }}
+{{ toYaml . }}
+{{- end }}
+{{- with .extra }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/* Mounts matching kmsbridge.volumes: (dict "root" $ "kms" bool "apiKeys" bool "provider" bool) */}}
+{{- define "kmsbridge.volumeMounts" -}}
+{{- $v := .root.Values -}}
+- name: tmp
+  mountPath: /tmp
+{{- if .provider }}
+- name: provider
+  mountPath: /etc/kmsbridge/provider
+  readOnly: true
+{{- end }}
+{{- if $v.kafka.tls.caSecret }}
+- name: kafka-ca
+  mountPath: /etc/kmsbridge/kafka-ca
+  readOnly: true
+{{- end }}
+{{- if .kms }}
+- name: kms-token
+  mountPath: /etc/kmsbridge/kms
+  readOnly: true
+{{- if $v.kms.caSecret }}
+- name: kms-ca
+  mountPath: /etc/kmsbridge/kms-ca
+  readOnly: true
+{{- end }}
+{{- end }}
+{{- if .apiKeys }}
+- name: api-keys
+  mountPath: /etc/kmsbridge/api
+  readOnly: true
+{{- end }}
+{{- end }}
+
+{{- define "kmsbridge.volumes" -}}
+{{- $v := .root.Values -}}
+- name: tmp
+  emptyDir:
+    sizeLimit: {{ $v.tmpSizeLimit }}
+{{- if .provider }}
+- name: provider
+  configMap:
+    name: {{ include "kmsbridge.fullname" .root }}-provider
+{{- end }}
+{{- if $v.kafka.tls.caSecret }}
+- name: kafka-ca
+  secret:
+    secretName: {{ $v.kafka.tls.caSecret }}
+    items:
+      - key: {{ $v.kafka.tls.caKey }}
+        path: ca.crt
+{{- end }}
+{{- if .kms }}
+- name: kms-token
+  secret:
+    secretName: {{ required "kms.existingSecret is required (a Secret with the KMS token)" $v.kms.existingSecret }}
+    defaultMode: 0440
+    items:
+      - key: {{ $v.kms.tokenKey }}
+        path: token
+{{- if $v.kms.caSecret }}
+- name: kms-ca
+  secret:
+    secretName: {{ $v.kms.caSecret }}
+    items:
+      - key: {{ $v.kms.caKey }}
+        path: ca.crt
+{{- end }}
+{{- end }}
+{{- if .apiKeys }}
+- name: api-keys
+  secret:
+    secretName: {{ required "api.existingSecret is required when api.enabled (a Secret with the API keys)" $v.api.existingSecret }}
+    defaultMode: 0440
+    items:
+      - key: {{ $v.api.apiKeysKey }}
+        path: api-keys
+{{- end }}
+{{- end }}
+
+{{/* Scheduling settings shared by every pod. */}}
+{{- define "kmsbridge.scheduling" -}}
+{{- $v := .root.Values -}}
+{{- with $v.nodeSelector }}
+nodeSelector:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with $v.tolerations }}
+tolerations:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with $v.affinity }}
+affinity:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with $v.priorityClassName }}
+priorityClassName: {{ . }}
+{{- end }}
+{{- with $v.imagePullSecrets }}
+imagePullSecrets:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end }}
+
+{{/*
+One process Deployment: (dict "root" $ "component" "executor" "kms" bool "db" bool "apiKeys" bool).
+Runs `kmsbridge run <component>`; probes hit /healthz and /readyz on the metrics port.
+*/}}
+{{- define "kmsbridge.deployment" -}}
+{{- $root := .root -}}
+{{- $v := $root.Values -}}
+{{- $c := index $v .component -}}
+{{- $keda := and (hasKey $c "keda") $c.keda.enabled -}}
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: {{ include "kmsbridge.fullname" $root }}-{{ .component }}
+  namespace: {{ $root.Release.Namespace }}
+  labels:
+    {{- include "kmsbridge.componentLabels" . | nindent 4 }}
+spec:
+  {{- if not $keda }}
+  replicas: {{ $c.replicas }}
+  {{- end }}
+  revisionHistoryLimit: 5
+  selector:
+    matchLabels:
+      {{- include "kmsbridge.componentSelectorLabels" . | nindent 6 }}
+  strategy:
+    type: RollingUpdate
+    rollingUpdate:
+      maxSurge: 1
+      maxUnavailable: 0
+  template:
+    metadata:
+      labels:
+        {{- include "kmsbridge.componentSelectorLabels" . | nindent 8 }}
+        {{- /* selects the pods of the metrics Service (jobs have no metrics port) */}}
+        kmsbridge/metrics: "true"
+        {{- with $v.podLabels }}
+        {{- toYaml . | nindent 8 }}
+        {{- end }}
+      annotations:
+        checksum/provider: {{ toYaml $v.provider | sha256sum }}
+        {{- with $v.podAnnotations }}
+        {{- toYaml . | nindent 8 }}
+        {{- end }}
+    spec:
+      serviceAccountName: {{ include "kmsbridge.serviceAccountName" $root }}
+      automountServiceAccountToken: false
+      terminationGracePeriodSeconds: {{ add $v.shutdownGraceSeconds 10 }}
+      securityContext:
+        {{- include "kmsbridge.podSecurityContext" $root | nindent 8 }}
+      {{- with include "kmsbridge.scheduling" . }}{{ . | nindent 6 }}{{ end }}
+      {{- if and $v.topologySpread.enabled (not $v.affinity) }}
+      topologySpreadConstraints:
+        - maxSkew: {{ $v.topologySpread.maxSkew }}
+          topologyKey: kubernetes.io/hostname
+          whenUnsatisfiable: ScheduleAnyway
+          labelSelector:
+            matchLabels:
+              {{- include "kmsbridge.componentSelectorLabels" . | nindent 14 }}
+      {{- end }}
+      containers:
+        - name: {{ .component }}
+          image: {{ include "kmsbridge.image" $root }}
+          imagePullPolicy: {{ $v.image.pullPolicy }}
+          args: ["run", {{ .component | quote }}]
+          env:
+            {{- include "kmsbridge.env" (dict "root" $root "kms" .kms "db" .db "apiKeys" .apiKeys "extra" $c.extraEnv) | nindent 12 }}
+          ports:
+            - name: metrics
+              containerPort: {{ $v.metrics.port }}
+              protocol: TCP
+            {{- if .apiKeys }}
+            - name: http
+              containerPort: {{ $v.api.port }}
+              protocol: TCP
+            {{- end }}
+          startupProbe:
+            httpGet:
+              path: /healthz
+              port: metrics
+            periodSeconds: {{ $v.probes.startup.periodSeconds }}
+            failureThreshold: {{ $v.probes.startup.failureThreshold }}
+          livenessProbe:
+            httpGet:
+              path: /healthz
+              port: metrics
+            periodSeconds: {{ $v.probes.liveness.periodSeconds }}
+            timeoutSeconds: {{ $v.probes.liveness.timeoutSeconds }}
+            failureThreshold: {{ $v.probes.liveness.failureThreshold }}
+          readinessProbe:
+            httpGet:
+              path: /readyz
+              port: metrics
+            periodSeconds: {{ $v.probes.readiness.periodSeconds }}
+            timeoutSeconds: {{ $v.probes.readiness.timeoutSeconds }}
+            failureThreshold: {{ $v.probes.readiness.failureThreshold }}
+          resources:
+            {{- toYaml $c.resources | nindent 12 }}
+          securityContext:
+            {{- include "kmsbridge.containerSecurityContext" $root | nindent 12 }}
+          volumeMounts:
+            {{- include "kmsbridge.volumeMounts" (dict "root" $root "kms" .kms "apiKeys" .apiKeys "provider" true) | nindent 12 }}
+      volumes:
+        {{- include "kmsbridge.volumes" (dict "root" $root "kms" .kms "apiKeys" .apiKeys "provider" true) | nindent 8 }}
+{{- end }}
+
+{{/* PodDisruptionBudget of one component: (dict "root" $ "component" "executor") */}}
+{{- define "kmsbridge.pdb" -}}
+{{- $c := index .root.Values .component -}}
+apiVersion: policy/v1
+kind: PodDisruptionBudget
+metadata:
+  name: {{ include "kmsbridge.fullname" .root }}-{{ .component }}
+  namespace: {{ .root.Release.Namespace }}
+  labels:
+    {{- include "kmsbridge.componentLabels" . | nindent 4 }}
+spec:
+  maxUnavailable: {{ $c.pdb.maxUnavailable }}
+  selector:
+    matchLabels:
+      {{- include "kmsbridge.componentSelectorLabels" . | nindent 6 }}
+{{- end }}
+
+{{/*
+KEDA ScaledObject of one consumer: (dict "root" $ "component" "executor"). The kafka trigger reads the
+group's lag like `kmsbridge lag` does; KEDA never scales past the partition count.
+*/}}
+{{- define "kmsbridge.scaledObject" -}}
+{{- $root := .root -}}
+{{- $v := $root.Values -}}
+{{- $c := index $v .component -}}
+apiVersion: keda.sh/v1alpha1
+kind: ScaledObject
+metadata:
+  name: {{ include "kmsbridge.fullname" $root }}-{{ .component }}
+  namespace: {{ $root.Release.Namespace }}
+  labels:
+    {{- include "kmsbridge.componentLabels" . | nindent 4 }}
+spec:
+  scaleTargetRef:
+    apiVersion: apps/v1
+    kind: Deployment
+    name: {{ include "kmsbridge.fullname" $root }}-{{ .component }}
+  minReplicaCount: {{ $c.keda.minReplicas }}
+  maxReplicaCount: {{ $c.keda.maxReplicas }}
+  pollingInterval: 30
+  cooldownPeriod: 300
+  triggers:
+    - type: kafka
+      metadata:
+        bootstrapServers: {{ required "kafka.bootstrapServers is required" $v.kafka.bootstrapServers | quote }}
+        consumerGroup: {{ printf "%s-%s" $v.groupPrefix .component | quote }}
+        {{- with $c.keda.topic }}
+        topic: {{ printf "%s%s" $v.topicPrefix . | quote }}
+        {{- end }}
+        lagThreshold: {{ $c.keda.lagThreshold | quote }}
+        offsetResetPolicy: earliest
+        allowIdleConsumers: "false"
+        {{- if $v.kafka.sasl.enabled }}
+        sasl: {{ get (dict "PLAIN" "plaintext" "SCRAM-SHA-256" "scram_sha256" "SCRAM-SHA-512" "scram_sha512" "OAUTHBEARER" "oauthbearer") $v.kafka.sasl.mechanism | required "kafka.sasl.mechanism must be PLAIN, SCRAM-SHA-256, SCRAM-SHA-512 or OAUTHBEARER" | quote }}
+        {{- end }}
+        {{- if has $v.kafka.securityProtocol (list "SSL" "SASL_SSL") }}
+        tls: enable
+        {{- end }}
+      {{- if or $v.kafka.sasl.enabled $v.kafka.tls.caSecret }}
+      authenticationRef:
+        name: {{ include "kmsbridge.fullname" $root }}-kafka
+      {{- end }}
+{{- end }}
