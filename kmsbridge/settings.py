@@ -78,7 +78,7 @@ class TopicSettings(BaseModel):
 
 
 class KmsSettings(BaseModel):
-    endpoint: str = "http://127.0.0.1:8780/kms"
+    endpoint: str = "http://127.0.0.1:8089/kms"
     token: SecretStr | None = None
     token_file: Path | None = None
     timeout_seconds: float = Field(default=5.0, gt=0)
