@@ -14,6 +14,10 @@ commands one after the other):
    command waits; if the KMS answers, this card alone is failing and the command is REJECTED with
    ``TRANSPORT_ERROR`` and marked for the DLQ with its attempt history.
 5. The outcome goes to the ledger (and the client's version rises) before the result is published.
+
+The retry loop is ours rather than tenacity's because its budget interacts with the breaker: an
+attempt made while the KMS is down for everyone must not count, and exhausting the budget triggers a
+probe rather than a stop. The backoff itself is the standard full-jitter formula.
 """
 
 from __future__ import annotations
