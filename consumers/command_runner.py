@@ -10,10 +10,17 @@ commands one after the other):
 3. Call the KMS. Business errors are REJECTED at once. Transient errors retry in place with
    exponential backoff and full jitter; attempts made while the breaker is open do not count
    against the budget, so an outage never dead-letters anything.
-4. Past the attempt budget a probe decides: if the KMS is down for everyone the breaker opens and the
-   command waits; if the KMS answers, this card alone is failing and the command is REJECTED with
-   ``TRANSPORT_ERROR`` and marked for the DLQ with its attempt history.
+4. Past the attempt budget the breaker diagnoses (:meth:`Breaker.diagnose`): the KMS down for everyone
+   (a probe fails: the breaker opens, the command waits with a fresh budget), flaky for everyone (the
+   other secure clients fail often enough that the streak may be chance: a fresh budget), or fine for
+   everyone else: this card alone is failing and the command is REJECTED with ``TRANSPORT_ERROR`` and
+   marked for the DLQ with its attempt history. So a degraded KMS never dead-letters anything either.
 5. The outcome goes to the ledger (and the client's version rises) before the result is published.
+
+An error the adapter did not map (a bug) counts as transient: the command stays in place instead of
+crashing its task and blocking its partition's offset forever. Before every attempt the caller may
+say the command was abandoned (its partition revoked): it stops at once, recording nothing, and the
+partition's new owner runs it.
 
 The retry loop is ours rather than tenacity's because its budget interacts with the breaker: an
 attempt made while the KMS is down for everyone must not count, and exhausting the budget triggers a
@@ -23,30 +30,40 @@ probe rather than a stop. The backoff itself is the standard full-jitter formula
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
+from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from consumers.breaker import Breaker
+from consumers.breaker import Breaker, Diagnosis
+from consumers.errors import CommandAbandoned
 from consumers.ledger import Ledger
 from consumers.metrics import KMS_REQUEST_SECONDS, KMS_REQUESTS, KMS_RETRIES
 from kms_adapter.errors import KmsError, KmsRejected
 from kms_adapter.port import KmsPort
 from schemas.records import KmsCommand, KmsResult, Operation, ResultState
 
-__all__ = ["STALE_COMMAND", "TRANSPORT_ERROR", "CommandRunner", "RunOutcome"]
+__all__ = ["KMS_ERROR", "MAX_HISTORY", "STALE_COMMAND", "TRANSPORT_ERROR", "CommandRunner", "RunOutcome",
+           "full_jitter"]
 
 log = logging.getLogger(__name__)
 
 STALE_COMMAND = "STALE_COMMAND"
 TRANSPORT_ERROR = "TRANSPORT_ERROR"
 KMS_ERROR = "KMS_ERROR"
+_ABANDON_CHECK_SECONDS = 0.5
+MAX_HISTORY = 20  # attempts kept for the DLQ headers (the newest; the count says how many there were)
 
 
 @dataclass(frozen=True)
 class RunOutcome:
+    """The result to publish; ``dead_letter`` with the attempt ``history`` when the command goes to the
+    DLQ too (transport budget spent for this secure client alone)."""
+
     result: KmsResult
     dead_letter: bool = False
     history: tuple[str, ...] = field(default_factory=tuple)
@@ -75,7 +92,9 @@ class CommandRunner:
         self._initial = retry_initial
         self._cap = retry_max
 
-    async def run(self, cmd: KmsCommand) -> RunOutcome:
+    async def run(self, cmd: KmsCommand, *, abandoned: Callable[[], bool] | None = None) -> RunOutcome:
+        """Run ``cmd`` to its outcome. ``abandoned`` is asked before every attempt; when it answers
+        true (the partition was revoked) :class:`CommandAbandoned` is raised and nothing is recorded."""
         # step 1: ledger
         known = self._ledger.get(cmd.idempotency_key)
         if known is not None:
@@ -86,56 +105,85 @@ class CommandRunner:
             result = self._result(cmd, ResultState.REJECTED, attempts=0, started=time.monotonic(),
                                   error_code=STALE_COMMAND, error_description=stale)
             self._ledger.record(result)
+            log.info("stale command not applied idempotency_key=%s secure_client_id=%s",
+                     cmd.idempotency_key, cmd.secure_client_id)
             return RunOutcome(result)
         # steps 3-4: call with retries
-        history: list[str] = []
-        counted = 0
+        history: deque[str] = deque(maxlen=MAX_HISTORY)
+        attempts = 0
+        counted = 0  # attempts that count against the budget (breaker closed throughout)
         started = time.monotonic()
         op = cmd.operation.value
+        card = cmd.secure_client_id
         while True:
-            await self._breaker.wait_closed()
+            await self._wait_closed(cmd, abandoned)
+            attempts += 1
             t0 = time.monotonic()
+            retry_after: float | None = None
             try:
                 outcome = await self._call(cmd)
             except KmsRejected as exc:
                 KMS_REQUESTS.labels(op, "rejected").inc()
-                self._breaker.record_success()  # the KMS answered
+                self._breaker.record_success(card)  # the KMS answered
                 result = self._result(
-                    cmd, ResultState.REJECTED, attempts=len(history) + 1, started=started,
+                    cmd, ResultState.REJECTED, attempts=attempts, started=started,
                     error_code=KMS_ERROR, error_description="the KMS rejected the command",
                     provider_error_code=exc.code, provider_error_description=exc.description,
                 )
                 self._ledger.record(result)
                 return RunOutcome(result)
             except KmsError as exc:
-                KMS_REQUESTS.labels(op, "transient").inc()
-                KMS_REQUEST_SECONDS.labels(op).observe(time.monotonic() - t0)
-                kind = getattr(exc, "kind", type(exc).__name__)
-                history.append(f"{datetime.now(UTC).isoformat(timespec='milliseconds')} {kind}")
+                kind = str(getattr(exc, "kind", type(exc).__name__))
+                retry_after = getattr(exc, "retry_after", None)
                 if not exc.retryable:
-                    return self._transport_reject(cmd, started, history, dead_letter=True)
-                was_open = self._breaker.is_open
-                self._breaker.record_failure(cmd.secure_client_id)
-                if was_open or self._breaker.is_open:
-                    continue  # an outage: wait for the breaker, spend no budget
-                counted += 1
-                if counted >= self._budget:
-                    if await self._breaker.probe_now():
-                        return self._transport_reject(cmd, started, history, dead_letter=True)
-                    counted = 0  # the KMS is down for everyone: wait for it with a fresh budget
-                    continue
-                KMS_RETRIES.labels(op).inc()
-                await asyncio.sleep(full_jitter(counted, self._initial, self._cap))
-                continue
-            # step 5: record, then the caller publishes
-            KMS_REQUESTS.labels(op, "completed").inc()
+                    history.append(f"attempt {attempts} +{t0 - started:.1f}s {kind}")
+                    return self._transport_reject(cmd, started, attempts, history)
+            except Exception as exc:  # an unmapped error or a bug in an adapter: not the command's fault
+                kind = f"unexpected_{type(exc).__name__}"
+                log.warning("unexpected error calling the KMS idempotency_key=%s: %s", cmd.idempotency_key,
+                            type(exc).__name__)
+            else:
+                # step 5: record, then the caller publishes
+                KMS_REQUESTS.labels(op, "completed").inc()
+                KMS_REQUEST_SECONDS.labels(op).observe(time.monotonic() - t0)
+                self._breaker.record_success(card)
+                result = self._result(cmd, ResultState.COMPLETED, attempts=attempts, started=started,
+                                      provider_error_code=outcome[0], provider_error_description=None,
+                                      client_info=outcome[1])
+                self._ledger.record(result, version=cmd.subscription_version, subscription_id=cmd.subscription_id)
+                return RunOutcome(result)
+            # a transient failure
+            KMS_REQUESTS.labels(op, "transient").inc()
             KMS_REQUEST_SECONDS.labels(op).observe(time.monotonic() - t0)
-            self._breaker.record_success()
-            result = self._result(cmd, ResultState.COMPLETED, attempts=len(history) + 1, started=started,
-                                  provider_error_code=outcome[0], provider_error_description=None,
-                                  client_info=outcome[1])
-            self._ledger.record(result, version=cmd.subscription_version, subscription_id=cmd.subscription_id)
-            return RunOutcome(result)
+            history.append(f"attempt {attempts} +{t0 - started:.1f}s {kind}")
+            was_open = self._breaker.is_open
+            self._breaker.record_failure(card)
+            if was_open or self._breaker.is_open:
+                continue  # an outage: wait for the breaker, spend no budget
+            counted += 1
+            if counted >= self._budget:
+                diagnosis = await self._breaker.diagnose(card, counted)
+                if diagnosis is Diagnosis.CARD:
+                    return self._transport_reject(cmd, started, attempts, history)
+                counted = 0  # the KMS is down or flaky for everyone: not this card's fault, fresh budget
+                if diagnosis is Diagnosis.DOWN:
+                    continue
+            KMS_RETRIES.labels(op).inc()
+            delay = full_jitter(counted, self._initial, self._cap)
+            if retry_after:
+                delay = max(delay, min(retry_after, self._cap))
+            await asyncio.sleep(delay)
+
+    async def _wait_closed(self, cmd: KmsCommand, abandoned: Callable[[], bool] | None) -> None:
+        """Wait for the breaker to close, noticing meanwhile (every half second) if the command was
+        abandoned, so a shutdown during an outage is not held up by it."""
+        while True:
+            if abandoned is not None and abandoned():
+                raise CommandAbandoned(cmd.idempotency_key)
+            if not self._breaker.is_open:
+                return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._breaker.wait_closed(), timeout=_ABANDON_CHECK_SECONDS)
 
     async def _call(self, cmd: KmsCommand) -> tuple[str, dict[str, dict[str, str]] | None]:
         if cmd.operation is Operation.QUERY_CLIENT:
@@ -155,15 +203,16 @@ class CommandRunner:
             return f"subscription version {cmd.subscription_version} is older than applied version {version}"
         return None
 
-    def _transport_reject(self, cmd: KmsCommand, started: float, history: list[str], *,
-                          dead_letter: bool) -> RunOutcome:
+    def _transport_reject(self, cmd: KmsCommand, started: float, attempts: int,
+                          history: deque[str]) -> RunOutcome:
         result = self._result(
-            cmd, ResultState.REJECTED, attempts=len(history), started=started, error_code=TRANSPORT_ERROR,
-            error_description=f"KMS unreachable for this secure client after {len(history)} attempts",
+            cmd, ResultState.REJECTED, attempts=attempts, started=started, error_code=TRANSPORT_ERROR,
+            error_description=f"KMS unreachable for this secure client after {attempts} attempts",
         )
         self._ledger.record(result)
-        log.error("command %s rejected after %d transient failures", cmd.idempotency_key, len(history))
-        return RunOutcome(result, dead_letter=dead_letter, history=tuple(history))
+        log.error("command rejected after %d transient failures idempotency_key=%s secure_client_id=%s",
+                  attempts, cmd.idempotency_key, cmd.secure_client_id)
+        return RunOutcome(result, dead_letter=True, history=tuple(history))
 
     @staticmethod
     def _result(cmd: KmsCommand, state: ResultState, *, attempts: int, started: float,

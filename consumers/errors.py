@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-__all__ = ["ConsumerError", "FatalKafkaError", "TransactionAborted"]
+__all__ = [
+    "CommandAbandoned",
+    "ConsumerError",
+    "FatalKafkaError",
+    "KafkaAuthenticationFailed",
+    "TransactionAborted",
+]
 
 
 class ConsumerError(Exception):
@@ -20,3 +26,14 @@ class FatalKafkaError(ConsumerError):
     non-zero and its supervisor restarts it, which is the recovery Kafka's EOS protocol expects."""
 
     retryable = False
+
+
+class KafkaAuthenticationFailed(FatalKafkaError):
+    """The broker refused our credentials. librdkafka would retry forever, so a wrong password would
+    look like a hung process; we fail closed instead, naming the settings to check."""
+
+
+class CommandAbandoned(ConsumerError):
+    """The command's partition was revoked before its next attempt; the new owner runs it."""
+
+    retryable = True

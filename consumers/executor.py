@@ -4,21 +4,34 @@ Commit protocol (the numbers appear again in the code):
 
 1. Poll a batch off the event loop (a worker thread), so slow KMS calls never hold up ``poll`` and
    ``max.poll.interval.ms`` cannot be exceeded; rebalance callbacks run inside that call.
-2. Each message is registered as pending in the :class:`OffsetTracker` *before* any work starts.
-3. Decode; poison goes to ``kms.commands.dlq`` with reason headers and is finished at once.
+2. Each message is registered as pending in the :class:`OffsetTracker` *before* any work starts, under
+   the epoch of its partition's current assignment.
+3. Screen and decode: a tombstone is a counted skip; an oversized value, undecodable bytes (bad magic,
+   unknown fingerprint or schema id, invalid record) and a command created too far in the future go to
+   ``kms.commands.dlq`` with reason headers. Either way the message is finished at once and nothing of
+   it reaches the KMS.
 4. Schedule the command behind the previous command of the same secure client (per-client order);
    at most ``max_inflight`` KMS calls run at once across clients.
 5. Run it (:class:`CommandRunner`: ledger, stale guard, retries, breaker), publish its result (and
-   DLQ entry, if any); the message is *finished* only when the result is delivered.
+   DLQ entry, if any); the message is *finished* only when the result is delivered. A failure outside
+   the KMS call (the ledger's database, say) keeps the command and tries it again after a pause, so
+   no task dies leaving an offset unfinished forever.
 6. Before each poll, store the offset below the lowest unfinished message of every partition;
    librdkafka's background commit commits stored offsets only, so nothing past unfinished work is
    ever committed.
 7. On revoke, store and commit synchronously what is finished for the revoked partitions, then forget
-   them; work still running for them completes (the ledger stops the new owner from re-applying).
-8. On SIGTERM stop polling, let in-flight work finish within the grace time, store, commit, close.
+   them. A command of a revoked partition that is in a KMS call completes (the ledger stops the new
+   owner from re-applying it); one that has not started its next attempt is abandoned: it publishes
+   nothing and its offset is not committed, so the new owner runs it, in order.
+8. On SIGTERM stop polling; commands in a KMS call finish, the others are abandoned (they stay
+   uncommitted and are redelivered), all within the grace time; then flush, store, commit, close.
 
 Partitions are paused while the breaker is open or the buffer is full (``max_buffered``), and resumed
 after; paused, the loop still polls, so the member stays in the group.
+
+A fatal consumer error (e.g. a static member fenced after a coordinator failover) or refused
+credentials end the loop with :class:`~consumers.errors.FatalKafkaError`: the shutdown above still
+runs, then the process exits non-zero and its supervisor restarts it.
 """
 
 from __future__ import annotations
@@ -27,13 +40,16 @@ import asyncio
 import functools
 import logging
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import timedelta
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from consumers.command_runner import CommandRunner, RunOutcome
-from consumers.dlq import dlq_headers
+from consumers.dlq import HEADER_PREFIX, dlq_headers, screen_size, screen_times
+from consumers.errors import CommandAbandoned, FatalKafkaError
 from consumers.health import HealthState
 from consumers.metrics import (
     COMMANDS_INFLIGHT,
@@ -51,6 +67,10 @@ __all__ = ["Executor", "ExecutorConfig"]
 
 log = logging.getLogger(__name__)
 PROCESS = "executor"
+_TIME_FIELDS = ("created_at",)  # not_before may lie ahead on purpose (scheduled messages)
+_RETRY_CAP_SECONDS = 5.0
+
+OnDone = Callable[[], None]
 
 
 @dataclass(frozen=True)
@@ -62,6 +82,8 @@ class ExecutorConfig:
     max_buffered: int = 2000
     poll_batch: int = 500
     grace_seconds: float = 20.0
+    max_message_bytes: int = 1_000_000
+    max_future_skew: timedelta = timedelta(days=1)
 
 
 class Executor:
@@ -96,6 +118,15 @@ class Executor:
     def tracker(self) -> OffsetTracker:
         return self._tracker
 
+    @property
+    def paused(self) -> bool:
+        """True while the assigned partitions are paused (breaker open or buffer full)."""
+        return self._paused
+
+    @property
+    def assigned(self) -> frozenset[tuple[str, int]]:
+        return frozenset(self._assigned)
+
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
         self._consumer.subscribe([self._cfg.commands_topic], on_assign=self._on_assign,
@@ -121,26 +152,39 @@ class Executor:
     def _dispatch(self, msg: Message) -> None:
         err = msg.error()
         if err is not None:
+            if err.fatal():  # e.g. a static member fenced after a coordinator failover: only a restart helps
+                raise FatalKafkaError(f"fatal Kafka consumer error in the executor: {err.str()}")
             if err.code() != KafkaError._PARTITION_EOF:
                 log.warning("consumer error: %s", err)
             return
         topic, partition, offset = msg.topic() or "", msg.partition() or 0, msg.offset() or 0
         MESSAGES_CONSUMED.labels(PROCESS, topic).inc()
         ts = msg.timestamp()[1] / 1000.0 if msg.timestamp()[1] > 0 else time.time()
-        self._tracker.started(topic, partition, offset, ts)  # step 2
-        try:  # step 3
-            cmd = self._codec.decode(msg.value(), KmsCommand)
-        except PoisonMessage as exc:
-            def finish() -> None:
-                self._tracker.finished(topic, partition, offset)
+        epoch = self._tracker.started(topic, partition, offset, ts)  # step 2
 
+        def finish() -> None:
+            self._tracker.finished(topic, partition, offset, epoch)
+
+        value = msg.value()
+        if value is None:  # step 3: a tombstone is a counted skip
+            log.info("tombstone skipped topic=%s partition=%s offset=%s", topic, partition, offset)
+            MESSAGES_PROCESSED.labels(PROCESS, topic, "skipped").inc()
+            finish()
+            return
+        try:  # step 3
+            screen_size(value, self._cfg.max_message_bytes)
+            cmd = self._codec.decode(value, KmsCommand)
+            screen_times(cmd, _TIME_FIELDS, self._cfg.max_future_skew)
+        except PoisonMessage as exc:
+            log.warning("dead-lettered topic=%s partition=%s offset=%s reason=%s", topic, partition, offset,
+                        exc.reason)
             self._dead_letter(msg, exc, on_done=finish)
             MESSAGES_PROCESSED.labels(PROCESS, topic, "dlq").inc()
             return
         # step 4: chain behind the same secure client
         key = cmd.secure_client_id
         prev = self._tails.get(key)
-        task = asyncio.get_running_loop().create_task(self._execute(cmd, msg, prev, time.monotonic()))
+        task = asyncio.get_running_loop().create_task(self._execute(cmd, msg, prev, time.monotonic(), epoch))
         self._tails[key] = task
         self._tasks.add(task)
         COMMANDS_INFLIGHT.set(len(self._tasks))
@@ -155,45 +199,64 @@ class Executor:
             log.error("executor task failed", exc_info=task.exception())
 
     async def _execute(self, cmd: KmsCommand, msg: Message, prev: asyncio.Task[None] | None,
-                       t0: float) -> None:
+                       t0: float, epoch: int) -> None:
         if prev is not None:
             await asyncio.wait([prev])
         topic, partition, offset = msg.topic() or "", msg.partition() or 0, msg.offset() or 0
-        async with self._sem:  # step 4: bounded concurrency
-            outcome = await self._runner.run(cmd)  # step 5
-        self._publish(outcome, msg, lambda: self._tracker.finished(topic, partition, offset))
+
+        def abandoned() -> bool:  # step 7/8: revoked, or shutting down, before the next attempt
+            return self._stopping.is_set() or not self._tracker.owns(topic, partition, epoch)
+
+        failures = 0
+        while True:
+            try:
+                async with self._sem:  # step 4: bounded concurrency
+                    outcome = await self._runner.run(cmd, abandoned=abandoned)  # step 5
+                break
+            except CommandAbandoned:
+                log.info("command abandoned idempotency_key=%s (partition revoked or shutting down)",
+                         cmd.idempotency_key)
+                return
+            except Exception as exc:  # the ledger's database or a bug: keep the command, try again
+                failures += 1
+                log.warning("command failed outside the KMS call idempotency_key=%s error=%s; retrying",
+                            cmd.idempotency_key, type(exc).__name__)
+                await asyncio.sleep(min(_RETRY_CAP_SECONDS, 0.1 * 2**failures))
+                if abandoned():
+                    return
+        self._publish(outcome, msg, lambda: self._tracker.finished(topic, partition, offset, epoch))
         PROCESSING_SECONDS.labels(PROCESS, topic).observe(time.monotonic() - t0)
         label = "ok" if outcome.result.state is ResultState.COMPLETED else "rejected"
         if outcome.result.duplicate:
             label = "skipped"
         MESSAGES_PROCESSED.labels(PROCESS, topic, "dlq" if outcome.dead_letter else label).inc()
 
-    def _publish(self, outcome: RunOutcome, msg: Message, on_done: object) -> None:
+    def _publish(self, outcome: RunOutcome, msg: Message, on_done: OnDone) -> None:
+        """The result (and the DLQ copy, if any); ``on_done`` runs once the result is delivered."""
         result = outcome.result
-        done = on_done  # called once the result (and DLQ copy) are delivered
-        assert callable(done)
         if outcome.dead_letter:
-            extra = [("kmsbridge.attempts", str(len(outcome.history)))]
-            extra += [(f"kmsbridge.attempt.{i + 1}", h) for i, h in enumerate(outcome.history)]
+            trusted = [(f"{HEADER_PREFIX}idempotency_key", result.idempotency_key),
+                       (f"{HEADER_PREFIX}attempts", str(result.attempts))]
+            trusted += [(f"{HEADER_PREFIX}attempt.{i + 1}", h) for i, h in enumerate(outcome.history)]
             err = RuntimeError(result.error_description or "transport error")
             self._produce(self._cfg.dlq_topic, msg.key(), msg.value(),
-                          dlq_headers(msg, err, reason="transport_budget", extra=extra), None)
+                          dlq_headers(msg, err, reason="transport_budget", trusted=trusted), None)
             DLQ_MESSAGES.labels(self._cfg.commands_topic, "transport_budget").inc()
         self._produce(self._cfg.results_topic, _result_key(result), self._codec.encode(result,
-                      self._cfg.results_topic), None, done)
+                      self._cfg.results_topic), None, on_done)
 
-    def _dead_letter(self, msg: Message, exc: PoisonMessage, on_done: object) -> None:
+    def _dead_letter(self, msg: Message, exc: PoisonMessage, on_done: OnDone) -> None:
         DLQ_MESSAGES.labels(msg.topic() or "", exc.reason).inc()
         self._produce(self._cfg.dlq_topic, msg.key(), msg.value(), dlq_headers(msg, exc), on_done)
 
     def _produce(self, topic: str, key: bytes | str | None, value: bytes | None,
-                 headers: list[tuple[str, str | bytes | None]] | None, on_done: object) -> None:
+                 headers: list[tuple[str, str | bytes | None]] | None, on_done: OnDone | None) -> None:
         def delivered(err: KafkaError | None, _msg: Message) -> None:
             if err is not None:
                 log.error("delivery to %s failed (%s); producing again", topic, err)
                 self._produce(topic, key, value, headers, on_done)
                 return
-            if callable(on_done):
+            if on_done is not None:
                 on_done()
 
         while True:
@@ -220,8 +283,10 @@ class Executor:
         parts = [TopicPartition(t, p) for t, p in self._assigned]
         if want_pause:
             self._consumer.pause(parts)
+            log.info("partitions paused (%s)", "KMS breaker open" if self.breaker_open else "buffer full")
         else:
             self._consumer.resume(parts)
+            log.info("partitions resumed")
         self._paused = want_pause
 
     # --- rebalance (run inside consume(), on the poll thread) ----------------------------------------
@@ -229,6 +294,7 @@ class Executor:
     def _on_assign(self, consumer: Consumer, parts: list[TopicPartition]) -> None:
         for tp in parts:
             self._assigned.add((tp.topic, tp.partition))
+            self._tracker.assigned(tp.topic, tp.partition)  # a new epoch: older work cannot finish it
         self._health.assigned = bool(self._assigned)
         if self._paused:
             consumer.pause(parts)
@@ -257,16 +323,22 @@ class Executor:
             self._assigned.discard((tp.topic, tp.partition))
             self._tracker.forget(tp.topic, tp.partition)
         self._health.assigned = bool(self._assigned)
+        log.warning("lost %s", [(tp.topic, tp.partition) for tp in parts])
 
     # --- step 8: shutdown --------------------------------------------------------------------------
 
     async def _shutdown(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._stopping.set()  # also when the loop ended by an error: nothing new starts
         deadline = time.monotonic() + self._cfg.grace_seconds
+        fatal: FatalKafkaError | None = None
         if self._tasks:
             await asyncio.wait(set(self._tasks), timeout=max(0.0, deadline - time.monotonic()))
-        while self._producer.flush(0.1) > 0 and time.monotonic() < deadline:
-            pass
-        self._producer.poll(0)
+        try:
+            while self._producer.flush(0.1) > 0 and time.monotonic() < deadline:
+                pass
+            self._producer.poll(0)
+        except FatalKafkaError as exc:
+            fatal = exc
         self._store_offsets()
         offsets = [TopicPartition(t, p, o) for (t, p), o in self._tracker.all_committable().items()
                    if (t, p) in self._assigned]
@@ -274,12 +346,19 @@ class Executor:
             if offsets:
                 await loop.run_in_executor(self._pool, lambda: self._consumer.commit(
                     offsets=offsets, asynchronous=False))
-        except KafkaException as exc:
+        except (KafkaException, FatalKafkaError) as exc:
             log.warning("final commit failed: %s", exc)
+        left = len(self._tasks)
         for task in self._tasks:
             task.cancel()
-        await loop.run_in_executor(self._pool, self._consumer.close)
+        try:
+            await loop.run_in_executor(self._pool, self._consumer.close)
+        except FatalKafkaError as exc:
+            fatal = fatal or exc
         self._pool.shutdown(wait=False)
+        log.info("executor stopped: %d commands left unfinished (they are redelivered)", left)
+        if fatal is not None:
+            raise fatal
 
 
 def _result_key(result: KmsResult) -> str:

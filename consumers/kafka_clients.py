@@ -2,52 +2,124 @@
 
 Each process's consumer stores offsets by hand (``enable.auto.offset.store=false``) so an offset is
 stored only after its message is done; the background commit then commits only what was stored.
+
+Precedence: our tuning defaults < the settings' pass-through keys (``KMSBRIDGE_KAFKA__*``, so an
+operator can change ``session.timeout.ms`` or ``max.poll.interval.ms``) < the few keys the commit
+protocol depends on, which no setting may change (group id, manual offset store, read_committed,
+idempotence).
+
+Every client gets an ``error_cb`` (:class:`KafkaErrorHandler`). librdkafka retries nearly everything
+by itself, which is right for a broker that is down or restarting, but wrong for credentials the
+broker refuses: the process would spin forever looking healthy. An authentication failure therefore
+raises :class:`~consumers.errors.KafkaAuthenticationFailed` out of the poll, consume or flush call
+that served it, and the process exits non-zero with a message naming the settings to check.
 """
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Mapping
+from typing import Any
 
-from confluent_kafka import Consumer, Producer
+from confluent_kafka import Consumer, KafkaError, Producer
+
+from consumers.errors import FatalKafkaError, KafkaAuthenticationFailed
 
 KafkaConfig = Mapping[str, str]
 
-__all__ = ["consumer_config", "make_consumer", "make_producer", "producer_config"]
+__all__ = [
+    "AUTHENTICATION_ERRORS",
+    "KafkaErrorHandler",
+    "consumer_config",
+    "make_consumer",
+    "make_producer",
+    "producer_config",
+]
+
+log = logging.getLogger(__name__)
+
+#: librdkafka's local authentication failure and the broker's SASL error code.
+AUTHENTICATION_ERRORS: frozenset[int] = frozenset({KafkaError._AUTHENTICATION, KafkaError.SASL_AUTHENTICATION_FAILED})
+_LOG_EVERY_SECONDS = 10.0
+
+
+class KafkaErrorHandler:
+    """A client's ``error_cb``: logs client-wide errors (each code at most every 10 s) and raises for
+    the ones no retry can fix. Raised once per client; later repeats are only logged, so shutdown
+    code that polls or flushes the same client is not interrupted again."""
+
+    def __init__(self, role: str) -> None:
+        self.role = role
+        self.fatal: FatalKafkaError | None = None
+        self._last_logged: dict[int, float] = {}
+
+    def __call__(self, err: KafkaError) -> None:
+        code = err.code()
+        if code in AUTHENTICATION_ERRORS:
+            self._fail(KafkaAuthenticationFailed(
+                f"Kafka authentication failed for the {self.role} ({err.name()}): {err.str()}. Check the settings "
+                "KMSBRIDGE_KAFKA__SASL_USERNAME and KMSBRIDGE_KAFKA__SASL_PASSWORD (and "
+                "KMSBRIDGE_KAFKA__SASL_MECHANISM, KMSBRIDGE_KAFKA__SECURITY_PROTOCOL)"))
+            return
+        if err.fatal():
+            self._fail(FatalKafkaError(f"fatal Kafka error in the {self.role} ({err.name()}): {err.str()}"))
+            return
+        now = time.monotonic()
+        if now - self._last_logged.get(code, -_LOG_EVERY_SECONDS) >= _LOG_EVERY_SECONDS:
+            self._last_logged[code] = now
+            log.warning("kafka %s error %s: %s", self.role, err.name(), err.str())
+
+    def _fail(self, exc: FatalKafkaError) -> None:
+        if self.fatal is not None:
+            return
+        self.fatal = exc
+        log.critical("%s", exc)
+        raise exc
 
 
 def consumer_config(
     base: KafkaConfig, group_id: str, *, instance_id: str | None = None, transactional_input: bool = False
-) -> dict[str, str | int | bool]:
-    config: dict[str, str | int | bool] = dict(base)
+) -> dict[str, Any]:
+    config: dict[str, Any] = {
+        "auto.offset.reset": "earliest",
+        "partition.assignment.strategy": "cooperative-sticky",
+        "session.timeout.ms": 10000,
+        "auto.commit.interval.ms": 500,
+    }
+    config.update(base)
     config.update(
         {
             "group.id": group_id,
             "enable.auto.commit": not transactional_input,
             "enable.auto.offset.store": False,
-            "auto.offset.reset": "earliest",
-            "partition.assignment.strategy": "cooperative-sticky",
             "isolation.level": "read_committed",
-            "session.timeout.ms": 10000,
-            "auto.commit.interval.ms": 500,
         }
     )
     if instance_id:
         # static membership: a restarted pod gets its partitions back without a rebalance
         config["group.instance.id"] = instance_id
+    config.setdefault("error_cb", KafkaErrorHandler("consumer"))
     return config
 
 
-def producer_config(base: KafkaConfig, *, transactional_id: str | None = None) -> dict[str, str | int | bool]:
-    config: dict[str, str | int | bool] = dict(base)
-    config.update({"enable.idempotence": True, "acks": "all", "linger.ms": 5, "compression.type": "lz4"})
+def producer_config(base: KafkaConfig, *, transactional_id: str | None = None) -> dict[str, Any]:
+    config: dict[str, Any] = {"linger.ms": 5, "compression.type": "lz4"}
+    if transactional_id:
+        # A transaction left open by a killed translator blocks read_committed readers until the
+        # coordinator aborts it; keep that bound short (a batch takes well under a second).
+        config["transaction.timeout.ms"] = 30000
+    config.update(base)
+    config.update({"enable.idempotence": True, "acks": "all"})
     if transactional_id:
         config["transactional.id"] = transactional_id
+    config.setdefault("error_cb", KafkaErrorHandler("producer"))
     return config
 
 
-def make_consumer(config: dict[str, str | int | bool]) -> Consumer:
+def make_consumer(config: dict[str, Any]) -> Consumer:
     return Consumer(config)
 
 
-def make_producer(config: dict[str, str | int | bool]) -> Producer:
+def make_producer(config: dict[str, Any]) -> Producer:
     return Producer(config)

@@ -7,14 +7,25 @@ any consumer's in-memory position, so every process and the CLI see the same num
 
 How :meth:`LagReader.read` computes them, in steps (repeated in the code):
 
-1. committed offsets of the group (``AdminClient.list_consumer_group_offsets``); a partition the
-   group never committed counts from its low watermark, where ``auto.offset.reset=earliest`` starts;
-2. the partitions of the topics (cluster metadata), so uncommitted partitions are listed too;
+1. the partitions of the topics (cluster metadata); without a topic list, every non-internal topic, of
+   which step 2 keeps those the group committed on;
+2. the group's committed offsets, read by a consumer that carries the group's ``group.id`` but never
+   subscribes, assigns or commits (``Consumer.committed`` is a read-only OffsetFetch; it joins nothing).
+   A partition the group never committed counts from its low watermark, where
+   ``auto.offset.reset=earliest`` starts. *Why not* ``AdminClient.list_consumer_group_offsets``: in
+   librdkafka up to at least 2.16 its OffsetFetch handler dereferences the admin client's missing
+   consumer-group object when the broker answers NOT_COORDINATOR (fresh broker, coordinator moving)
+   and the whole process dies of SIGSEGV (librdkafka#5040, confluent-kafka-python#1982); the consumer
+   path handles that error by looking the coordinator up again;
 3. low and high watermarks of every partition in one batched ``list_offsets`` call (read-uncommitted:
    the high watermark, as ``kafka-consumer-groups`` shows as LOG-END-OFFSET);
-4. for each partition with lag > 0, one message read at the committed offset by a consumer that only
-   ``assign``\\ s (never subscribes, never commits, so it joins no group) for its timestamp. If the
-   partition ends before any message (only transaction markers are left) the time lag is 0.
+4. for each partition with lag > 0, one message read at the committed offset by a second consumer that
+   only ``assign``\\ s (its own throwaway ``group.id``, never committing, so it joins no group) for its
+   timestamp. If the partition ends before any message, only transaction markers are left: nothing is
+   to be processed, so lag and time lag are 0. (A consumer that stores ``offset + 1`` of its last record
+   of a transactional topic, as the executor does on ``kms.commands``, stops right before the commit
+   marker; counting that marker would show lag 1 forever on an idle, caught-up group and fire the stall
+   alert.)
 
 :class:`LagMonitor` runs that every ``interval`` seconds in a daemon thread with its *own* clients and
 sets ``kmsbridge_consumer_lag`` / ``kmsbridge_consumer_lag_seconds``; it never touches the process's
@@ -37,7 +48,6 @@ from confluent_kafka import (
     OFFSET_BEGINNING,
     TIMESTAMP_NOT_AVAILABLE,
     Consumer,
-    ConsumerGroupTopicPartitions,
     IsolationLevel,
     KafkaError,
     KafkaException,
@@ -117,17 +127,19 @@ def _wrap(what: str, exc: BaseException) -> LagError:
 
 
 class LagReader:
-    """An AdminClient and an assign-only Consumer, kept open across reads (for :class:`LagMonitor`).
-
-    Not thread-safe: one thread uses a reader. Close it with :meth:`close`.
+    """Kafka clients for lag queries, kept open across reads (for :class:`LagMonitor`): an AdminClient
+    (metadata, watermarks, group listing), one offsets consumer per group asked about, and one
+    assign-only consumer for timestamps. Not thread-safe: one thread uses a reader; :meth:`close` it.
     """
 
     def __init__(self, kafka_config: Mapping[str, str], *, client_id: str = "kmsbridge-lag") -> None:
-        base = {**kafka_config, "client.id": client_id}
-        self._admin = AdminClient(dict(base))
-        self._consumer = Consumer(
+        self._base = {**kafka_config, "client.id": client_id}
+        self._client_id = client_id
+        self._admin = AdminClient(dict(self._base))
+        self._offsets: dict[str, Consumer] = {}
+        self._reader = Consumer(
             {
-                **base,
+                **self._base,
                 # librdkafka wants a group.id; this consumer only assigns and never commits, so the
                 # group is never created on the broker.
                 "group.id": f"{client_id}-reader",
@@ -146,7 +158,8 @@ class LagReader:
     def close(self) -> None:
         if not self._closed:
             self._closed = True
-            self._consumer.close()
+            for consumer in (*self._offsets.values(), self._reader):
+                consumer.close()
 
     def groups(self, timeout: float = 10) -> list[str]:
         """Every consumer group the broker knows (members or committed offsets)."""
@@ -159,18 +172,20 @@ class LagReader:
     def read(self, group: str, topics: Sequence[str] | None = None, timeout: float = 10) -> list[PartitionLag]:
         """Lag of ``group`` on ``topics`` (default: every topic the group has committed on)."""
         deadline = time.monotonic() + timeout
-        # 1. committed offsets of the group
-        committed = self._committed(group, timeout)
-        wanted_topics = list(dict.fromkeys(topics)) if topics is not None else sorted({t for t, _ in committed})
-        if not wanted_topics:
-            return []
-        # 2. every partition of those topics (missing topics are skipped: nothing to lag behind)
-        partitions = self._partitions(wanted_topics, _left(deadline))
+        # 1. every partition of the topics (missing topics are skipped: nothing to lag behind)
+        partitions = self._partitions(topics, timeout)
         if not partitions:
             return []
+        # 2. the group's committed offsets; without a topic list only topics it committed on count
+        committed = self._committed(group, partitions, _left(deadline))
+        if topics is None:
+            kept = {t for t, _p in committed}
+            partitions = [key for key in partitions if key[0] in kept]
+            if not partitions:
+                return []
         # 3. low and high watermarks, batched
-        low = self._offsets(partitions, OffsetSpec.earliest(), _left(deadline))
-        high = self._offsets(partitions, OffsetSpec.latest(), _left(deadline))
+        low = self._watermarks(partitions, OffsetSpec.earliest(), _left(deadline))
+        high = self._watermarks(partitions, OffsetSpec.latest(), _left(deadline))
         rows: list[tuple[TopicPartitionKey, int, int, int]] = []
         for key in partitions:
             effective, lag = partition_lag(committed.get(key), low[key], high[key])
@@ -181,35 +196,23 @@ class LagReader:
         now = time.time()
         return [
             PartitionLag(
-                group=group, topic=key[0], partition=key[1], committed=effective, high_watermark=hw, lag=lag,
+                group=group, topic=key[0], partition=key[1], committed=effective, high_watermark=hw,
+                # only transaction markers left: nothing to process (see the module docstring)
+                lag=0 if key in ended else lag,
                 lag_seconds=seconds_behind(lag, stamps.get(key), now, partition_ended=key in ended),
             )
             for key, effective, hw, lag in rows
         ]
 
-    def _committed(self, group: str, timeout: float) -> dict[TopicPartitionKey, int]:
-        try:
-            futures = self._admin.list_consumer_group_offsets(
-                [ConsumerGroupTopicPartitions(group)], request_timeout=timeout
-            )
-            result = futures[group].result(timeout=timeout)
-        except (KafkaException, concurrent.futures.TimeoutError) as exc:
-            raise _wrap(f"reading committed offsets of group {group!r}", exc) from exc
-        out: dict[TopicPartitionKey, int] = {}
-        for tp in result.topic_partitions or []:
-            if tp.error is not None:
-                raise LagError(f"committed offset of group {group!r} on {tp.topic}[{tp.partition}]: {tp.error}")
-            if tp.offset >= 0:
-                out[(tp.topic, tp.partition)] = tp.offset
-        return out
-
-    def _partitions(self, topics: Sequence[str], timeout: float) -> list[TopicPartitionKey]:
+    def _partitions(self, topics: Sequence[str] | None, timeout: float) -> list[TopicPartitionKey]:
         try:
             metadata = self._admin.list_topics(timeout=timeout)
         except KafkaException as exc:
             raise _wrap("reading cluster metadata", exc) from exc
+        names = list(dict.fromkeys(topics)) if topics is not None else sorted(
+            name for name in metadata.topics if not name.startswith("__"))
         out: list[TopicPartitionKey] = []
-        for name in topics:
+        for name in names:
             topic = metadata.topics.get(name)
             if topic is None or topic.error is not None:
                 log.debug("lag: topic %s not found, skipped", name)
@@ -217,8 +220,31 @@ class LagReader:
             out.extend((name, p) for p in sorted(topic.partitions))
         return out
 
-    def _offsets(self, partitions: Iterable[TopicPartitionKey], spec: OffsetSpec,
-                 timeout: float) -> dict[TopicPartitionKey, int]:
+    def _committed(self, group: str, partitions: Sequence[TopicPartitionKey],
+                   timeout: float) -> dict[TopicPartitionKey, int]:
+        consumer = self._offsets.get(group)
+        if consumer is None:
+            consumer = self._offsets[group] = Consumer({
+                **self._base,
+                "group.id": group,
+                # read-only: this consumer never subscribes, assigns or commits
+                "enable.auto.commit": False,
+                "enable.auto.offset.store": False,
+            })
+        try:
+            answer = consumer.committed([TopicPartition(t, p) for t, p in partitions], timeout=timeout)
+        except KafkaException as exc:
+            raise _wrap(f"reading committed offsets of group {group!r}", exc) from exc
+        out: dict[TopicPartitionKey, int] = {}
+        for tp in answer:
+            if tp.error is not None:
+                raise LagError(f"committed offset of group {group!r} on {tp.topic}[{tp.partition}]: {tp.error}")
+            if tp.offset >= 0:
+                out[(tp.topic, tp.partition)] = tp.offset
+        return out
+
+    def _watermarks(self, partitions: Iterable[TopicPartitionKey], spec: OffsetSpec,
+                    timeout: float) -> dict[TopicPartitionKey, int]:
         request = {TopicPartition(t, p): spec for t, p in partitions}
         try:
             futures = self._admin.list_offsets(
@@ -235,11 +261,11 @@ class LagReader:
         stamps: dict[TopicPartitionKey, int] = {}
         ended: set[TopicPartitionKey] = set()
         pending = set(offsets)
-        self._consumer.assign([TopicPartition(t, p, max(o, OFFSET_BEGINNING)) for (t, p), o in offsets.items()])
+        self._reader.assign([TopicPartition(t, p, max(o, OFFSET_BEGINNING)) for (t, p), o in offsets.items()])
         deadline = time.monotonic() + timeout
         try:
             while pending and time.monotonic() < deadline:
-                msg = self._consumer.poll(min(0.5, _left(deadline)))
+                msg = self._reader.poll(min(0.5, _left(deadline)))
                 if msg is None:
                     continue
                 topic, partition = msg.topic(), msg.partition()
@@ -259,11 +285,11 @@ class LagReader:
                         stamps[key] = ts
                 pending.discard(key)
                 # enough of this partition: stop fetching it while the others answer
-                self._consumer.pause([TopicPartition(topic, partition)])
+                self._reader.pause([TopicPartition(topic, partition)])
         except KafkaException as exc:
             raise _wrap("reading the oldest unprocessed messages", exc) from exc
         finally:
-            self._consumer.unassign()
+            self._reader.unassign()
         return stamps, ended
 
 

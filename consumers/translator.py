@@ -10,10 +10,20 @@ Commit protocol, one Kafka transaction per polled batch:
    all inside the transaction.
 4. ``send_offsets_to_transaction`` with the position after the batch, so the input offsets commit
    atomically with the outputs.
-5. Commit. If the commit (or any step) fails with an abortable error, abort and rewind every assigned
-   partition to its committed offset: the batch is processed again and, because planning is
-   deterministic, produces byte-identical commands. A fatal error (fenced) ends the process
-   non-zero; its supervisor restarts it.
+5. Commit. A commit that timed out (retriable, e.g. the broker is restarting) is tried again; if it
+   (or any step) fails otherwise, abort and rewind every assigned partition to its committed offset:
+   the batch is processed again and, because planning is deterministic, produces byte-identical
+   commands. Abort and rewind themselves are retried until the broker answers, so a broker outage
+   only pauses the loop. A fatal error (fenced) ends the process non-zero; its supervisor restarts it.
+
+Before the loop, ``init_transactions`` is retried in short slices while the producer is polled, so a
+broker that is not up yet is waited for, and refused credentials end the process with a clear error
+(:class:`~consumers.kafka_clients.KafkaErrorHandler`) instead of a silent hang.
+
+Input screening (step 3): a tombstone is a counted skip; an oversized value, bytes that do not decode
+(bad magic, unknown fingerprint or schema id, invalid record) and a record dated too far in the future
+go to the DLQ with reason headers; so does a record whose handler fails unexpectedly (a bug), so one
+record cannot stop its partition. Nothing of a screened record reaches ``kms.commands``.
 """
 
 from __future__ import annotations
@@ -23,11 +33,11 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
-from consumers.dlq import dlq_headers
+from consumers.dlq import Oversized, TooFarInFuture, UnexpectedError, dlq_headers, screen_size, screen_times
 from consumers.errors import FatalKafkaError
 from consumers.health import HealthState
 from consumers.metrics import DLQ_MESSAGES, MESSAGES_CONSUMED, MESSAGES_PROCESSED, PROCESSING_SECONDS
@@ -42,16 +52,6 @@ log = logging.getLogger(__name__)
 PROCESS = "translator"
 
 Handler = Callable[[object, str], Translation]
-
-
-class Oversized(PoisonMessage):
-    def __init__(self, size: int, limit: int) -> None:
-        super().__init__("oversized", f"message of {size} bytes exceeds the limit of {limit} bytes")
-
-
-class TooFarInFuture(PoisonMessage):
-    def __init__(self, field: str, value: datetime, limit: timedelta) -> None:
-        super().__init__("future_timestamp", f"{field} {value.isoformat()} lies more than {limit} in the future")
 
 
 @dataclass(frozen=True)
@@ -88,7 +88,9 @@ class TransactionalTranslator:
     def run(self, *, until_end: bool = False) -> None:
         """Run until stopped; with ``until_end``, stop once every assigned partition reached the end
         it had when the loop started (one-shot mail runs)."""
-        self._producer.init_transactions(self._cfg.transaction_timeout_seconds)
+        if not self._init_transactions():
+            self._consumer.close()
+            return
         self._consumer.subscribe(list(self._cfg.inputs), on_assign=self._on_assign,
                                  on_revoke=self._on_revoke, on_lost=self._on_revoke)
         ends: dict[tuple[str, int], int] | None = None
@@ -117,14 +119,14 @@ class TransactionalTranslator:
             positions = _positions_after(msgs)
             self._producer.send_offsets_to_transaction(  # step 4
                 positions, self._consumer.consumer_group_metadata(), self._cfg.transaction_timeout_seconds)
-            self._producer.commit_transaction(self._cfg.transaction_timeout_seconds)  # step 5
+            self._commit()  # step 5
         except KafkaException as exc:
             self._recover(exc)
             return
         except SchemaRegistryUnavailable as exc:
             # not the message's fault: abort, rewind and try the batch again after a pause
             log.warning("schema registry unavailable (%s); retrying the batch", exc)
-            self._abort_quietly()
+            self._abort()
             self._rewind()
             self._stop.wait(1.0)
             return
@@ -144,12 +146,18 @@ class TransactionalTranslator:
             log.info("tombstone skipped topic=%s partition=%s offset=%s", topic, msg.partition(), msg.offset())
             return "skipped"
         try:
-            if len(value) > self._cfg.max_message_bytes:
-                raise Oversized(len(value), self._cfg.max_message_bytes)
+            screen_size(value, self._cfg.max_message_bytes)
             record: object = self._codec.decode(value, record_type)
-            self._check_future(record)
-            translation = handler(record, topic)
-        except PoisonMessage as exc:
+            screen_times(record, _TIME_FIELDS, self._cfg.max_future_skew)
+            try:
+                translation = handler(record, topic)
+            except (PoisonMessage, SchemaRegistryUnavailable, KafkaException):
+                raise
+            except Exception as exc:  # a bug in planning: dead-letter this record, keep the loop going
+                log.error("handler failed topic=%s partition=%s offset=%s error=%s", topic, msg.partition(),
+                          msg.offset(), type(exc).__name__)
+                raise UnexpectedError(exc) from None
+        except (PoisonMessage, UnexpectedError) as exc:
             DLQ_MESSAGES.labels(topic, exc.reason).inc()
             self._produce(topic + self._cfg.dlq_suffix, msg.key(), value, dlq_headers(msg, exc))
             log.warning("dead-lettered topic=%s partition=%s offset=%s reason=%s", topic, msg.partition(),
@@ -166,14 +174,6 @@ class TransactionalTranslator:
                           self._codec.encode(run, self._cfg.reconcile_requests_topic))
         return translation.outcome
 
-    def _check_future(self, record: object) -> None:
-        limit = self._cfg.max_future_skew
-        horizon = datetime.now(UTC) + limit
-        for field in ("occurred_at", "created_at", "requested_at"):
-            value = getattr(record, field, None)
-            if isinstance(value, datetime) and value > horizon:
-                raise TooFarInFuture(field, value, limit)
-
     def _produce(self, topic: str, key: bytes | None, value: bytes,
                  headers: list[tuple[str, str | bytes | None]] | None = None) -> None:
         while True:
@@ -183,32 +183,74 @@ class TransactionalTranslator:
             except BufferError:
                 self._producer.poll(0.05)
 
+    def _init_transactions(self) -> bool:
+        """Register the transactional id (fencing any zombie with the same id); False when stopped first."""
+        while not self._stop.is_set():
+            try:
+                self._producer.init_transactions(_INIT_SLICE_SECONDS)
+                return True
+            except KafkaException as exc:
+                err = exc.args[0] if exc.args else None
+                self._producer.poll(0)  # serves error_cb: refused credentials raise here
+                if not isinstance(err, KafkaError) or err.fatal() or not err.retriable():
+                    raise FatalKafkaError(f"cannot initialise Kafka transactions: {err}") from exc
+                log.warning("waiting for the transaction coordinator (%s)", err.name())
+        return False
+
+    def _commit(self) -> None:
+        while True:
+            try:
+                self._producer.commit_transaction(self._cfg.transaction_timeout_seconds)
+                return
+            except KafkaException as exc:
+                err = exc.args[0] if exc.args else None
+                if (isinstance(err, KafkaError) and err.retriable() and not err.fatal()
+                        and not err.txn_requires_abort() and not self._stop.is_set()):
+                    log.warning("transaction commit not confirmed (%s); committing again", err.name())
+                    self._producer.poll(0)
+                    continue
+                raise
+
     def _recover(self, exc: KafkaException) -> None:
         err = exc.args[0] if exc.args else None
         if isinstance(err, KafkaError) and err.fatal():
             raise FatalKafkaError(f"fatal producer error: {err}") from exc
         log.warning("transaction failed (%s); aborting and rewinding", err)
-        self._abort_quietly()
+        self._abort()
         self._rewind()
 
-    def _abort_quietly(self) -> None:
-        try:
-            self._producer.abort_transaction(self._cfg.transaction_timeout_seconds)
-        except KafkaException as abort_exc:
-            abort_err = abort_exc.args[0] if abort_exc.args else None
-            if isinstance(abort_err, KafkaError) and abort_err.fatal():
-                raise FatalKafkaError(f"fatal producer error on abort: {abort_err}") from abort_exc
+    def _abort(self) -> None:
+        """Abort the open transaction, retrying while the broker does not answer."""
+        while True:
+            try:
+                self._producer.abort_transaction(self._cfg.transaction_timeout_seconds)
+                return
+            except KafkaException as abort_exc:
+                err = abort_exc.args[0] if abort_exc.args else None
+                if isinstance(err, KafkaError) and err.fatal():
+                    raise FatalKafkaError(f"fatal producer error on abort: {err}") from abort_exc
+                if isinstance(err, KafkaError) and err.code() == KafkaError._STATE:
+                    return  # no transaction in progress
+                log.warning("abort not confirmed (%s); trying again", err)
+                self._producer.poll(0)
+                if self._stop.wait(1.0):
+                    return  # stopping: the coordinator aborts it on timeout or when our id is reused
 
     def _rewind(self) -> None:
-        parts = [TopicPartition(t, p) for t, p in self._assigned]
-        if not parts:
-            return
-        committed = self._consumer.committed(parts, timeout=10)
-        for tp in committed:
-            if tp.offset >= 0:
-                self._consumer.seek(tp)
-            else:
-                self._consumer.seek(TopicPartition(tp.topic, tp.partition, -2))  # OFFSET_BEGINNING
+        """Seek every assigned partition back to its committed offset, retrying while the broker is away."""
+        while not self._stop.is_set():
+            parts = [TopicPartition(t, p) for t, p in self._assigned]
+            if not parts:
+                return
+            try:
+                committed = self._consumer.committed(parts, timeout=10)
+                for tp in committed:
+                    offset = tp.offset if tp.offset >= 0 else OFFSET_BEGINNING
+                    self._consumer.seek(TopicPartition(tp.topic, tp.partition, offset))
+                return
+            except KafkaException as exc:
+                log.warning("rewind failed (%s); trying again", exc)
+                self._stop.wait(1.0)
 
     # --- rebalance ---------------------------------------------------------------------------------
 
@@ -242,10 +284,17 @@ class TransactionalTranslator:
         return True
 
 
+_INIT_SLICE_SECONDS = 5.0
+_TIME_FIELDS = ("occurred_at", "created_at", "requested_at")
+OFFSET_BEGINNING = -2
+
+
 def _is_eof_or_error(msg: Message) -> bool:
     err = msg.error()
     if err is None:
         return False
+    if err.fatal():  # e.g. a static member fenced after a coordinator failover: only a restart helps
+        raise FatalKafkaError(f"fatal Kafka consumer error in the translator: {err.str()}")
     if err.code() != KafkaError._PARTITION_EOF:
         log.warning("consumer error: %s", err)
     return True

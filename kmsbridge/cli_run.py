@@ -8,7 +8,8 @@ from typing import Any
 
 import click
 
-from kmsbridge.cli_common import cli_settings, fail
+from consumers.errors import FatalKafkaError
+from kmsbridge.cli_common import EXIT_FAILED, cli_settings, fail
 from kmsbridge.settings import SettingsError
 
 __all__ = ["PROCESS_RUNNERS", "resolve_runner", "run_cmd"]
@@ -47,3 +48,5 @@ def run_cmd(process: str) -> None:
         runner(settings)
     except SettingsError as exc:
         fail(str(exc))
+    except FatalKafkaError as exc:  # e.g. refused credentials: fail closed, say why, let the supervisor act
+        fail(str(exc), EXIT_FAILED)

@@ -14,6 +14,9 @@ Lifecycle, as :func:`start_broker` does it:
 5. wait until the port answers *and* an AdminClient metadata call succeeds; on failure kill the process
    and raise :class:`BrokerStartError` with the tail of the log.
 
+:func:`restart_broker` repeats steps 4-5 on an existing data dir (same ports, topics and offsets), for
+drills that stop the broker mid-stream and start it again.
+
 This module is stdlib-only except for the readiness probe, which imports ``confluent_kafka`` lazily.
 Command line (for scripts and the Makefile)::
 
@@ -53,6 +56,7 @@ __all__ = [
     "main",
     "render_properties",
     "repo_root",
+    "restart_broker",
     "start_broker",
     "stop_broker",
 ]
@@ -115,6 +119,10 @@ class BrokerHandle:
 
     def stop(self, timeout: float = 30) -> None:
         stop_broker(self.pid, timeout=timeout)
+
+    def restart(self, timeout: float = 60) -> BrokerHandle:
+        """Start this (stopped) broker again on its data dir and ports; see :func:`restart_broker`."""
+        return restart_broker(self, timeout=timeout)
 
     def to_json(self) -> str:
         data = asdict(self)
@@ -222,8 +230,12 @@ def _port_free(port: int, host: str = _LOOPBACK) -> bool:
 
 
 def _new_cluster_id() -> str:
-    # Kafka's Uuid.toString(): URL-safe base64 of the 16 bytes, no padding (22 characters).
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode("ascii").rstrip("=")
+    # Kafka's Uuid.toString(): URL-safe base64 of the 16 bytes, no padding (22 characters). Like Kafka's
+    # Uuid.randomUuid(), never one starting with "-": the storage tool would read it as an option.
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode("ascii").rstrip("=")
+        if not cluster_id.startswith("-"):
+            return cluster_id
 
 
 def broker_properties(data_dir: Path, ports: BrokerPorts) -> dict[str, str]:
@@ -403,6 +415,53 @@ def start_broker(
     log_file.write_bytes(b"")
     # 3. storage, with SCRAM credentials written into the bootstrap metadata
     _format_storage(java, libs, props_file, scram_users or {}, log_file)
+    return _launch(java, libs, data_dir, props_file, log4j_file, log_file, ports, timeout)
+
+
+def restart_broker(handle: BrokerHandle, timeout: float = 60) -> BrokerHandle:
+    """Start a stopped broker again on its own data dir: the same ports, cluster id, topics, committed
+    offsets and SCRAM users (for broker-outage drills). Returns the new handle (a new ``pid``).
+
+    Raises :class:`BrokerError` while the old process still runs, or when ``handle.data_dir`` holds
+    no formatted broker.
+    """
+    data_dir = Path(handle.data_dir).resolve()
+    props_file = data_dir / "server.properties"
+    log4j_file = data_dir / "log4j2.properties"
+    if not (data_dir / "kraft-logs" / "meta.properties").exists() or not props_file.is_file():
+        raise BrokerError(f"{data_dir} holds no formatted broker to restart; use start_broker()")
+    if _reap_or_probe(handle.pid):
+        raise BrokerError(f"the broker (pid {handle.pid}) is still running; stop it first")
+    ports = _ports_of(props_file)
+    # The old JVM has exited, but its listening sockets may take a moment to be released.
+    deadline = time.monotonic() + 10
+    for port in (ports.plaintext, ports.controller, ports.sasl):
+        while port is not None and not _port_free(port):
+            if time.monotonic() > deadline:
+                raise BrokerError(f"port {port} on {_LOOPBACK} is still in use; cannot restart the broker")
+            time.sleep(0.1)
+    return _launch(_java(), ensure_jars(), data_dir, props_file, log4j_file, Path(handle.log_file), ports, timeout)
+
+
+def _ports_of(props_file: Path) -> BrokerPorts:
+    """The ports a ``server.properties`` written by :func:`start_broker` listens on."""
+    listeners = ""
+    for line in props_file.read_text(encoding="utf-8").splitlines():
+        if line.startswith("listeners="):
+            listeners = line.partition("=")[2]
+    by_name = {}
+    for listener in listeners.split(","):
+        name, _, address = listener.partition("://")
+        by_name[name] = int(address.rpartition(":")[2])
+    try:
+        return BrokerPorts(plaintext=by_name["PLAINTEXT"], controller=by_name["CONTROLLER"],
+                           sasl=by_name.get("SASL_PLAINTEXT"))
+    except KeyError as exc:
+        raise BrokerError(f"{props_file}: no {exc.args[0]} listener in 'listeners'") from None
+
+
+def _launch(java: str, libs: Path, data_dir: Path, props_file: Path, log4j_file: Path, log_file: Path,
+            ports: BrokerPorts, timeout: float) -> BrokerHandle:
     # 4. the broker, in its own session so a Ctrl-C in the terminal that started it does not reach it
     cmd = [
         java,

@@ -1,33 +1,113 @@
 """Logging set-up: one line per event, ``key=value`` friendly, to stderr (or a file for the stack).
 
-Log calls name ids (event, request, idempotency key, secure client), never PINs or message texts;
-as a second line of defence :class:`RedactFilter` masks anything that looks like ``pin=NNNN``.
+Log calls name ids (event, request, idempotency key, secure client), never PINs or message texts.
+As a second line of defence every formatted line, tracebacks included, goes through a
+:class:`Redactor`: anything that looks like ``pin=NNNN`` is masked, and so is every secret the process
+was configured with (environment variables ``KMSBRIDGE_*`` naming a password, token, secret or API
+keys, and the contents of the ``*_FILE`` settings that name secret files), should a library ever
+echo one.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import re
 import sys
+from collections.abc import Iterable, Mapping
+from pathlib import Path
 
-__all__ = ["RedactFilter", "setup_logging"]
+__all__ = ["RedactFilter", "RedactingFormatter", "Redactor", "secrets_from_env", "setup_logging"]
 
 _PIN = re.compile(r"(?i)(pin[\"']?\s*[:=]\s*[\"']?)\d{4}")
+_SECRET_NAME = re.compile(r"(?i)(PASSWORD|TOKEN|SECRET|API_KEYS)")
+_MASK = "***"
+_MIN_SECRET = 4  # shorter values would mask ordinary words and numbers
+_MAX_SECRET_FILE = 64 * 1024
+
+
+def secrets_from_env(environ: Mapping[str, str] | None = None) -> list[str]:
+    """Secret values the process was given: ``KMSBRIDGE_*`` variables whose name says password,
+    token, secret or API keys, and the contents of such ``*_FILE`` variables' files."""
+    env = os.environ if environ is None else environ
+    found: list[str] = []
+    for name, value in env.items():
+        upper = name.upper()
+        if not upper.startswith("KMSBRIDGE_") or not _SECRET_NAME.search(upper) or not value:
+            continue
+        if upper.endswith("_FILE"):
+            try:
+                path = Path(value)
+                if path.stat().st_size > _MAX_SECRET_FILE:
+                    continue
+                text = path.read_text(encoding="utf-8", errors="replace")
+            except OSError:
+                continue
+            found += [line.strip() for line in text.splitlines() if line.strip()]
+            continue
+        found.append(value)
+        try:  # a list setting (API keys) arrives as JSON
+            parsed = json.loads(value)
+        except ValueError:
+            continue
+        if isinstance(parsed, list):
+            found += [str(item) for item in parsed]
+    return found
+
+
+class Redactor:
+    """Masks PIN-looking ``pin=NNNN`` fragments and known secret values in text."""
+
+    def __init__(self, secrets: Iterable[str] = ()) -> None:
+        self._secrets: set[str] = set()
+        for secret in secrets:
+            self.add(secret)
+
+    def add(self, secret: str) -> None:
+        if len(secret) >= _MIN_SECRET:
+            self._secrets.add(secret)
+
+    def __call__(self, text: str) -> str:
+        text = _PIN.sub(r"\1****", text)
+        for secret in sorted(self._secrets, key=len, reverse=True):  # longest first: no partial leftovers
+            if secret in text:
+                text = text.replace(secret, _MASK)
+        return text
 
 
 class RedactFilter(logging.Filter):
+    """Masks the message of each record (for handlers whose formatter is not ours)."""
+
+    def __init__(self, redactor: Redactor | None = None) -> None:
+        super().__init__()
+        self.redactor = redactor or Redactor()
+
     def filter(self, record: logging.LogRecord) -> bool:
         msg = record.getMessage()
-        masked = _PIN.sub(r"\1****", msg)
+        masked = self.redactor(msg)
         if masked != msg:
             record.msg, record.args = masked, None
         return True
 
 
+class RedactingFormatter(logging.Formatter):
+    """Masks the whole formatted line, exception text and stack included."""
+
+    def __init__(self, fmt: str, redactor: Redactor) -> None:
+        super().__init__(fmt)
+        self.redactor = redactor
+
+    def format(self, record: logging.LogRecord) -> str:
+        return self.redactor(super().format(record))
+
+
 def setup_logging(level: str = "INFO") -> None:
+    redactor = Redactor(secrets_from_env())
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s level=%(levelname)s logger=%(name)s %(message)s"))
-    handler.addFilter(RedactFilter())
+    handler.setFormatter(RedactingFormatter("%(asctime)s level=%(levelname)s logger=%(name)s %(message)s",
+                                            redactor))
+    handler.addFilter(RedactFilter(redactor))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

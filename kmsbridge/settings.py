@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = [
@@ -49,6 +49,15 @@ class KafkaSettings(BaseModel):
     ssl_certificate_location: str | None = None
     ssl_key_location: str | None = None
     ssl_key_password: SecretStr | None = None
+
+    @model_validator(mode="after")
+    def _hide_passthrough_secrets(self) -> KafkaSettings:
+        # pass-through keys such as ssl.keystore.password or sasl.oauthbearer.client.secret are secrets too
+        extra = self.model_extra or {}
+        for name, value in extra.items():
+            if isinstance(value, str) and any(word in name.lower() for word in ("password", "secret")):
+                extra[name] = SecretStr(value)
+        return self
 
     def librdkafka(self) -> dict[str, str]:
         """The one mapping from our names to librdkafka's dotted keys (secrets revealed here only)."""

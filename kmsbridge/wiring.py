@@ -169,7 +169,9 @@ def build_executor(settings: Settings, health: HealthState | None = None) -> Exe
                         ExecutorConfig(commands_topic=commands, results_topic=settings.topic("results"),
                                        dlq_topic=settings.dlq(commands), max_inflight=ex_cfg.max_inflight,
                                        max_buffered=ex_cfg.max_buffered,
-                                       grace_seconds=settings.shutdown_grace_seconds),
+                                       grace_seconds=settings.shutdown_grace_seconds,
+                                       max_message_bytes=settings.max_message_bytes,
+                                       max_future_skew=timedelta(seconds=settings.max_future_skew_seconds)),
                         health=health)
     executor_ref.append(executor)
     return ExecutorApp(executor, breaker, kms)

@@ -118,6 +118,10 @@ def create_app(
             req = parse_request(body)
         except SoapParseError as exc:
             return Response(fault_response("Client", str(exc)), 500, media_type=_XML)
+        card_status = fault_state.card_http_status(req.card)
+        if card_status is not None:  # a transient fault of this one card (card_errors code HTTP_<status>)
+            return Response(f"simulated HTTP {card_status} for this card".encode(), card_status,
+                            media_type="text/plain")
         return Response(dispatch(req), 200, media_type=_XML)
 
     def dispatch(req: SoapRequest) -> bytes:

@@ -11,7 +11,9 @@ What each fault does to a SOAP call (``POST /kms``), checked in this order:
 3. ``timeout``: hang for ``timeout_seconds`` (default 300, longer than any client waits), then 504.
 4. ``http_status``: answer every call with this status (e.g. 429 with ``Retry-After: 1``, or 503).
 5. ``error_rate``: with this probability answer HTTP 500 with a SOAP Server fault.
-6. ``card_errors``: ``{card: code}``: any call naming that card answers the business error ``code``.
+6. ``card_errors``: ``{card: code}``: any call naming that card answers the business error ``code``;
+   a code ``HTTP_<status>`` (e.g. ``HTTP_503``) answers that HTTP status instead, a transient fault of
+   that one card.
 
 Faults are in-memory only and reset by ``clear`` (or ``POST /admin/reset``).
 """
@@ -64,6 +66,13 @@ class Faults:
 
     def roll_error(self) -> bool:
         return self.error_rate > 0 and self._random.random() < self.error_rate
+
+    def card_http_status(self, card: str | None) -> int | None:
+        """The HTTP status injected for this card (``card_errors`` code ``HTTP_<status>``), else None."""
+        code = self.card_error(card)
+        if code is None or not code.startswith("HTTP_") or not code[5:].isdigit():
+            return None
+        return int(code[5:])
 
     def card_error(self, card: str | None) -> str | None:
         if card is None or not self.card_errors:

@@ -132,11 +132,17 @@ def test_lag_after_transactional_input_is_zero_once_everything_is_consumed(
     assert row.high_watermark == 6  # five records and the commit marker
     # librdkafka's position moves past the marker, so the committed offset is the high watermark
     assert (row.committed, row.lag) == (6, 0)
-    # a group committed just before the marker has lag 1 but nothing readable left: no time lag
+    # a group that stored offset + 1 of the last record stops just before the marker: nothing is left
+    # to process, so no lag (or an idle, caught-up executor would look stalled forever)
     marker_group = _group()
     _commit(kafka_config, marker_group, {(topic, 0): 5})
     (at_marker,) = compute_lag(kafka_config, marker_group, [topic], timeout=DEADLINE_S)
-    assert (at_marker.lag, at_marker.lag_seconds) == (1, 0.0)
+    assert (at_marker.committed, at_marker.high_watermark) == (5, 6)
+    assert (at_marker.lag, at_marker.lag_seconds) == (0, 0.0)
+    # one record before the marker is still one record to process
+    _commit(kafka_config, marker_group, {(topic, 0): 4})
+    (one_left,) = compute_lag(kafka_config, marker_group, [topic], timeout=DEADLINE_S)
+    assert one_left.lag == 2 and one_left.lag_seconds is not None and one_left.lag_seconds >= 0
     assert row.lag_seconds == 0.0
 
 
@@ -145,8 +151,11 @@ def test_group_without_commits_counts_from_the_low_watermark(
 ) -> None:
     (topic,) = fresh_topics(partitions=2)
     _produce(kafka_config, topic, {0: 2, 1: 3})
-    rows = _by_partition(compute_lag(kafka_config, _group(), [topic]))
+    group = _group()
+    rows = _by_partition(compute_lag(kafka_config, group, [topic]))
     assert {p: (r.committed, r.lag) for p, r in rows.items()} == {0: (0, 2), 1: (0, 3)}
+    # reading a group's offsets is read-only: it does not create the group
+    assert existing_groups(kafka_config, [group]) == []
     # an unknown group with no topics named has nothing to show
     assert compute_lag(kafka_config, _group()) == []
 

@@ -1,0 +1,170 @@
+"""Composition root of the reconciler's processes: ``kmsbridge run projector`` and ``... reconciler``.
+
+Both bring the database schema up to date first (:func:`kmsbridge.db.upgrade`), serve
+``/metrics``, ``/healthz`` and ``/readyz`` when ``KMSBRIDGE_METRICS_PORT`` is set, and stop cleanly
+on SIGTERM/SIGINT (the projector after its current batch, the reconciler between two batches of a
+run, leaving the request uncommitted so it runs again).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import threading
+from dataclasses import dataclass
+
+from sqlalchemy.engine import Engine
+
+from consumers.health import HealthServer, HealthState
+from consumers.kafka_clients import consumer_config, make_consumer, make_producer, producer_config
+from kms_adapter.port import KmsPort
+from kms_adapter.soap_client import SoapKmsClient
+from kmsbridge.db import upgrade
+from kmsbridge.settings import Settings
+from kmsbridge.wiring import build_codec, engine_for, load_provider_or_exit
+from reconciler.expectations import Expectations
+from reconciler.job import JobConfig, ResetJob
+from reconciler.lock import RunLock
+from reconciler.projector import Projector, ProjectorConfig
+from reconciler.publish import CommandSink, KafkaCommandSink
+from reconciler.runner import ReconcileRunner, RunnerConfig, run_on_loop
+from reconciler.store import DesiredStateStore
+
+__all__ = [
+    "ReconcilerApp",
+    "build_projector",
+    "build_reconciler",
+    "build_reset_job",
+    "job_config",
+    "migrated_engine",
+    "run_projector",
+    "run_reconciler",
+]
+
+log = logging.getLogger(__name__)
+
+
+def migrated_engine(settings: Settings) -> Engine:
+    """The database engine, its schema upgraded to the newest migration."""
+    engine = engine_for(settings)
+    upgrade(engine)
+    return engine
+
+
+def _health(settings: Settings) -> tuple[HealthState, HealthServer | None]:
+    state = HealthState(settings.health_ttl_seconds)
+    server = HealthServer(state, port=settings.metrics_port).start() if settings.metrics_port else None
+    return state, server
+
+
+# --- projector ---------------------------------------------------------------------------------------
+
+
+def build_projector(settings: Settings, health: HealthState | None = None,
+                    engine: Engine | None = None) -> Projector:
+    kafka = settings.kafka_config()
+    store = DesiredStateStore(engine or migrated_engine(settings))
+    config = consumer_config(kafka, settings.group_id("projector"), instance_id=settings.instance_id("projector"))
+    config["enable.auto.commit"] = False  # offsets are committed synchronously after the DB commit
+    topic = settings.topic("subscriptions")
+    return Projector(
+        make_consumer(config), make_producer(producer_config(kafka)), build_codec(settings), store,
+        ProjectorConfig(topic=topic, dlq_topic=settings.dlq(topic), max_message_bytes=settings.max_message_bytes),
+        health=health,
+    )
+
+
+def run_projector(settings: Settings) -> None:
+    health, server = _health(settings)
+    projector = build_projector(settings, health)
+    signal.signal(signal.SIGTERM, lambda *_: projector.request_stop())
+    signal.signal(signal.SIGINT, lambda *_: projector.request_stop())
+    log.info("projector started topic=%s database=%s", settings.topic("subscriptions"),
+             settings.database_url.split("@")[-1])
+    try:
+        projector.run()
+    finally:
+        if server:
+            server.stop()
+
+
+# --- reconciler --------------------------------------------------------------------------------------
+
+
+def job_config(settings: Settings) -> JobConfig:
+    return JobConfig(commands_topic=settings.topic("commands"))
+
+
+def build_reset_job(settings: Settings, kms: KmsPort, sink: CommandSink, *, engine: Engine | None = None,
+                    config: JobConfig | None = None) -> ResetJob:
+    """The reset job over the settings' database and provider, reading ``kms`` and publishing to ``sink``."""
+    engine = engine or migrated_engine(settings)
+    cfg = config or job_config(settings)
+    return ResetJob(DesiredStateStore(engine), kms, sink, load_provider_or_exit(settings),
+                    expectations=Expectations(engine, cfg.expectation_ttl), lock=RunLock(engine), config=cfg)
+
+
+@dataclass
+class ReconcilerApp:
+    """The runner plus the event loop (its own thread) the reset jobs and the KMS client live on."""
+
+    runner: ReconcileRunner
+    loop: asyncio.AbstractEventLoop
+    thread: threading.Thread
+    kms: SoapKmsClient
+
+    def run(self) -> None:
+        try:
+            self.runner.run()
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        if self.loop.is_closed():
+            return
+        if self.thread.is_alive():
+            asyncio.run_coroutine_threadsafe(self.kms.aclose(), self.loop).result(10)
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join(10)
+        self.loop.close()
+
+
+def build_reconciler(settings: Settings, health: HealthState | None = None,
+                     engine: Engine | None = None) -> ReconcilerApp:
+    provider = load_provider_or_exit(settings)
+    kafka = settings.kafka_config()
+    engine = engine or migrated_engine(settings)
+    kms = SoapKmsClient(settings.kms.endpoint, provider.operator_tag, settings.kms.resolved_token(),
+                        timeout=settings.kms.timeout_seconds, verify=settings.kms.verify(),
+                        max_connections=settings.kms.max_connections)
+    producer = make_producer(producer_config(kafka))
+    codec = build_codec(settings)
+    job = build_reset_job(settings, kms, KafkaCommandSink(producer, codec, settings.topic("commands")),
+                          engine=engine)
+    config = consumer_config(kafka, settings.group_id("reconciler"), instance_id=settings.instance_id("reconciler"))
+    config["enable.auto.commit"] = False  # a request is committed only after its report is delivered
+    requests = settings.topic("reconcile_requests")
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, name="reconcile-jobs", daemon=True)
+    thread.start()
+    runner = ReconcileRunner(
+        make_consumer(config), producer, codec, job,
+        RunnerConfig(requests_topic=requests, reports_topic=settings.topic("reconcile_reports"),
+                     dlq_topic=settings.dlq(requests)),
+        submit=run_on_loop(loop), health=health,
+    )
+    return ReconcilerApp(runner, loop, thread, kms)
+
+
+def run_reconciler(settings: Settings) -> None:
+    health, server = _health(settings)
+    app = build_reconciler(settings, health)
+    signal.signal(signal.SIGTERM, lambda *_: app.runner.request_stop())
+    signal.signal(signal.SIGINT, lambda *_: app.runner.request_stop())
+    log.info("reconciler started requests=%s kms=%s", settings.topic("reconcile_requests"), settings.kms.endpoint)
+    try:
+        app.run()
+    finally:
+        if server:
+            server.stop()

@@ -1,0 +1,137 @@
+"""The Web API's app factory: ``create_app(settings, publisher, outcomes, kms)``.
+
+Everything the app talks to is passed in, so unit tests build it with fakes and ``kmsbridge run api``
+(:mod:`kmsbridge.wiring_api`) with Kafka, the outcome feed and the SOAP client. Besides the ``/v1``
+routes the app serves, without authentication: ``/healthz`` (the outcome reader is alive), ``/readyz``
+(it has caught up), ``/metrics`` (Prometheus text) and ``/openapi.json``.
+
+The app owns ``kms`` from then on: it closes it when it shuts down.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any, Protocol
+
+from fastapi import FastAPI, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse
+from prometheus_client import Counter, Histogram, make_asgi_app
+from pydantic import SecretStr
+from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from kms_adapter.port import KmsPort
+from producers.api.auth import ApiKeyAuth
+from producers.api.deps import AlwaysReady, ApiServices, OutcomeSource, Probe
+from producers.api.routes import router
+from producers.requests import RequestPublisher
+
+__all__ = ["API_REQUESTS", "API_REQUEST_SECONDS", "ApiConfig", "create_app", "validation_error"]
+
+log = logging.getLogger(__name__)
+
+API_REQUESTS = Counter("kmsbridge_api_requests_total", "Web API requests by route template and status",
+                       ["method", "route", "status"])
+API_REQUEST_SECONDS = Histogram("kmsbridge_api_request_seconds", "Web API request duration",
+                                ["method", "route"],
+                                buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
+
+
+#: Routes that are not FastAPI routes (they do not record themselves in the scope); no ids in them.
+_STATIC_PATHS = frozenset({"/metrics", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"})
+
+
+class _ApiSection(Protocol):
+    @property
+    def wait_seconds(self) -> float: ...
+
+
+class ApiConfig(Protocol):
+    """What the factory reads from :class:`kmsbridge.settings.Settings` (a structural subset)."""
+
+    @property
+    def api(self) -> _ApiSection: ...
+
+    def api_keys(self) -> list[SecretStr]: ...
+
+
+class _Asgi:
+    """An ASGI app as a route endpoint (a plain function would be taken for a request handler)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self._app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self._app(scope, receive, send)
+
+
+async def validation_error(_request: Request, exc: Exception) -> JSONResponse:
+    """422 listing ``type``, ``loc`` and ``msg`` of each error: never the ``input`` (it may be a PIN)."""
+    errors = exc.errors() if isinstance(exc, RequestValidationError) else []
+    detail = [{"type": e.get("type"), "loc": list(e.get("loc", ())), "msg": str(e.get("msg", ""))} for e in errors]
+    return JSONResponse(status_code=422, content={"detail": detail})
+
+
+def create_app(settings: ApiConfig, publisher: RequestPublisher, outcomes: OutcomeSource, kms: KmsPort,
+               *, probe: Probe | None = None) -> FastAPI:
+    """The Web API. Raises ``ValueError`` (naming the settings) when no API key is configured."""
+    auth = ApiKeyAuth(settings.api_keys())
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        yield
+        await kms.aclose()
+
+    app = FastAPI(title="kmsbridge Web API", version="1", lifespan=lifespan,
+                  description="PIN set/reset, re-authorisation, query, messages and resets for an Irdeto KMS. "
+                              "Every write accepts ?process_immediately=true to wait for the outcome.")
+    app.state.auth = auth
+    app.state.services = ApiServices(publisher=publisher, outcomes=outcomes, kms=kms,
+                                     wait_seconds=settings.api.wait_seconds, probe=probe or AlwaysReady())
+    app.add_exception_handler(RequestValidationError, validation_error)
+    app.include_router(router)
+
+    @app.get("/healthz", include_in_schema=False)
+    def healthz(request: Request) -> PlainTextResponse:
+        ok = request.app.state.services.probe.healthy()
+        return PlainTextResponse("ok\n" if ok else "outcome reader stalled\n", status_code=200 if ok else 503)
+
+    @app.get("/readyz", include_in_schema=False)
+    def readyz(request: Request) -> PlainTextResponse:
+        ok = request.app.state.services.probe.ready()
+        return PlainTextResponse("ready\n" if ok else "not ready\n", status_code=200 if ok else 503)
+
+    # a route, not a mount: a mount at /metrics would redirect /metrics to /metrics/
+    app.router.routes.append(Route("/metrics", _Asgi(make_asgi_app()), methods=["GET"], include_in_schema=False))
+    app.middleware("http")(_observe)
+    return app
+
+
+async def _observe(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+    """Count and time every request by its route *template* (ids stay out of labels); log one line."""
+    started = time.monotonic()
+    status = 500
+    try:
+        response = await call_next(request)
+        status = response.status_code
+        return response
+    finally:
+        elapsed = time.monotonic() - started
+        route = _route_template(request.scope)
+        API_REQUESTS.labels(request.method, route, str(status)).inc()
+        API_REQUEST_SECONDS.labels(request.method, route).observe(elapsed)
+        if route not in ("/healthz", "/readyz", "/metrics"):
+            log.info("api method=%s route=%s status=%s ms=%.1f", request.method, route, status, elapsed * 1000)
+
+
+def _route_template(scope: Scope) -> str:
+    """The template of the route that handled the request (routing records it in the scope)."""
+    route: Any = scope.get("route")
+    path = getattr(route, "path_format", None) or getattr(route, "path", None)
+    if path:
+        return str(path)
+    return scope["path"] if scope.get("path") in _STATIC_PATHS else "unmatched"

@@ -1,0 +1,150 @@
+"""Drift detection: what CRM wants (the stored event) against what the KMS holds. Pure, no I/O.
+
+For one subscription, :func:`compare` evaluates the desired state with the same code the translator
+plans with (:func:`provisioning.desired_state` at the run's time ``at``) and compares each card:
+
+**Current devices** (the newest event's ``devices``):
+
+* products: ``missing_products`` (wanted, not held), ``extra_products`` (held, not wanted) and
+  ``wrong_dates`` (held with another ``valid_from``/``valid_until``, compared to the millisecond,
+  the precision Avro carries). Only *live* KMS entitlements count: one whose ``valid_until`` has
+  passed grants nothing, and the KMS keeps listing it until the next overwrite, so treating it as
+  drift would "repair" every expired termed service on every run;
+* pairing: when CRM knows the box (``stb_serial``), the card must be paired with exactly it;
+* PIN: a card the KMS holds (or that is being provisioned now) without any parental PIN gets the
+  default one; a PIN that is set is never compared (the household may have changed it).
+
+A card the KMS does not know at all and that should hold nothing (e.g. a suspended subscription's
+box) is in sync.
+
+**Cards CRM no longer has.** The store remembers every card any event of the subscription named
+(devices and ``removed_devices``), so a card dropped from CRM, with or without a
+``removed_devices`` entry, is still known to belong to it; a card that became another
+subscription's device is left to that subscription. Such a *retired* card drifts when the KMS still
+entitles it (live products) or pairs it with any box: ``unknown_to_crm`` is set and it is cleared and
+unpaired, like a removed device in real time. A card the KMS holds that no event of the subscription
+ever named cannot be attributed to it and is not looked at.
+
+The result says which cards need which commands; :func:`provisioning.repair.plan_repair` turns it
+into commands.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from kms_adapter.port import ClientState
+from provisioning.entitlements import DesiredClient, desired_state
+from provisioning.errors import InvalidSubscription, Rejection
+from provisioning.provider import ProviderConfig
+from reconciler.model import StoredSubscription
+from schemas.records import Device, DriftItem, Product
+
+__all__ = ["SubscriptionDrift", "cards_to_query", "compare"]
+
+_PIN_MISSING = "no parental PIN set"
+
+
+@dataclass(frozen=True, slots=True)
+class SubscriptionDrift:
+    """The differences of one subscription and the cards that need commands.
+
+    ``resync``: current cards whose entitlements (and pairing, for those in ``pair``) are rewritten;
+    ``default_pin``: current cards that get the default PIN; ``retired``: cards CRM no longer has,
+    each with ``stb_serial`` = the box the KMS pairs it with (``None``: not paired).
+    ``rejection`` is set when the stored state fails validation; nothing else is then set.
+    """
+
+    subscription_id: str
+    items: tuple[DriftItem, ...] = ()
+    resync: frozenset[str] = frozenset()
+    pair: frozenset[str] = frozenset()
+    default_pin: frozenset[str] = frozenset()
+    retired: tuple[Device, ...] = ()
+    rejection: Rejection | None = field(default=None)
+
+    @property
+    def drifted(self) -> bool:
+        return bool(self.items)
+
+
+def cards_to_query(stored: StoredSubscription) -> list[str]:
+    """Every card :func:`compare` needs the KMS state of: current devices, then retired cards."""
+    return [d.secure_client_id for d in stored.event.devices] + [c.secure_client_id for c in stored.retired]
+
+
+def compare(stored: StoredSubscription, actual: Mapping[str, ClientState], provider: ProviderConfig,
+            at: datetime) -> SubscriptionDrift:
+    """The drift of one subscription at ``at`` (see the module docstring). A card missing from
+    ``actual`` is taken as unknown to the KMS."""
+    event = stored.event
+    try:
+        desired = desired_state(event, provider, at)
+    except InvalidSubscription as exc:
+        return SubscriptionDrift(event.subscription_id, rejection=exc.rejection)
+    items: list[DriftItem] = []
+    resync: set[str] = set()
+    pair: set[str] = set()
+    default_pin: set[str] = set()
+    for card, want in desired.items():
+        have = actual.get(card) or ClientState(secure_client_id=card, known=False)
+        item = _current_card(event.subscription_id, card, want, have, at)
+        if item is None:
+            continue
+        items.append(item)
+        if item.missing_products or item.extra_products or item.wrong_dates or item.pairing:
+            resync.add(card)
+        if item.pairing:
+            pair.add(card)
+        if item.pin:
+            default_pin.add(card)
+    retired: list[Device] = []
+    for known in stored.retired:
+        if known.secure_client_id in desired:
+            continue
+        held = actual.get(known.secure_client_id)
+        if held is None or not held.known:
+            continue
+        extra = sorted({p.product_id for p in _live(held.entitlements, at)})
+        if not extra and held.paired_chipset is None:
+            continue
+        items.append(DriftItem(
+            subscription_id=event.subscription_id, secure_client_id=known.secure_client_id, extra_products=extra,
+            pairing=f"expected none, found {held.paired_chipset}" if held.paired_chipset else None,
+            unknown_to_crm=True))
+        retired.append(Device(distributor=known.distributor, secure_client_id=known.secure_client_id,
+                              stb_serial=held.paired_chipset))
+    return SubscriptionDrift(event.subscription_id, tuple(items), frozenset(resync), frozenset(pair),
+                             frozenset(default_pin), tuple(retired))
+
+
+def _current_card(subscription_id: str, card: str, want: DesiredClient, have: ClientState,
+                  at: datetime) -> DriftItem | None:
+    wanted = {p.product_id: p for p in want.products}
+    held = {p.product_id: p for p in _live(have.entitlements, at)}
+    missing = sorted(wanted.keys() - held.keys())
+    extra = sorted(held.keys() - wanted.keys())
+    wrong = sorted(pid for pid in wanted.keys() & held.keys() if _period(wanted[pid]) != _period(held[pid]))
+    pairing = None
+    if want.chipset is not None and have.paired_chipset != want.chipset:
+        pairing = f"expected {want.chipset}, found {have.paired_chipset or 'none'}"
+    drifted = bool(missing or extra or wrong or pairing)
+    pin = _PIN_MISSING if not have.pin_set and (have.known or drifted) else None
+    if not drifted and pin is None:
+        return None
+    return DriftItem(subscription_id=subscription_id, secure_client_id=card, missing_products=missing,
+                     extra_products=extra, wrong_dates=wrong, pairing=pairing, pin=pin)
+
+
+def _live(products: Iterable[Product], at: datetime) -> list[Product]:
+    return [p for p in products if p.valid_until is None or p.valid_until > at]
+
+
+def _period(product: Product) -> tuple[datetime | None, datetime | None]:
+    return _millis(product.valid_from), _millis(product.valid_until)
+
+
+def _millis(moment: datetime | None) -> datetime | None:
+    return None if moment is None else moment.replace(microsecond=moment.microsecond // 1000 * 1000)

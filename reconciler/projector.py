@@ -1,0 +1,189 @@
+"""The projector (``kmsbridge run projector``): ``crm.subscriptions`` → the desired-state store.
+
+Commit protocol, at-least-once (correct because the upsert is idempotent by version: re-applying
+an event, or applying an older one, changes nothing):
+
+1. Poll a batch (up to ``batch_size`` messages or ``batch_seconds``). Rebalance callbacks run inside
+   this call, between batches, when nothing is uncommitted, so a revoke needs no work.
+2. Decode each message. A tombstone is skipped; an undecodable or oversized message is produced to
+   ``<topic>.dlq`` with :func:`consumers.dlq.dlq_headers` and the loop goes on.
+3. Upsert every decoded event in **one** database transaction
+   (:meth:`~reconciler.store.DesiredStateStore.upsert`: newest per subscription, older versions are
+   no-ops).
+4. Flush the producer, so the batch's DLQ copies are delivered before their offsets are committed.
+5. Commit the offsets after the batch **synchronously**, only now that the database transaction
+   and the DLQ copies are durable. A crash before this step redelivers the batch (harmless, step 3).
+
+If step 3 or 4 fails (database or broker unreachable) nothing is committed: every assigned partition
+is rewound to its committed offset and the batch is tried again after ``retry_seconds``. A failed
+step 5 (e.g. the partition was revoked meanwhile) is logged; the new owner re-applies the batch.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+from sqlalchemy.exc import SQLAlchemyError
+
+from consumers.dlq import dlq_headers
+from consumers.health import HealthState
+from consumers.metrics import DLQ_MESSAGES, MESSAGES_CONSUMED, MESSAGES_PROCESSED, PROCESSING_SECONDS
+from reconciler.publish import PublishFailed
+from reconciler.store import DesiredStateStore
+from schemas.codec import Codec
+from schemas.errors import PoisonMessage, SchemaRegistryUnavailable
+from schemas.records import SubscriptionEvent
+
+__all__ = ["Oversized", "Projector", "ProjectorConfig"]
+
+log = logging.getLogger(__name__)
+PROCESS = "projector"
+
+
+class Oversized(PoisonMessage):
+    def __init__(self, size: int, limit: int) -> None:
+        super().__init__("oversized", f"message of {size} bytes exceeds the limit of {limit} bytes")
+
+
+@dataclass(frozen=True)
+class ProjectorConfig:
+    topic: str
+    dlq_topic: str
+    batch_size: int = 500
+    batch_seconds: float = 0.2
+    max_message_bytes: int = 1_000_000
+    retry_seconds: float = 1.0
+    flush_timeout_seconds: float = 30.0
+
+
+class Projector:
+    """The consume loop of the commit protocol above. ``run()`` blocks until :meth:`request_stop`."""
+
+    def __init__(self, consumer: Consumer, producer: Producer, codec: Codec, store: DesiredStateStore,
+                 config: ProjectorConfig, health: HealthState | None = None) -> None:
+        self._consumer = consumer
+        self._producer = producer
+        self._codec = codec
+        self._store = store
+        self._cfg = config
+        self._health = health or HealthState(ttl_seconds=30)
+        self._stop = threading.Event()
+        self._assigned: set[tuple[str, int]] = set()
+        self.batches_committed = 0
+        self.events_applied = 0
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    def run(self) -> None:
+        self._consumer.subscribe([self._cfg.topic], on_assign=self._on_assign, on_revoke=self._on_revoke,
+                                 on_lost=self._on_revoke)
+        try:
+            while not self._stop.is_set():
+                msgs = self._consumer.consume(self._cfg.batch_size, self._cfg.batch_seconds)  # step 1
+                self._health.polled()
+                msgs = [m for m in msgs if not _is_eof_or_error(m)]
+                if msgs:
+                    self._process_batch(msgs)
+        finally:
+            self._producer.flush(self._cfg.flush_timeout_seconds)
+            self._consumer.close()  # leaves the group at once; everything processed is committed
+
+    def _process_batch(self, msgs: list[Message]) -> None:
+        t0 = time.monotonic()
+        try:
+            events, outcomes = self._decode(msgs)  # step 2
+            result = self._store.upsert(events)  # step 3
+            self._flush()  # step 4
+        except (SQLAlchemyError, PublishFailed, SchemaRegistryUnavailable) as exc:
+            log.warning("projector batch failed (%s: %s); rewinding and retrying in %.1fs",
+                        type(exc).__name__, exc, self._cfg.retry_seconds)
+            self._rewind()
+            self._stop.wait(self._cfg.retry_seconds)
+            return
+        try:
+            self._consumer.commit(offsets=_positions_after(msgs), asynchronous=False)  # step 5
+        except KafkaException as exc:
+            log.warning("offset commit failed (%s); the batch will be applied again (harmless)", exc)
+        self.batches_committed += 1
+        self.events_applied += result.applied
+        elapsed = (time.monotonic() - t0) / len(msgs)
+        for msg, outcome in zip(msgs, outcomes, strict=True):
+            topic = msg.topic() or ""
+            MESSAGES_CONSUMED.labels(PROCESS, topic).inc()
+            MESSAGES_PROCESSED.labels(PROCESS, topic, outcome).inc()
+            PROCESSING_SECONDS.labels(PROCESS, topic).observe(elapsed)
+        log.debug("projector batch messages=%d applied=%d stale=%d", len(msgs), result.applied, result.stale)
+
+    def _decode(self, msgs: list[Message]) -> tuple[list[SubscriptionEvent], list[str]]:
+        events: list[SubscriptionEvent] = []
+        outcomes: list[str] = []
+        for msg in msgs:
+            value = msg.value()
+            if value is None:
+                outcomes.append("skipped")
+                continue
+            try:
+                if len(value) > self._cfg.max_message_bytes:
+                    raise Oversized(len(value), self._cfg.max_message_bytes)
+                events.append(self._codec.decode(value, SubscriptionEvent))
+                outcomes.append("ok")
+            except PoisonMessage as exc:
+                topic = msg.topic() or ""
+                DLQ_MESSAGES.labels(topic, exc.reason).inc()
+                self._produce_dlq(msg.key(), value, dlq_headers(msg, exc))
+                log.warning("dead-lettered topic=%s partition=%s offset=%s reason=%s", topic, msg.partition(),
+                            msg.offset(), exc.reason)
+                outcomes.append("dlq")
+        return events, outcomes
+
+    def _produce_dlq(self, key: bytes | None, value: bytes, headers: list[tuple[str, str | bytes | None]]) -> None:
+        while True:
+            try:
+                self._producer.produce(self._cfg.dlq_topic, value=value, key=key, headers=headers)
+                return
+            except BufferError:
+                self._producer.poll(0.05)
+
+    def _flush(self) -> None:
+        remaining = self._producer.flush(self._cfg.flush_timeout_seconds)
+        if remaining:
+            raise PublishFailed(f"{remaining} DLQ message(s) not delivered to {self._cfg.dlq_topic}")
+
+    def _rewind(self) -> None:
+        parts = [TopicPartition(t, p) for t, p in self._assigned]
+        if not parts:
+            return
+        for tp in self._consumer.committed(parts, timeout=10):
+            self._consumer.seek(tp if tp.offset >= 0 else TopicPartition(tp.topic, tp.partition, -2))
+
+    def _on_assign(self, consumer: Consumer, parts: list[TopicPartition]) -> None:
+        self._assigned.update((tp.topic, tp.partition) for tp in parts)
+        self._health.assigned = bool(self._assigned)
+
+    def _on_revoke(self, consumer: Consumer, parts: list[TopicPartition]) -> None:
+        # nothing to commit: every processed batch was committed synchronously (step 5)
+        for tp in parts:
+            self._assigned.discard((tp.topic, tp.partition))
+        self._health.assigned = bool(self._assigned)
+
+
+def _is_eof_or_error(msg: Message) -> bool:
+    err = msg.error()
+    if err is None:
+        return False
+    if err.code() != KafkaError._PARTITION_EOF:
+        log.warning("consumer error: %s", err)
+    return True
+
+
+def _positions_after(msgs: list[Message]) -> list[TopicPartition]:
+    nxt: dict[tuple[str, int], int] = {}
+    for m in msgs:
+        key = (m.topic() or "", m.partition() or 0)
+        nxt[key] = max(nxt.get(key, 0), (m.offset() or 0) + 1)
+    return [TopicPartition(t, p, o) for (t, p), o in nxt.items()]

@@ -1,0 +1,206 @@
+"""``kmsbridge run reconciler``: runs each ``ReconcileRequest`` from ``reconcile.requests``.
+
+Commit protocol, one request at a time (group ``<prefix>-reconciler``):
+
+1. Poll one request. Undecodable input goes to ``<topic>.dlq`` (flushed), its offset is committed,
+   and the loop goes on.
+2. Pause every assigned partition and run the request on the job's event loop (a worker thread),
+   while this thread keeps polling: the group membership stays alive however long the run takes
+   (no ``max.poll.interval.ms`` to tune) and, paused, nothing else is fetched. Partitions assigned
+   during the run are paused as they arrive.
+3. Publish the run's report to ``reconcile.reports`` (key = run id) and flush it: delivered.
+4. Commit the request's offset synchronously, then resume.
+
+A crash or shutdown between 2 and 4 leaves the request uncommitted, so it runs again (here or on
+another replica) with the **same run id**: its commands carry the same idempotency keys (the
+executor's ledger drops those already applied) and its repairs match the expectations recorded the
+first time. A shutdown (SIGTERM) stops the run between batches, publishes no report and commits
+nothing, for that reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import threading
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+
+from consumers.dlq import dlq_headers
+from consumers.health import HealthState
+from consumers.metrics import DLQ_MESSAGES, MESSAGES_CONSUMED, MESSAGES_PROCESSED
+from reconciler.job import ResetJob, RunInterrupted
+from reconciler.publish import PublishFailed
+from schemas.codec import Codec
+from schemas.errors import PoisonMessage
+from schemas.records import ReconcileReport, ReconcileRequest
+
+__all__ = ["ReconcileRunner", "RunnerConfig", "run_on_loop"]
+
+log = logging.getLogger(__name__)
+PROCESS = "reconciler"
+
+
+@dataclass(frozen=True)
+class RunnerConfig:
+    requests_topic: str
+    reports_topic: str
+    dlq_topic: str
+    poll_seconds: float = 0.5
+    flush_timeout_seconds: float = 30.0
+
+
+class ReconcileRunner:
+    """The loop of the commit protocol above; ``submit`` runs a coroutine on the job's event loop."""
+
+    def __init__(self, consumer: Consumer, producer: Producer, codec: Codec, job: ResetJob, config: RunnerConfig,
+                 submit: Callable[[Coroutine[Any, Any, ReconcileReport]], concurrent.futures.Future[ReconcileReport]],
+                 health: HealthState | None = None) -> None:
+        self._consumer = consumer
+        self._producer = producer
+        self._codec = codec
+        self._job = job
+        self._cfg = config
+        self._submit = submit
+        self._health = health or HealthState(ttl_seconds=30)
+        self._stop = threading.Event()
+        self._busy = False
+        self._assigned: set[tuple[str, int]] = set()
+        self.runs_completed = 0
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    def run(self) -> None:
+        self._consumer.subscribe([self._cfg.requests_topic], on_assign=self._on_assign,
+                                 on_revoke=self._on_revoke, on_lost=self._on_revoke)
+        try:
+            while not self._stop.is_set():
+                msg = self._consumer.poll(self._cfg.poll_seconds)  # step 1
+                self._health.polled()
+                if msg is None or _is_eof_or_error(msg):
+                    continue
+                self._handle(msg)
+        finally:
+            self._producer.flush(self._cfg.flush_timeout_seconds)
+            self._consumer.close()
+
+    def _handle(self, msg: Message) -> None:
+        topic = msg.topic() or ""
+        MESSAGES_CONSUMED.labels(PROCESS, topic).inc()
+        value = msg.value()
+        if value is None:
+            MESSAGES_PROCESSED.labels(PROCESS, topic, "skipped").inc()
+            self._commit(msg)
+            return
+        try:
+            request = self._codec.decode(value, ReconcileRequest)
+        except PoisonMessage as exc:
+            DLQ_MESSAGES.labels(topic, exc.reason).inc()
+            self._produce(self._cfg.dlq_topic, msg.key(), value, dlq_headers(msg, exc))
+            if self._producer.flush(self._cfg.flush_timeout_seconds):
+                log.error("DLQ copy not delivered; the request stays uncommitted and is read again")
+                self._rewind(msg)
+                return
+            log.warning("dead-lettered topic=%s partition=%s offset=%s reason=%s", topic, msg.partition(),
+                        msg.offset(), exc.reason)
+            MESSAGES_PROCESSED.labels(PROCESS, topic, "dlq").inc()
+            self._commit(msg)
+            return
+        report = self._execute(request)  # step 2
+        if report is None:
+            self._rewind(msg)
+            return
+        try:
+            self._publish_report(report)  # step 3
+        except PublishFailed as exc:
+            log.error("report of run %s not delivered (%s); the request will run again", request.run_id, exc)
+            self._rewind(msg)
+            return
+        self._commit(msg)  # step 4
+        self.runs_completed += 1
+        MESSAGES_PROCESSED.labels(PROCESS, topic, "ok" if report.error is None else "rejected").inc()
+
+    def _execute(self, request: ReconcileRequest) -> ReconcileReport | None:
+        """Run the job while polling with every partition paused; ``None`` if it was interrupted."""
+        self._busy = True
+        self._consumer.pause(self._consumer.assignment())
+        future = self._submit(self._job.run(request, self._stop))
+        try:
+            while True:
+                try:
+                    return future.result(timeout=self._cfg.poll_seconds)
+                except concurrent.futures.TimeoutError:
+                    stray = self._consumer.poll(0)  # keeps the membership alive; paused: no messages
+                    self._health.polled()
+                    if stray is not None and not stray.error():
+                        # a partition assigned between pause() and its callback: read it again later
+                        self._consumer.seek(TopicPartition(stray.topic() or "", stray.partition() or 0,
+                                                           stray.offset() or 0))
+        except RunInterrupted:
+            return None
+        finally:
+            self._busy = False
+            self._consumer.resume(self._consumer.assignment())
+
+    def _publish_report(self, report: ReconcileReport) -> None:
+        self._produce(self._cfg.reports_topic, report.run_id.encode(),
+                      self._codec.encode(report, self._cfg.reports_topic))
+        if self._producer.flush(self._cfg.flush_timeout_seconds):
+            raise PublishFailed(f"report not delivered to {self._cfg.reports_topic}")
+
+    def _produce(self, topic: str, key: bytes | None, value: bytes,
+                 headers: list[tuple[str, str | bytes | None]] | None = None) -> None:
+        while True:
+            try:
+                self._producer.produce(topic, value=value, key=key, headers=headers)
+                return
+            except BufferError:
+                self._producer.poll(0.05)
+
+    def _commit(self, msg: Message) -> None:
+        try:
+            self._consumer.commit(message=msg, asynchronous=False)
+        except KafkaException as exc:
+            log.warning("commit of %s[%s]@%s failed (%s); the request may run again (same run id)",
+                        msg.topic(), msg.partition(), msg.offset(), exc)
+
+    def _rewind(self, msg: Message) -> None:
+        """Read ``msg`` again: it was not finished (shutdown, or its outputs were not delivered)."""
+        if self._stop.is_set():
+            return  # closing: the uncommitted offset is where the next owner starts
+        self._consumer.seek(TopicPartition(msg.topic() or "", msg.partition() or 0, msg.offset() or 0))
+        self._stop.wait(1.0)
+
+    def _on_assign(self, consumer: Consumer, parts: list[TopicPartition]) -> None:
+        self._assigned.update((tp.topic, tp.partition) for tp in parts)
+        self._health.assigned = bool(self._assigned)
+        if self._busy:
+            consumer.pause(parts)
+
+    def _on_revoke(self, consumer: Consumer, parts: list[TopicPartition]) -> None:
+        # nothing to commit: a request is committed as soon as its report is delivered
+        for tp in parts:
+            self._assigned.discard((tp.topic, tp.partition))
+        self._health.assigned = bool(self._assigned)
+
+
+def _is_eof_or_error(msg: Message) -> bool:
+    err = msg.error()
+    if err is None:
+        return False
+    if err.code() != KafkaError._PARTITION_EOF:
+        log.warning("consumer error: %s", err)
+    return True
+
+
+def run_on_loop(loop: asyncio.AbstractEventLoop) -> Callable[[Coroutine[Any, Any, ReconcileReport]],
+                                                            concurrent.futures.Future[ReconcileReport]]:
+    """A ``submit`` for :class:`ReconcileRunner` that runs coroutines on ``loop`` (in another thread)."""
+    def submit(coro: Coroutine[Any, Any, ReconcileReport]) -> concurrent.futures.Future[ReconcileReport]:
+        return asyncio.run_coroutine_threadsafe(coro, loop)
+    return submit

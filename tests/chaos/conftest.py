@@ -1,0 +1,91 @@
+"""Chaos fixtures: a dedicated broker the drills may stop, a simulator process per drill, the table.
+
+The broker is this suite's own (never the session broker other tests share): the broker-outage drill
+stops it and starts it again on the same data dir and port. Each drill gets a fresh simulator process
+(``kmsbridge simulator --audit-file``) and a fresh pipeline (topics under a unique prefix, its own
+ledger). Reports of every drill are printed as one table at the end of the run and written to
+``var/chaos/last-run.md``.
+
+Selection: every drill is marked ``chaos``; the full-size form is also marked ``full``. ``make test``
+runs ``-m "not full"`` (the short forms); ``pytest tests/chaos -m "chaos and full"`` runs the full ones.
+"""
+
+from __future__ import annotations
+
+import secrets
+import subprocess
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from kms_adapter.simulator.testing import SimulatorHandle
+from kmsbridge.chaos import CHAOS_MAX_MESSAGE_BYTES, DrillReport, RestartableBroker, markdown_table, start_simulator
+from kmsbridge.local_broker import repo_root, start_broker
+from kmsbridge.pipeline_harness import Pipeline
+
+_REPORTS = pytest.StashKey[list[DrillReport]]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "full: the full-size form of a chaos drill (minutes; make chaos)")
+    config.stash[_REPORTS] = []
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, exitstatus: int,
+                            config: pytest.Config) -> None:
+    reports = config.stash.get(_REPORTS, [])
+    if not reports:
+        return
+    table = markdown_table(reports)
+    terminalreporter.section("chaos drills")
+    terminalreporter.write(table)
+    for report in reports:
+        for note in report.notes:
+            terminalreporter.write_line(f"{report.case} ({report.size}): {note}")
+    out = repo_root() / "var" / "chaos" / "last-run.md"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(table, encoding="utf-8")
+
+
+@pytest.fixture
+def chaos_reports(request: pytest.FixtureRequest) -> list[DrillReport]:
+    return request.config.stash[_REPORTS]
+
+
+@pytest.fixture(scope="session")
+def chaos_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RestartableBroker]:
+    broker = RestartableBroker(start_broker(tmp_path_factory.mktemp("chaos-kafka")))
+    try:
+        yield broker
+    finally:
+        broker.close()
+
+
+DrillEnv = tuple[Pipeline, SimulatorHandle, Path]
+
+
+@pytest.fixture
+def drill_env(chaos_broker: RestartableBroker, tmp_path: Path) -> Iterator[Callable[..., DrillEnv]]:
+    """``make(partitions=6) -> (pipeline, simulator, audit file)``: a simulator process and a pipeline."""
+    made: list[tuple[Pipeline, subprocess.Popen[bytes], SimulatorHandle]] = []
+
+    def make(partitions: int = 6) -> DrillEnv:
+        token_file = tmp_path / "simulator.token"
+        token_file.write_text(secrets.token_urlsafe(16))
+        proc, sim, audit = start_simulator(tmp_path, token_file)
+        pipeline = Pipeline(chaos_broker.bootstrap, sim.url, sim.token, tmp_path / "pipeline", partitions=partitions,
+                            extra_env={"KMSBRIDGE_MAX_MESSAGE_BYTES": str(CHAOS_MAX_MESSAGE_BYTES)})
+        made.append((pipeline, proc, sim))
+        return pipeline, sim, audit
+
+    yield make
+    for pipeline, proc, sim in made:
+        pipeline.close()
+        sim.close()
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
