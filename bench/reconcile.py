@@ -164,12 +164,24 @@ def _run_job(database_url: str, endpoint: str, token: str, query_concurrency: in
         "kms_queries": stats.kms_queries if stats else None,
         "subscriptions_per_second": round(report.checked / seconds, 0) if seconds else None,
         "rss_before_run_mb": round(rss_before, 1),
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "peak_rss_mb": round(_peak_rss_mb(), 1),
     }
 
 
 def _rss_mb() -> float:
     return float(psutil.Process().memory_info().rss) / 2**20
+
+
+def _peak_rss_mb() -> float:
+    """This process's peak RSS: ``VmHWM`` on Linux. Not ``ru_maxrss``, which Linux carries across
+    ``execve`` from the parent (the seeding process), so it would report the parent's peak."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 # --- orchestration -------------------------------------------------------------------------------------
@@ -230,6 +242,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"seeding {args.subscriptions:,} subscriptions (store + simulator) ...", flush=True)
             seeded = _seed(database_url, url, token, args.subscriptions, args.twin_share, args.drift_share)
             print(f"seeded {seeded['cards']:,} cards in {seeded['seconds']} s; running the reset job ...", flush=True)
+            sim_cpu_before = sum(psutil.Process(sim.pid).cpu_times()[:2])
+            load_before = os.getloadavg()[0]
             child = subprocess.run(
                 [sys.executable, "-m", "bench.reconcile", "--query-concurrency", str(args.query_concurrency),
                  "--child", database_url, f"{url}/kms", str(workdir / "kms.token")],
@@ -241,7 +255,9 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"the reset job failed (exit {child.returncode})", file=sys.stderr)
                 return 1
             run = json.loads(child.stdout.strip().splitlines()[-1])
-            simulator_rss = round(psutil.Process(sim.pid).memory_info().rss / 2**20, 1)
+            simulator = psutil.Process(sim.pid)
+            simulator_rss = round(simulator.memory_info().rss / 2**20, 1)
+            simulator_cpu = round(sum(simulator.cpu_times()[:2]) - sim_cpu_before, 1)
         finally:
             sim.terminate()
             sim.wait(10)
@@ -253,6 +269,8 @@ def main(argv: list[str] | None = None) -> int:
         "seeded": seeded,
         "run": run,
         "simulator_rss_mb": simulator_rss,
+        "simulator_cpu_seconds_during_run": simulator_cpu,
+        "load_average_1m_before_run": round(load_before, 2),
         "targets": {"duration_seconds": TARGET_SECONDS, "peak_rss_mb": TARGET_RSS_MB},
         "met": run["duration_seconds"] < TARGET_SECONDS and run["peak_rss_mb"] < TARGET_RSS_MB,
     }

@@ -261,7 +261,8 @@ class LagReader:
         stamps: dict[TopicPartitionKey, int] = {}
         ended: set[TopicPartitionKey] = set()
         pending = set(offsets)
-        self._reader.assign([TopicPartition(t, p, max(o, OFFSET_BEGINNING)) for (t, p), o in offsets.items()])
+        assigned = [TopicPartition(t, p, max(o, OFFSET_BEGINNING)) for (t, p), o in offsets.items()]
+        self._reader.assign(assigned)
         deadline = time.monotonic() + timeout
         try:
             while pending and time.monotonic() < deadline:
@@ -289,6 +290,9 @@ class LagReader:
         except KafkaException as exc:
             raise _wrap("reading the oldest unprocessed messages", exc) from exc
         finally:
+            # librdkafka keeps a partition's pause flag across unassign/assign: resume first, or the next
+            # read of the same partition (the monitor's next round) would never fetch it
+            self._reader.resume(assigned)
             self._reader.unassign()
         return stamps, ended
 

@@ -6,6 +6,9 @@ import click
 
 from kmsbridge.cli_demo import demo_cmd
 from kmsbridge.cli_io import produce_cmd, tail_cmd, topics_group
+from kmsbridge.cli_lag import lag_cmd
+from kmsbridge.cli_ops import OPS_COMMANDS
+from kmsbridge.cli_reconcile import reconcile_cmd
 from kmsbridge.cli_run import run_cmd
 from kmsbridge.cli_simulator import simulator_group
 from kmsbridge.cli_stack import stack_group
@@ -18,7 +21,8 @@ def main() -> None:
     """kmsbridge: provisions an Irdeto KMS from CRM events on Kafka."""
 
 
-for command in (demo_cmd, produce_cmd, tail_cmd, topics_group, run_cmd, simulator_group, stack_group):
+for command in (demo_cmd, produce_cmd, tail_cmd, topics_group, run_cmd, simulator_group, stack_group, lag_cmd,
+                reconcile_cmd, *OPS_COMMANDS):
     main.add_command(command)
 
 

@@ -237,6 +237,9 @@ def run_demo(settings: Settings, simulator_url: str, token: str) -> int:
     click.echo(f"kmsbridge demo (run {demo.run}) — operator Aluxsat, KMS simulator {simulator_url}")
     try:
         hh = realtime_steps(demo)
+        from kmsbridge.demo_operator import operator_steps
+
+        operator_steps(demo, hh)
         click.echo("")
         click.echo(click.style("Final KMS state of the household", bold=True))
         demo.table(hh)

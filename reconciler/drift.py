@@ -27,22 +27,29 @@ ever named cannot be attributed to it and is not looked at.
 
 The result says which cards need which commands; :func:`provisioning.repair.plan_repair` turns it
 into commands.
+
+**Speed.** A run compares every subscription, so :class:`DesiredStates` computes
+:func:`provisioning.desired_state` for one run time with the entitlement rule memoised:
+``entitled_products`` reads only the subscription state, its services and the distributor, and
+thousands of subscriptions share those, so each combination is evaluated once per run. Validation
+still runs for every subscription. ``test_drift.py`` checks the result equals ``desired_state``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
 from kms_adapter.port import ClientState
-from provisioning.entitlements import DesiredClient, desired_state
+from provisioning.entitlements import DesiredClient, entitled_products
 from provisioning.errors import InvalidSubscription, Rejection
 from provisioning.provider import ProviderConfig
+from provisioning.validation import sorted_devices, validate_subscription
 from reconciler.model import StoredSubscription
-from schemas.records import Device, DriftItem, Product
+from schemas.records import Device, DriftItem, Product, Service, SubscriptionEvent, SubscriptionState
 
-__all__ = ["SubscriptionDrift", "cards_to_query", "compare"]
+__all__ = ["DesiredStates", "SubscriptionDrift", "cards_to_query", "compare"]
 
 _PIN_MISSING = "no parental PIN set"
 
@@ -70,18 +77,46 @@ class SubscriptionDrift:
         return bool(self.items)
 
 
+class DesiredStates:
+    """``provisioning.desired_state`` at one time ``at``, the entitlement rule memoised (see above)."""
+
+    def __init__(self, provider: ProviderConfig, at: datetime, *, max_entries: int = 65_536) -> None:
+        self.provider = provider
+        self.at = at
+        self._max = max_entries
+        self._products: dict[tuple[SubscriptionState, tuple[Service, ...], str], tuple[Product, ...]] = {}
+
+    def of(self, event: SubscriptionEvent) -> dict[str, DesiredClient]:
+        """Secure client → :class:`DesiredClient`; :class:`InvalidSubscription` when validation refuses it."""
+        rejection = validate_subscription(event, self.provider)
+        if rejection is not None:
+            raise InvalidSubscription(rejection)
+        services = tuple(event.services)
+        desired: dict[str, DesiredClient] = {}
+        for device in sorted_devices(event.devices):
+            key = (event.state, services, device.distributor)
+            products = self._products.get(key)
+            if products is None:
+                products = tuple(entitled_products(event, device.distributor, self.provider, self.at))
+                if len(self._products) < self._max:
+                    self._products[key] = products
+            desired[device.secure_client_id] = DesiredClient(device.distributor, products, device.stb_serial)
+        return desired
+
+
 def cards_to_query(stored: StoredSubscription) -> list[str]:
     """Every card :func:`compare` needs the KMS state of: current devices, then retired cards."""
     return [d.secure_client_id for d in stored.event.devices] + [c.secure_client_id for c in stored.retired]
 
 
 def compare(stored: StoredSubscription, actual: Mapping[str, ClientState], provider: ProviderConfig,
-            at: datetime) -> SubscriptionDrift:
+            at: datetime, *, desired_states: DesiredStates | None = None) -> SubscriptionDrift:
     """The drift of one subscription at ``at`` (see the module docstring). A card missing from
-    ``actual`` is taken as unknown to the KMS."""
+    ``actual`` is taken as unknown to the KMS. Pass one ``desired_states`` for a whole run."""
     event = stored.event
+    states = desired_states if desired_states is not None else DesiredStates(provider, at)
     try:
-        desired = desired_state(event, provider, at)
+        desired = states.of(event)
     except InvalidSubscription as exc:
         return SubscriptionDrift(event.subscription_id, rejection=exc.rejection)
     items: list[DriftItem] = []
@@ -122,8 +157,12 @@ def compare(stored: StoredSubscription, actual: Mapping[str, ClientState], provi
 
 def _current_card(subscription_id: str, card: str, want: DesiredClient, have: ClientState,
                   at: datetime) -> DriftItem | None:
+    live = _live(have.entitlements, at)
+    if (have.pin_set and (want.chipset is None or have.paired_chipset == want.chipset)
+            and _same(want.products, live)):
+        return None  # the common case, decided without building sets
     wanted = {p.product_id: p for p in want.products}
-    held = {p.product_id: p for p in _live(have.entitlements, at)}
+    held = {p.product_id: p for p in live}
     missing = sorted(wanted.keys() - held.keys())
     extra = sorted(held.keys() - wanted.keys())
     wrong = sorted(pid for pid in wanted.keys() & held.keys() if _period(wanted[pid]) != _period(held[pid]))
@@ -136,6 +175,18 @@ def _current_card(subscription_id: str, card: str, want: DesiredClient, have: Cl
         return None
     return DriftItem(subscription_id=subscription_id, secure_client_id=card, missing_products=missing,
                      extra_products=extra, wrong_dates=wrong, pairing=pairing, pin=pin)
+
+
+def _same(wanted: Sequence[Product], held: Sequence[Product]) -> bool:
+    """Same product ids with the same periods (``wanted`` is sorted by id, as planning makes it)."""
+    if len(wanted) != len(held):
+        return False
+    return all(w.product_id == h.product_id and _period(w) == _period(h)
+               for w, h in zip(wanted, sorted(held, key=_product_id), strict=True))
+
+
+def _product_id(product: Product) -> str:
+    return product.product_id
 
 
 def _live(products: Iterable[Product], at: datetime) -> list[Product]:

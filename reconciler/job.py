@@ -49,7 +49,7 @@ from kms_adapter.errors import KmsError
 from kms_adapter.port import ClientState, KmsPort
 from provisioning.provider import ProviderConfig
 from provisioning.repair import plan_repair
-from reconciler.drift import SubscriptionDrift, cards_to_query, compare
+from reconciler.drift import DesiredStates, SubscriptionDrift, cards_to_query, compare
 from reconciler.expectations import Expectations, fingerprint
 from reconciler.lock import RunLock
 from reconciler.model import Selection, StoredSubscription
@@ -178,6 +178,7 @@ class ResetJob:
             await asyncio.to_thread(self._expectations.purge_expired, at)
         progress = Progress(total, request.run_id, preview=request.preview, log_every_seconds=cfg.progress_log_seconds)
         queries = asyncio.Semaphore(cfg.query_concurrency)
+        desired = DesiredStates(self._provider, at)  # one per run: the rule is memoised for ``at``
         batches = iter(self._store.stream_selection(selection, cfg.batch_size))
         in_flight: deque[asyncio.Task[_Batch]] = deque()
         try:
@@ -187,7 +188,7 @@ class ResetJob:
                 subscriptions = await asyncio.to_thread(next, batches, None)
                 if subscriptions is None:
                     break
-                in_flight.append(asyncio.create_task(self._check(subscriptions, request, queries, at, stats)))
+                in_flight.append(asyncio.create_task(self._check(subscriptions, request, queries, desired, stats)))
                 if len(in_flight) >= cfg.max_batches_in_flight:
                     await self._finish(await in_flight.popleft(), request, stats, at, check_lease, progress)
             while in_flight:
@@ -198,7 +199,7 @@ class ResetJob:
             progress.close()
 
     async def _check(self, subscriptions: list[StoredSubscription], request: ReconcileRequest,
-                     queries: asyncio.Semaphore, at: datetime, stats: RunStats) -> _Batch:
+                     queries: asyncio.Semaphore, desired: DesiredStates, stats: RunStats) -> _Batch:
         """Steps 3-4 for one batch: read the KMS, compare."""
         batch = _Batch(subscriptions)
         cards = list(dict.fromkeys(card for s in subscriptions for card in cards_to_query(s)))
@@ -211,7 +212,7 @@ class ResetJob:
         actual: dict[str, ClientState] = {}
         for answer in answers:
             actual.update(answer)
-        batch.drifts = [compare(s, actual, self._provider, at) for s in subscriptions]
+        batch.drifts = [compare(s, actual, self._provider, desired.at, desired_states=desired) for s in subscriptions]
         if not request.preview:
             batch.pending = await asyncio.to_thread(
                 self._expectations.pending, [s.event.subscription_id for s in subscriptions], self._clock())

@@ -17,7 +17,7 @@ from click.testing import CliRunner
 from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
 from prometheus_client import REGISTRY
 
-from consumers.lag import LagMonitor, PartitionLag, compute_lag, existing_groups
+from consumers.lag import LagMonitor, LagReader, PartitionLag, compute_lag, existing_groups
 from kmsbridge.cli_lag import lag_cmd
 
 pytestmark = pytest.mark.integration
@@ -131,7 +131,7 @@ def test_lag_after_transactional_input_is_zero_once_everything_is_consumed(
     (row,) = compute_lag(kafka_config, group, [topic])
     assert row.high_watermark == 6  # five records and the commit marker
     # librdkafka's position moves past the marker, so the committed offset is the high watermark
-    assert (row.committed, row.lag) == (6, 0)
+    assert (row.committed, row.lag, row.lag_seconds) == (6, 0, 0.0)
     # a group that stored offset + 1 of the last record stops just before the marker: nothing is left
     # to process, so no lag (or an idle, caught-up executor would look stalled forever)
     marker_group = _group()
@@ -143,7 +143,30 @@ def test_lag_after_transactional_input_is_zero_once_everything_is_consumed(
     _commit(kafka_config, marker_group, {(topic, 0): 4})
     (one_left,) = compute_lag(kafka_config, marker_group, [topic], timeout=DEADLINE_S)
     assert one_left.lag == 2 and one_left.lag_seconds is not None and one_left.lag_seconds >= 0
-    assert row.lag_seconds == 0.0
+
+
+def test_a_reader_kept_open_measures_the_same_partitions_again_and_again(
+    kafka_config: dict[str, str], fresh_topics: MakeTopics
+) -> None:
+    """LagMonitor reuses its clients every round: a partition read (and paused) in one round must be
+    read again in the next, both where messages wait and where only a transaction marker is left."""
+    waiting, marker = fresh_topics(partitions=1, count=2)
+    _produce(kafka_config, waiting, {0: 3})
+    producer = Producer({**kafka_config, "transactional.id": f"lag-test-{uuid.uuid4().hex[:8]}"})
+    producer.init_transactions(DEADLINE_S)
+    producer.begin_transaction()
+    producer.produce(marker, key=b"k", value=b"v", partition=0)
+    producer.commit_transaction(DEADLINE_S)
+    group = _group()
+    _commit(kafka_config, group, {(waiting, 0): 1, (marker, 0): 1})  # 2 waiting; only the marker left
+    reader = LagReader(kafka_config)
+    try:
+        for _round in range(3):
+            rows = {r.topic: r for r in reader.read(group, [waiting, marker], timeout=DEADLINE_S)}
+            assert (rows[waiting].lag, rows[marker].lag) == (2, 0)
+            assert rows[waiting].lag_seconds is not None and rows[marker].lag_seconds == 0.0
+    finally:
+        reader.close()
 
 
 def test_group_without_commits_counts_from_the_low_watermark(

@@ -38,6 +38,7 @@ SHORT_FOR = "2s"
 OUTAGE_SECONDS = 45
 BREAKER_QUERY = "max(kmsbridge_kms_breaker_open)"
 EXECUTOR_LAG_QUERY = 'sum(max by (process, topic, partition) (kmsbridge_consumer_lag{process="executor"}))'
+DETAIL_QUERY = "kmsbridge_consumer_lag or kmsbridge_consumer_lag_seconds"
 
 
 def _cli(env: dict[str, str], *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
@@ -150,6 +151,20 @@ def _query(url: str, expr: str) -> float | None:
     return float(result[0]["value"][1]) if result else None
 
 
+def _until(url: str, what: str, expr: str, ok: Callable[[float | None], bool], timeout: float) -> None:
+    """Poll the instant query ``expr`` until ``ok(value)``; on timeout name the last value and series."""
+    deadline = time.monotonic() + timeout
+    value: float | None = None
+    while time.monotonic() < deadline:
+        value = _query(url, expr)
+        if ok(value):
+            return
+        time.sleep(0.5)
+    series = httpx.get(f"{url}/api/v1/query", params={"query": DETAIL_QUERY}, timeout=5).json()["data"]["result"]
+    detail = {json.dumps(s["metric"], sort_keys=True): s["value"][1] for s in series}
+    pytest.fail(f"{what}: not within {timeout:.0f}s; {expr} = {value!r}; lag series: {detail}")
+
+
 def _alert_states(url: str, name: str) -> set[str]:
     body = httpx.get(f"{url}/api/v1/alerts", timeout=5).json()
     assert body["status"] == "success", body
@@ -208,17 +223,16 @@ def test_kms_outage_raises_lag_and_fires_the_breaker_alert_and_both_clear_after_
     outage_started = time.monotonic()
     _produce(env, _events_file(tmp_path / "during-outage.jsonl", 40))
 
-    _poll("breaker open during the outage", lambda: _query(url, BREAKER_QUERY) == 1, OUTAGE_SECONDS)
+    _until(url, "breaker open during the outage", BREAKER_QUERY, lambda v: v == 1, OUTAGE_SECONDS)
     _poll("KmsbridgeKmsBreakerOpen firing", lambda: "firing" in _alert_states(url, "KmsbridgeKmsBreakerOpen"),
           OUTAGE_SECONDS)
-    _poll("executor lag above 0 during the outage",
-          lambda: (_query(url, EXECUTOR_LAG_QUERY) or 0) > 0, max(5.0, OUTAGE_SECONDS - (time.monotonic()
-                                                                                        - outage_started)))
+    left = OUTAGE_SECONDS - (time.monotonic() - outage_started)
+    _until(url, "executor lag above 0 during the outage", EXECUTOR_LAG_QUERY, lambda v: (v or 0) > 0,
+           max(5.0, left))
 
     # recovery: the outage window ends by itself; the executor drains, lag and alert clear
-    recovery_deadline = OUTAGE_SECONDS + 120
-    _poll("breaker closed after recovery", lambda: _query(url, BREAKER_QUERY) == 0, recovery_deadline)
-    _poll("executor lag back to 0", lambda: _query(url, EXECUTOR_LAG_QUERY) == 0, 120)
+    _until(url, "breaker closed after recovery", BREAKER_QUERY, lambda v: v == 0, OUTAGE_SECONDS + 120)
+    _until(url, "executor lag back to 0", EXECUTOR_LAG_QUERY, lambda v: v == 0, 120)
     _poll("KmsbridgeKmsBreakerOpen resolved", lambda: not _alert_states(url, "KmsbridgeKmsBreakerOpen"), 60)
     completed = _query(url, 'sum(kmsbridge_kms_requests_total{outcome="completed"})') or 0
     assert completed >= 45, f"only {completed} KMS calls completed after recovery"
