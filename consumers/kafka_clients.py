@@ -18,8 +18,11 @@ that served it, and the process exits non-zero with a message naming the setting
 from __future__ import annotations
 
 import logging
+import os
+import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, Producer
@@ -30,6 +33,8 @@ KafkaConfig = Mapping[str, str]
 
 __all__ = [
     "AUTHENTICATION_ERRORS",
+    "WATCHDOG_EXIT_CODE",
+    "HangWatchdog",
     "KafkaErrorHandler",
     "consumer_config",
     "make_consumer",
@@ -42,6 +47,8 @@ log = logging.getLogger(__name__)
 #: librdkafka's local authentication failure and the broker's SASL error code.
 AUTHENTICATION_ERRORS: frozenset[int] = frozenset({KafkaError._AUTHENTICATION, KafkaError.SASL_AUTHENTICATION_FAILED})
 _LOG_EVERY_SECONDS = 10.0
+#: Exit status when :class:`HangWatchdog` ends a stuck process (EX_TEMPFAIL: temporary, start it again).
+WATCHDOG_EXIT_CODE = 75
 
 
 class KafkaErrorHandler:
@@ -76,6 +83,53 @@ class KafkaErrorHandler:
         self.fatal = exc
         log.critical("%s", exc)
         raise exc
+
+
+class HangWatchdog:
+    """Ends the process when a librdkafka call blocks far past its own timeout.
+
+    librdkafka's ``send_offsets_to_transaction`` can block forever after the group coordinator went away
+    (librdkafka issues #5456 and #5511, open), and a thread stuck in C cannot be freed from Python: not
+    even SIGTERM's handler runs. So each such call runs under :meth:`guard`; if it is still running
+    ``seconds`` later the watchdog logs why and exits with :data:`WATCHDOG_EXIT_CODE`. The supervisor
+    starts a fresh process; for the translator its ``init_transactions`` fences this one and aborts its
+    open transaction, so nothing is lost or duplicated.
+    """
+
+    def __init__(self, role: str, *, exit_process: Callable[[int], None] = os._exit,
+                 check_every: float = 1.0) -> None:
+        self.role = role
+        self._exit = exit_process
+        self._check_every = check_every
+        self._lock = threading.Lock()
+        self._current: tuple[str, float] | None = None
+        self._thread: threading.Thread | None = None
+
+    @contextmanager
+    def guard(self, what: str, seconds: float) -> Iterator[None]:
+        with self._lock:
+            self._current = (what, time.monotonic() + seconds)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._watch, name=f"{self.role}-watchdog", daemon=True)
+                self._thread.start()
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._current = None
+
+    def _watch(self) -> None:
+        while True:
+            time.sleep(self._check_every)
+            with self._lock:
+                current = self._current
+            if current is not None and time.monotonic() > current[1]:
+                log.critical("%s: %s blocked past its timeout (a known librdkafka hang after a coordinator "
+                             "failover); exiting so the supervisor starts a fresh process", self.role, current[0])
+                for handler in logging.getLogger().handlers:
+                    handler.flush()
+                self._exit(WATCHDOG_EXIT_CODE)
+                return
 
 
 def consumer_config(

@@ -16,6 +16,10 @@ Commit protocol, one Kafka transaction per polled batch:
    commands. Abort and rewind themselves are retried until the broker answers, so a broker outage
    only pauses the loop. A fatal error (fenced) ends the process non-zero; its supervisor restarts it.
 
+Every blocking librdkafka call runs under a :class:`~consumers.kafka_clients.HangWatchdog`: if it is
+still blocked well past its own timeout (a known librdkafka hang after a coordinator failover), the
+process exits and its supervisor starts a fresh one, which fences this one's transaction.
+
 Before the loop, ``init_transactions`` is retried in short slices while the producer is polled, so a
 broker that is not up yet is waited for, and refused credentials end the process with a clear error
 (:class:`~consumers.kafka_clients.KafkaErrorHandler`) instead of a silent hang.
@@ -32,6 +36,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -40,6 +45,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 from consumers.dlq import Oversized, TooFarInFuture, UnexpectedError, dlq_headers, screen_size, screen_times
 from consumers.errors import FatalKafkaError
 from consumers.health import HealthState
+from consumers.kafka_clients import HangWatchdog
 from consumers.metrics import DLQ_MESSAGES, MESSAGES_CONSUMED, MESSAGES_PROCESSED, PROCESSING_SECONDS
 from consumers.translation import Translation
 from schemas.codec import Codec
@@ -80,6 +86,7 @@ class TransactionalTranslator:
         self._health = health or HealthState(ttl_seconds=30)
         self._stop = threading.Event()
         self._assigned: set[tuple[str, int]] = set()
+        self._watchdog = HangWatchdog("translator")
         self.batches_committed = 0
 
     def request_stop(self) -> None:
@@ -89,7 +96,7 @@ class TransactionalTranslator:
         """Run until stopped; with ``until_end``, stop once every assigned partition reached the end
         it had when the loop started (one-shot mail runs)."""
         if not self._init_transactions():
-            self._consumer.close()
+            self._close()
             return
         self._consumer.subscribe(list(self._cfg.inputs), on_assign=self._on_assign,
                                  on_revoke=self._on_revoke, on_lost=self._on_revoke)
@@ -107,6 +114,10 @@ class TransactionalTranslator:
                     if ends is not None and self._reached(ends):
                         break
         finally:
+            self._close()
+
+    def _close(self) -> None:
+        with self._guard("consumer close"):
             self._consumer.close()
 
     # --- one transaction ---------------------------------------------------------------------------
@@ -117,8 +128,11 @@ class TransactionalTranslator:
             self._producer.begin_transaction()  # step 2
             outcomes = [self._process_one(m) for m in msgs]  # step 3
             positions = _positions_after(msgs)
-            self._producer.send_offsets_to_transaction(  # step 4
-                positions, self._consumer.consumer_group_metadata(), self._cfg.transaction_timeout_seconds)
+            # step 4; a short timeout: it normally takes milliseconds, and it is the call that can hang
+            offsets_timeout = min(_SEND_OFFSETS_TIMEOUT_SECONDS, self._cfg.transaction_timeout_seconds)
+            with self._guard("send_offsets_to_transaction", offsets_timeout):
+                self._producer.send_offsets_to_transaction(
+                    positions, self._consumer.consumer_group_metadata(), offsets_timeout)
             self._commit()  # step 5
         except KafkaException as exc:
             self._recover(exc)
@@ -187,7 +201,8 @@ class TransactionalTranslator:
         """Register the transactional id (fencing any zombie with the same id); False when stopped first."""
         while not self._stop.is_set():
             try:
-                self._producer.init_transactions(_INIT_SLICE_SECONDS)
+                with self._guard("init_transactions"):
+                    self._producer.init_transactions(_INIT_SLICE_SECONDS)
                 return True
             except KafkaException as exc:
                 err = exc.args[0] if exc.args else None
@@ -197,10 +212,16 @@ class TransactionalTranslator:
                 log.warning("waiting for the transaction coordinator (%s)", err.name())
         return False
 
+    def _guard(self, what: str, timeout: float | None = None) -> AbstractContextManager[None]:
+        """Bound a blocking librdkafka call: its own timeout plus a margin, else the watchdog ends us."""
+        own = self._cfg.transaction_timeout_seconds if timeout is None else timeout
+        return self._watchdog.guard(what, own + _WATCHDOG_MARGIN_SECONDS)
+
     def _commit(self) -> None:
         while True:
             try:
-                self._producer.commit_transaction(self._cfg.transaction_timeout_seconds)
+                with self._guard("commit_transaction"):
+                    self._producer.commit_transaction(self._cfg.transaction_timeout_seconds)
                 return
             except KafkaException as exc:
                 err = exc.args[0] if exc.args else None
@@ -223,7 +244,8 @@ class TransactionalTranslator:
         """Abort the open transaction, retrying while the broker does not answer."""
         while True:
             try:
-                self._producer.abort_transaction(self._cfg.transaction_timeout_seconds)
+                with self._guard("abort_transaction"):
+                    self._producer.abort_transaction(self._cfg.transaction_timeout_seconds)
                 return
             except KafkaException as abort_exc:
                 err = abort_exc.args[0] if abort_exc.args else None
@@ -243,7 +265,8 @@ class TransactionalTranslator:
             if not parts:
                 return
             try:
-                committed = self._consumer.committed(parts, timeout=10)
+                with self._guard("committed"):
+                    committed = self._consumer.committed(parts, timeout=10)
                 for tp in committed:
                     offset = tp.offset if tp.offset >= 0 else OFFSET_BEGINNING
                     self._consumer.seek(TopicPartition(tp.topic, tp.partition, offset))
@@ -285,6 +308,8 @@ class TransactionalTranslator:
 
 
 _INIT_SLICE_SECONDS = 5.0
+_WATCHDOG_MARGIN_SECONDS = 15.0
+_SEND_OFFSETS_TIMEOUT_SECONDS = 10.0
 _TIME_FIELDS = ("occurred_at", "created_at", "requested_at")
 OFFSET_BEGINNING = -2
 

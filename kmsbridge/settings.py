@@ -156,6 +156,7 @@ class Settings(BaseSettings):
     api: ApiSettings = Field(default_factory=ApiSettings)
     metrics_port: int = Field(default=0, ge=0, le=65535, description="0 = no metrics server")
     health_ttl_seconds: float = Field(default=30.0, gt=0)
+    lag_interval_seconds: float = Field(default=15.0, gt=0, description="refresh of the consumer lag gauges")
     shutdown_grace_seconds: float = Field(default=20.0, gt=0)
     max_message_bytes: int = Field(default=1_000_000, ge=1024)
     max_future_skew_seconds: float = Field(default=86_400.0, ge=0)

@@ -18,6 +18,7 @@ from consumers.command_runner import CommandRunner
 from consumers.executor import Executor, ExecutorConfig
 from consumers.health import HealthServer, HealthState
 from consumers.kafka_clients import consumer_config, make_consumer, make_producer, producer_config
+from consumers.lag import LagMonitor
 from consumers.ledger import LEDGER_METADATA, Ledger
 from consumers.translation import DeviceDirectory, HandlerContext, build_handlers
 from consumers.translator import TransactionalTranslator, TranslatorConfig
@@ -36,6 +37,7 @@ __all__ = [
     "load_provider_or_exit",
     "run_executor",
     "run_translator",
+    "start_lag_monitor",
 ]
 
 log = logging.getLogger(__name__)
@@ -90,6 +92,15 @@ def _health(settings: Settings) -> tuple[HealthState, HealthServer | None]:
     return state, server
 
 
+def start_lag_monitor(settings: Settings, process: str, group: str, topics: list[str]) -> LagMonitor | None:
+    """Lag gauges of ``process``'s group, refreshed off the poll loop with its own clients, when the process
+    serves metrics."""
+    if not settings.metrics_port:
+        return None
+    return LagMonitor(settings.kafka_config(), process, group, topics=topics,
+                      interval=settings.lag_interval_seconds).start()
+
+
 def _instance(settings: Settings, process: str) -> str:
     return settings.instance_id(process) or f"{socket.gethostname()}-{os.getpid()}-{process}"
 
@@ -124,9 +135,14 @@ def run_translator(settings: Settings, *, until_end: bool = False, only: list[st
     signal.signal(signal.SIGTERM, lambda *_: translator.request_stop())
     signal.signal(signal.SIGINT, lambda *_: translator.request_stop())
     log.info("translator started inputs=%s", only or "all")
+    names = only or ["subscriptions", "communications", "requests"]
+    lag = start_lag_monitor(settings, "translator", settings.group_id("translator") + group_suffix,
+                            [settings.topic(n) for n in names])
     try:
         translator.run(until_end=until_end)
     finally:
+        if lag:
+            lag.stop()
         if server:
             server.stop()
 
@@ -188,8 +204,11 @@ async def _executor_main(settings: Settings) -> None:
     loop.add_signal_handler(signal.SIGTERM, app.executor.request_stop)
     loop.add_signal_handler(signal.SIGINT, app.executor.request_stop)
     log.info("executor started kms=%s", settings.kms.endpoint)
+    lag = start_lag_monitor(settings, "executor", settings.group_id("executor"), [settings.topic("commands")])
     try:
         await app.run()
     finally:
+        if lag:
+            lag.stop()
         if server:
             server.stop()

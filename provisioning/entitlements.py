@@ -20,6 +20,7 @@ replay is byte-identical, the reconciler passes the time of its run.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -30,7 +31,14 @@ from provisioning.provider import ProviderConfig
 from provisioning.validation import sorted_devices, validate_subscription
 from schemas.records import Product, Service, ServiceState, SubscriptionEvent, SubscriptionState
 
-__all__ = ["DesiredClient", "SubscriptionLike", "desired_state", "entitled_products", "service_is_current"]
+__all__ = [
+    "DesiredClient",
+    "SubscriptionLike",
+    "desired_state",
+    "desired_state_of_valid",
+    "entitled_products",
+    "service_is_current",
+]
 
 
 class SubscriptionLike(Protocol):
@@ -78,15 +86,20 @@ def entitled_products(
         raise PlanningError(f"distributor {distributor!r} is not configured")
     if state.state is not SubscriptionState.ACTIVE:
         return []
+    mapping = provider.products
     periods: dict[str, list[Service]] = {}
     for service in state.services:
         if not (rule.allows(service.service_code) and service_is_current(service, at)):
             continue
-        product_ids = provider.products.get(service.service_code)
+        product_ids = mapping.get(service.service_code)
         if product_ids is None:
             raise PlanningError(f"service {service.service_code!r} has no product mapping")
         for product_id in product_ids:
-            periods.setdefault(product_id, []).append(service)
+            held = periods.get(product_id)
+            if held is None:
+                periods[product_id] = [service]
+            else:
+                held.append(service)
     return [_covering(product_id, periods[product_id]) for product_id in sorted(periods)]
 
 
@@ -100,6 +113,14 @@ def desired_state(
     rejection = validate_subscription(event, provider)
     if rejection is not None:
         raise InvalidSubscription(rejection)
+    return desired_state_of_valid(event, provider, at)
+
+
+def desired_state_of_valid(
+    event: SubscriptionEvent, provider: ProviderConfig, at: datetime
+) -> dict[str, DesiredClient]:
+    """:func:`desired_state` of an event the caller has just validated (planning validates first and
+    must not pay for it twice)."""
     return {
         device.secure_client_id: DesiredClient(
             distributor=device.distributor,
@@ -111,10 +132,28 @@ def desired_state(
 
 
 def _covering(product_id: str, services: list[Service]) -> Product:
+    if len(services) == 1:  # the common case: one service grants the product
+        only = services[0]
+        return _product(product_id, only.valid_from, only.valid_until)
     starts = [s.valid_from for s in services]
     ends = [s.valid_until for s in services]
-    return Product(
-        product_id=product_id,
-        valid_from=None if None in starts else min(d for d in starts if d is not None),
-        valid_until=None if None in ends else max(d for d in ends if d is not None),
+    return _product(
+        product_id,
+        None if None in starts else min(d for d in starts if d is not None),
+        None if None in ends else max(d for d in ends if d is not None),
     )
+
+
+def _product(product_id: str, valid_from: datetime | None, valid_until: datetime | None) -> Product:
+    """One shared ``Product`` per (id, period): records are frozen, so sharing is safe, and validating a
+    new one for every device of every event cost a third of planning's time (most products are the
+    same few ids with open periods). The zones are part of the key: equal instants in different zones
+    are different values once printed as JSON."""
+    return _shared_product(product_id, valid_from, valid_from.tzinfo if valid_from else None,
+                           valid_until, valid_until.tzinfo if valid_until else None)
+
+
+@functools.lru_cache(maxsize=8192)
+def _shared_product(product_id: str, valid_from: datetime | None, _from_zone: object,
+                    valid_until: datetime | None, _until_zone: object) -> Product:
+    return Product(product_id=product_id, valid_from=valid_from, valid_until=valid_until)

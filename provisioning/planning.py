@@ -34,7 +34,7 @@ from collections.abc import Collection
 from datetime import datetime
 
 from provisioning.commands import CommandFactory
-from provisioning.entitlements import DesiredClient, desired_state
+from provisioning.entitlements import DesiredClient, desired_state_of_valid
 from provisioning.keys import KeySource
 from provisioning.plan import Plan
 from provisioning.provider import ProviderConfig
@@ -73,7 +73,7 @@ def plan_subscription(
         subscription_id=event.subscription_id,
         subscription_version=event.version,
     )
-    desired = desired_state(event, provider, at=event.occurred_at)
+    desired = desired_state_of_valid(event, provider, at=event.occurred_at)  # validated above
     fresh = new_devices(event)
     commands: list[KmsCommand] = []
     for removed in sorted_devices(event.removed_devices):
@@ -115,7 +115,7 @@ def plan_reset(
         subscription_id=event.subscription_id,
         subscription_version=event.version,
     )
-    desired = desired_state(event, provider, at=at)
+    desired = desired_state_of_valid(event, provider, at=at)  # validated above
     commands: list[KmsCommand] = []
     for device in sorted_devices(event.devices):
         if secure_client_ids is not None and device.secure_client_id not in secure_client_ids:

@@ -247,3 +247,27 @@ def test_lag_cli_prints_a_table_and_json_lines(
     missing = runner.invoke(lag_cmd, ["--group", _group()], catch_exceptions=False)
     assert missing.exit_code == 0
     assert "no committed offsets" in missing.stderr
+
+
+def test_lag_cli_defaults_to_the_product_groups_that_exist(
+    kafka_config: dict[str, str], fresh_topics: MakeTopics, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    (topic,) = fresh_topics(partitions=1)
+    _produce(kafka_config, topic, {0: 3})
+    prefix = f"lagcli{uuid.uuid4().hex[:8]}"
+    for key, value in kafka_config.items():
+        monkeypatch.setenv("KMSBRIDGE_KAFKA__" + key.upper().replace(".", "_"), value)
+    monkeypatch.setenv("KMSBRIDGE_STACK_DIR", str(tmp_path))
+    monkeypatch.setenv("KMSBRIDGE_GROUP_PREFIX", prefix)
+    runner = CliRunner()
+
+    none_yet = runner.invoke(lag_cmd, ["--json"], catch_exceptions=False)
+    assert none_yet.exit_code == 0 and none_yet.stdout == ""
+    assert "no kmsbridge consumer groups" in none_yet.stderr
+
+    _commit(kafka_config, f"{prefix}-executor", {(topic, 0): 1})
+    _commit(kafka_config, f"{prefix}-somebody-else", {(topic, 0): 2})  # not a product group: not shown
+    result = runner.invoke(lag_cmd, ["--json"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [(r["group"], r["topic"], r["lag"]) for r in rows] == [(f"{prefix}-executor", topic, 2)]

@@ -370,3 +370,55 @@ def test_concurrent_reset_runs_over_the_same_subscriptions_publish_each_repair_o
         d.secure_client_id for n, d in enumerate(cards.values()) if n % 4 == 0)
     loser = next(r for r in reports if not r.commands_published)
     assert not commands_of(pipeline, loser.run_id, 0)
+
+
+# --- the processes ------------------------------------------------------------------------------------
+
+
+def test_a_reconciler_stopped_mid_run_leaves_the_request_to_run_again_with_the_same_run_id(
+        pipeline: Pipeline, store: DesiredStateStore, kms_simulator: SimulatorHandle) -> None:
+    from reconciler.lock import RunLock
+
+    subscriptions = {f"S-{n:04d}": Device(distributor="MAIN", secure_client_id=f"3{n:05d}", stb_serial=f"B{n}")
+                     for n in range(2000)}
+    store.upsert([event(sid, 1, [device]) for sid, device in subscriptions.items()])  # an empty KMS: all drift
+    kms_simulator.set_faults(latency_ms=1000)  # a slow KMS: the run lasts several seconds
+    lock = RunLock(store.engine)
+
+    first = start_reconciler(pipeline)
+    pipeline.produce("reconcile_requests", [ReconcileRequest(run_id="run-interrupted")])
+    wait_until("the run started (it holds the run lock)", lambda: lock.holder() is not None, timeout=30)
+    commands_of(pipeline, "run-interrupted", 1)  # a first batch is repaired
+    first.stop(timeout=60)  # as on SIGTERM: stops between two batches
+    assert lock.holder() is None
+
+    kms_simulator.clear_faults()
+    second = start_reconciler(pipeline)
+    try:
+        reports = pipeline.read("reconcile_reports", lambda got: any(r.run_id == "run-interrupted" for r in got),
+                                timeout=90)
+    finally:
+        second.stop()
+
+    [report] = [r for r in reports if r.run_id == "run-interrupted"]  # the stopped run published none
+    assert (report.checked, report.drifted, report.error) == (2000, 2000, None)
+    published = commands_of(pipeline, "run-interrupted", 3 * 2000)  # PAIR, SYNC, SET_PIN per new card
+    assert len({c.idempotency_key for c in published}) == 3 * 2000  # nothing published twice
+    before_stop = [c for c in published if c.created_at < report.started_at]
+    assert 0 < len(before_stop) < 3 * 2000
+    assert report.commands_published == 3 * 2000 - len(before_stop)  # the re-run skipped what was in flight
+
+
+def test_projector_and_reconciler_run_as_kmsbridge_run_and_stop_cleanly_on_sigterm(
+        pipeline: Pipeline, store: DesiredStateStore) -> None:
+    import signal
+
+    projector, reconciler = pipeline.spawn("projector"), pipeline.spawn("reconciler")
+    pipeline.produce("subscriptions", [event("S-P", 1, [Device(distributor="MAIN", secure_client_id="4001")])])
+    wait_projected(store, {"S-P": 1})
+    report = run(pipeline, preview=True, subscription_ids=["S-P"])
+    assert (report.checked, report.drifted) == (1, 1)
+
+    for proc in (projector, reconciler):
+        proc.send_signal(signal.SIGTERM)
+    assert [proc.wait(30) for proc in (projector, reconciler)] == [0, 0]
