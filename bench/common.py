@@ -40,19 +40,24 @@ import httpx
 import psutil
 
 __all__ = [
+    "IMG_DIR",
     "RESULTS_DIR",
     "ROOT",
+    "AuditTail",
     "BenchEnv",
     "GroupProgress",
     "Postgres",
     "Simulator",
+    "at_seconds",
     "campaign_values",
     "command_values",
+    "cpu_seconds",
     "linear_slope",
     "machine",
     "percentile",
     "print_table",
     "produce_values",
+    "spawn_process",
     "start_postgres",
     "steady_rate",
     "stop_process",
@@ -182,6 +187,40 @@ def stop_process(proc: subprocess.Popen[bytes], timeout: float = 20.0) -> int | 
     return proc.returncode
 
 
+def spawn_process(pipe: Any, process: str, *, swaps: Sequence[str] | None = None,
+                  extra_env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    """``kmsbridge run <process>`` for ``pipe``, as :meth:`Pipeline.spawn` does; with ``swaps``
+    (``module=file.py``) the named modules are replaced first, which is how a proposed change to code
+    this benchmark does not own is measured end to end without editing it."""
+    if not swaps:
+        return pipe.spawn(process, env=extra_env)  # type: ignore[no-any-return]
+    log = open(pipe.workdir / f"{process}.log", "ab")  # noqa: SIM115 - the child owns it
+    argv = [sys.executable, "-m", "bench.common", *(f"--swap={s}" for s in swaps), "run", process]
+    proc = subprocess.Popen(argv, env={**pipe.env(), **(extra_env or {})}, cwd=ROOT, stdout=log,
+                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    log.close()
+    return proc
+
+
+def _swapped_cli(argv: list[str]) -> None:
+    """``python -m bench.common --swap=module=file.py ... run <process>``: the CLI with modules replaced."""
+    import importlib.util
+
+    rest = list(argv)
+    while rest and rest[0].startswith("--swap="):
+        module, _, path = rest.pop(0).removeprefix("--swap=").partition("=")
+        spec = importlib.util.spec_from_file_location(module, path)
+        if spec is None or spec.loader is None:
+            raise SystemExit(f"cannot load {path} as {module}")
+        loaded = importlib.util.module_from_spec(spec)
+        sys.modules[module] = loaded
+        spec.loader.exec_module(loaded)
+    from kmsbridge.cli import main
+
+    sys.argv = ["kmsbridge", *rest]
+    main()
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU seconds of a process so far (children excluded)."""
     times = psutil.Process(pid).cpu_times()
@@ -222,16 +261,9 @@ class Simulator:
         """Empty state (clients, dedup keys, in-memory audit); the audit file keeps growing."""
         self._http.post("/admin/reset").raise_for_status()
 
-    def audit_offset(self) -> int:
-        return self.audit_file.stat().st_size if self.audit_file.exists() else 0
-
-    def audit_since(self, offset: int) -> list[dict[str, Any]]:
-        """Audit entries written after byte ``offset`` of the audit file (complete lines only)."""
-        with open(self.audit_file, "rb") as fh:
-            fh.seek(offset)
-            data = fh.read()
-        cut = data.rfind(b"\n") + 1
-        return [json.loads(line) for line in data[:cut].splitlines() if line]
+    def tail_audit(self) -> AuditTail:
+        """A reader of the audit entries written from now on."""
+        return AuditTail(self.audit_file, self.audit_file.stat().st_size if self.audit_file.exists() else 0)
 
     def cpu_seconds(self) -> float:
         return cpu_seconds(self.proc.pid)
@@ -239,6 +271,30 @@ class Simulator:
     def stop(self) -> None:
         self._http.close()
         stop_process(self.proc, 10)
+
+
+class AuditTail:
+    """Reads the simulator's audit file (one JSON line per applied call) from a byte offset on."""
+
+    def __init__(self, path: Path, offset: int) -> None:
+        self._path = path
+        self._offset = offset
+
+    def poll(self) -> list[dict[str, Any]]:
+        """Entries completed since the last poll."""
+        if not self._path.exists():
+            return []
+        with open(self._path, "rb") as fh:
+            fh.seek(self._offset)
+            data = fh.read()
+        cut = data.rfind(b"\n") + 1
+        self._offset += cut
+        return [json.loads(line) for line in data[:cut].splitlines() if line]
+
+
+def at_seconds(entry: dict[str, Any]) -> float:
+    """The audit entry's ``at`` as POSIX seconds."""
+    return datetime.fromisoformat(str(entry["at"]).replace("Z", "+00:00")).timestamp()
 
 
 def start_simulator(workdir: Path) -> Simulator:
@@ -506,31 +562,39 @@ def produce_values(bootstrap: str, topic: str, values: Iterator[tuple[bytes, byt
 
 
 class GroupProgress:
-    """Committed offsets of ``group`` on ``topic``, summed over partitions, sampled over time.
+    """Committed offsets of ``group`` on ``topic``, summed over partitions, sampled over time with the
+    CPU seconds of the process under test (``pid``), so rate and CPU per message come from the same
+    steady window.
 
     A separate client with the group's id that never subscribes: it reads the group's commits
     (OffsetFetch) without joining, so the process under test is not disturbed.
     """
 
-    def __init__(self, bootstrap: str, group: str, topic: str, partitions: int) -> None:
+    def __init__(self, bootstrap: str, group: str, topic: str, partitions: int, pid: int | None = None) -> None:
         from confluent_kafka import Consumer, TopicPartition
 
         self._consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group,
                                    "enable.auto.commit": False})
         self._parts = [TopicPartition(topic, p) for p in range(partitions)]
-        self.samples: list[tuple[float, int]] = []
+        self._pid = pid
+        self.samples: list[tuple[float, int, float]] = []  # (monotonic time, committed, CPU seconds)
 
     def committed(self) -> int:
         parts = self._consumer.committed(self._parts, timeout=10)
         return sum(max(tp.offset, 0) for tp in parts)
 
+    def sample(self) -> int:
+        done = self.committed()
+        cpu = cpu_seconds(self._pid) if self._pid else 0.0
+        self.samples.append((time.monotonic(), done, cpu))
+        return done
+
     def wait_for(self, total: int, *, timeout: float, interval: float = 0.05,
-                 alive: Callable[[], bool] | None = None) -> list[tuple[float, int]]:
-        """Sample until ``total`` messages are committed; the ``(monotonic time, committed)`` samples."""
+                 alive: Callable[[], bool] | None = None) -> list[tuple[float, int, float]]:
+        """Sample until ``total`` messages are committed; the samples."""
         deadline = time.monotonic() + timeout
         while True:
-            done = self.committed()
-            self.samples.append((time.monotonic(), done))
+            done = self.sample()
             if done >= total:
                 return self.samples
             if time.monotonic() > deadline:
@@ -539,21 +603,21 @@ class GroupProgress:
                 raise RuntimeError("the process under test exited")
             time.sleep(interval)
 
+    def steady(self, total: int, *, trim: float = 0.1) -> dict[str, float]:
+        """Messages/s and CPU microseconds per message between ``trim`` and ``1 - trim`` of ``total``."""
+        lo = next((s for s in self.samples if s[1] >= total * trim), None)
+        hi = next((s for s in self.samples if s[1] >= total * (1 - trim)), None)
+        if lo is None or hi is None or hi[0] <= lo[0] or hi[1] <= lo[1]:
+            first = next((s for s in self.samples if s[1] > 0), self.samples[0])
+            lo, hi = first, self.samples[-1]
+        if hi[0] <= lo[0] or hi[1] <= lo[1]:
+            return {"per_second": float("nan"), "cpu_us_per_message": float("nan")}
+        n = hi[1] - lo[1]
+        return {"per_second": n / (hi[0] - lo[0]), "cpu_us_per_message": (hi[2] - lo[2]) / n * 1e6}
+
     def close(self) -> None:
         self._consumer.close()
 
 
-def rate_from_samples(samples: Sequence[tuple[float, int]], total: int, *, trim: float = 0.1) -> float:
-    """Messages per second between ``trim`` and ``1 - trim`` of ``total`` committed (steady state)."""
-    lo, hi = total * trim, total * (1 - trim)
-    t_lo = next((t for t, n in samples if n >= lo), None)
-    t_hi = next((t for t, n in samples if n >= hi), None)
-    n_lo = next((n for _, n in samples if n >= lo), 0)
-    n_hi = next((n for _, n in samples if n >= hi), 0)
-    if t_lo is None or t_hi is None or t_hi <= t_lo:
-        first = next(((t, n) for t, n in samples if n > 0), None)
-        last = samples[-1] if samples else None
-        if first is None or last is None or last[0] <= first[0]:
-            return float("nan")
-        return (last[1] - first[1]) / (last[0] - first[0])
-    return (n_hi - n_lo) / (t_hi - t_lo)
+if __name__ == "__main__":
+    _swapped_cli(sys.argv[1:])

@@ -230,6 +230,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--child", nargs=3, metavar=("DATABASE_URL", "ENDPOINT", "TOKEN_FILE"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
+        from kmsbridge.logs import setup_logging
+
+        setup_logging("INFO")  # the job's progress lines and summary, on stderr
         database_url, endpoint, token_file = args.child
         print(json.dumps(_run_job(database_url, endpoint, Path(token_file).read_text().strip(),
                                   args.query_concurrency)))

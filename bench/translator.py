@@ -35,10 +35,8 @@ from bench.common import (
     BenchEnv,
     GroupProgress,
     campaign_values,
-    cpu_seconds,
     print_table,
     produce_values,
-    rate_from_samples,
     stop_process,
     write_result,
 )
@@ -52,7 +50,7 @@ TARGET_EVENTS_PER_SECOND = 30_000
 # --- the passthrough child ----------------------------------------------------------------------------
 
 
-def _passthrough(bootstrap: str, topic_in: str, topic_out: str, group: str, txn_id: str) -> None:
+def _passthrough(bootstrap: str, topic_in: str, topic_out: str, group: str, txn_id: str, batch_size: str) -> None:
     """The translator's loop with the work taken out: consume, copy bytes, send offsets, commit."""
     from confluent_kafka import TopicPartition
 
@@ -69,7 +67,7 @@ def _passthrough(bootstrap: str, topic_in: str, topic_out: str, group: str, txn_
     consumer.subscribe([topic_in])
     try:
         while not stop.is_set():
-            msgs = [m for m in consumer.consume(defaults.batch_size, defaults.batch_seconds) if m.error() is None]
+            msgs = [m for m in consumer.consume(int(batch_size), defaults.batch_seconds) if m.error() is None]
             if not msgs:
                 continue
             producer.begin_transaction()
@@ -89,6 +87,20 @@ def _passthrough(bootstrap: str, topic_in: str, topic_out: str, group: str, txn_
             producer.commit_transaction(defaults.transaction_timeout_seconds)
     finally:
         consumer.close()
+
+
+def _translator_with_batch(batch_size: str) -> None:
+    """``kmsbridge run translator`` with another ``TranslatorConfig.batch_size`` (a proposal, measured):
+    the same wiring, settings from the environment, only the batch size replaced."""
+    import dataclasses
+
+    from kmsbridge.settings import load_settings
+    from kmsbridge.wiring import build_translator
+
+    translator = build_translator(load_settings())
+    translator._cfg = dataclasses.replace(translator._cfg, batch_size=int(batch_size))
+    signal.signal(signal.SIGTERM, lambda *_: translator.request_stop())
+    translator.run()
 
 
 # --- in-process stage costs ---------------------------------------------------------------------------
@@ -125,16 +137,18 @@ def stage_costs(values: list[bytes], repeat: int = 3) -> dict[str, float]:
 
 # --- profile ------------------------------------------------------------------------------------------
 
-_PROFILE_ROWS: list[tuple[str, tuple[str, str]]] = [
-    ("consume (librdkafka poll)", ("~", "<method 'consume' of 'cimpl.Consumer' objects>")),
-    ("decode (Codec.decode)", ("codec.py", "decode")),
-    ("plan (translate_subscription)", ("translation.py", "translate_subscription")),
-    ("encode (Codec.encode)", ("codec.py", "encode")),
-    ("produce (Producer.produce)", ("~", "<method 'produce' of 'cimpl.Producer' objects>")),
-    ("send_offsets_to_transaction", ("~", "<method 'send_offsets_to_transaction' of 'cimpl.Producer' objects>")),
-    ("commit_transaction", ("~", "<method 'commit_transaction' of 'cimpl.Producer' objects>")),
-    ("begin_transaction", ("~", "<method 'begin_transaction' of 'cimpl.Producer' objects>")),
-    ("metrics (prometheus_client inc/observe)", ("metrics.py", "inc")),
+#: (label, file suffix or "~" for C functions, function names) of the loop's stages in a cProfile.
+_PROFILE_ROWS: list[tuple[str, str, tuple[str, ...]]] = [
+    ("consume (librdkafka poll)", "~", ("<method 'consume' of 'cimpl.Consumer' objects>",)),
+    ("decode (Codec.decode)", "schemas/codec.py", ("decode",)),
+    ("plan (translate_subscription)", "consumers/translation.py", ("translate_subscription",)),
+    ("encode (Codec.encode)", "schemas/codec.py", ("encode",)),
+    ("produce (Producer.produce)", "~", ("<method 'produce' of 'cimpl.Producer' objects>",)),
+    ("send_offsets_to_transaction", "~", ("<method 'send_offsets_to_transaction' of 'cimpl.Producer' objects>",)),
+    ("commit_transaction", "~", ("<method 'commit_transaction' of 'cimpl.Producer' objects>",)),
+    ("begin_transaction", "~", ("<method 'begin_transaction' of 'cimpl.Producer' objects>",)),
+    ("metrics (prometheus_client)", "prometheus_client/metrics.py", ("inc", "observe", "labels")),
+    ("screen_times / screen_size", "consumers/dlq.py", ("screen_times", "screen_size")),
 ]
 
 
@@ -143,24 +157,16 @@ def profile_summary(path: Path) -> dict[str, Any]:
     stats = pstats.Stats(str(path))
     table: dict[tuple[str, int, str], Any] = stats.stats  # type: ignore[attr-defined]
     total = next((v[3] for k, v in table.items() if k[0].endswith("consumers/translator.py") and k[2] == "run"),
-                 None)
+                 0.0)
     rows: dict[str, dict[str, float]] = {}
-    for label, (file_suffix, func) in _PROFILE_ROWS:
-        cum = calls = 0.0
-        for (file, _line, name), (_cc, nc, _tt, ct, _callers) in table.items():
-            if name == func and (file == file_suffix if file_suffix == "~" else file.endswith(file_suffix)):
-                if label.startswith("metrics"):
-                    if "prometheus_client" not in file:
-                        continue
-                cum += ct
-                calls += nc
-        if label.startswith("metrics"):
-            cum = sum(v[3] for k, v in table.items() if "prometheus_client/metrics.py" in k[0]
-                      and k[2] in ("inc", "observe", "labels"))
-        rows[label] = {"seconds": round(cum, 3), "calls": calls,
+    for label, file_suffix, names in _PROFILE_ROWS:
+        hits = [v for (file, _line, name), v in table.items()
+                if name in names and (file == "~" if file_suffix == "~" else file.endswith(file_suffix))]
+        cum = sum(v[3] for v in hits)
+        rows[label] = {"seconds": round(cum, 3), "calls": sum(v[1] for v in hits),
                        "share": round(cum / total, 3) if total else float("nan")}
-    top = sorted(((k, v) for k, v in table.items()), key=lambda kv: kv[1][2], reverse=True)[:15]
-    return {"loop_seconds": round(total or 0.0, 3), "stages": rows,
+    top = sorted(table.items(), key=lambda kv: kv[1][2], reverse=True)[:15]
+    return {"loop_seconds": round(total, 3), "stages": rows,
             "top_self_time": [{"function": f"{Path(k[0]).name}:{k[1]}:{k[2]}", "self_seconds": round(v[2], 3),
                                "calls": v[1]} for k, v in top]}
 
@@ -170,15 +176,16 @@ def profile_summary(path: Path) -> dict[str, Any]:
 
 def _measure(proc: subprocess.Popen[bytes], progress: GroupProgress, total: int, timeout: float) -> dict[str, float]:
     samples = progress.wait_for(total, timeout=timeout, alive=lambda: proc.poll() is None)
-    cpu = cpu_seconds(proc.pid)
-    rate = rate_from_samples(samples, total)
-    first = next(t for t, n in samples if n > 0)
-    return {"events_per_second": rate, "cpu_seconds": cpu, "wall_seconds": samples[-1][0] - first,
-            "cpu_us_per_event": cpu / total * 1e6}
+    steady = progress.steady(total)
+    first = next(t for t, n, _ in samples if n > 0)
+    return {"events_per_second": steady["per_second"], "cpu_us_per_event": steady["cpu_us_per_message"],
+            "wall_seconds": samples[-1][0] - first}
 
 
-def run(events: int, *, twin_share: float, profile: bool, results_dir: Path | None,
-        partitions: int = 6) -> dict[str, Any]:
+def run(events: int, *, twin_share: float, profile: bool, results_dir: Path | None, partitions: int = 6,
+        batch_sizes: tuple[int, ...] = (500,)) -> dict[str, Any]:
+    product_batch = 500  # TranslatorConfig.batch_size as wired today
+    loops: list[dict[str, Any]] = []
     with BenchEnv("translator", simulator=False) as env:
         pipe = env.pipeline("run", partitions=partitions)
         topic_in = pipe.settings.topic("subscriptions")
@@ -186,27 +193,29 @@ def run(events: int, *, twin_share: float, profile: bool, results_dir: Path | No
         print(f"producing {events:,} events to {topic_in} ...", flush=True)
         produce_values(env.bootstrap, topic_in, campaign_values(events, twin_share=twin_share, run=run_id))
         timeout = max(120.0, events / 500)
-
-        # 2. passthrough
-        group = f"{pipe.prefix}passthrough"
         out_topic = pipe.settings.topic("results")  # any fresh topic of this run will do
-        pt = env.adopt(subprocess.Popen(
-            [sys.executable, "-m", "bench.translator", "--passthrough-child", env.bootstrap, topic_in, out_topic,
-             group, f"{group}-tx"], cwd=ROOT, stdin=subprocess.DEVNULL))
-        progress = GroupProgress(env.bootstrap, group, topic_in, partitions)
-        print("passthrough running ...", flush=True)
-        passthrough = _measure(pt, progress, events, timeout)
-        progress.close()
-        stop_process(pt)
 
-        # 3. the translator
-        tr = pipe.spawn("translator")
-        env.adopt(tr)
-        progress = GroupProgress(env.bootstrap, pipe.settings.group_id("translator"), topic_in, partitions)
-        print("translator running ...", flush=True)
-        translator = _measure(tr, progress, events, timeout)
-        progress.close()
-        stop_process(tr)
+        def measure(name: str, batch: int, argv: list[str], group: str, env_vars: dict[str, str] | None) -> None:
+            print(f"{name} (batch {batch}) running ...", flush=True)
+            proc = env.adopt(subprocess.Popen(argv, cwd=ROOT, stdin=subprocess.DEVNULL, env=env_vars,
+                                              stdout=subprocess.DEVNULL if env_vars else None))
+            progress = GroupProgress(env.bootstrap, group, topic_in, partitions, proc.pid)
+            figures = _measure(proc, progress, events, timeout)
+            progress.close()
+            stop_process(proc)
+            loops.append({"loop": name, "batch_size": batch, **figures})
+
+        for batch in batch_sizes:
+            # 2. the passthrough baseline, then 3. the translator, on the same input
+            group = f"{pipe.prefix}passthrough-{batch}"
+            measure("passthrough", batch, [sys.executable, "-m", "bench.translator", "--passthrough-child",
+                                           env.bootstrap, topic_in, out_topic, group, f"{group}-tx", str(batch)],
+                    group, None)
+            prefix = f"{pipe.prefix}tr{batch}"
+            child_env = {**pipe.env(), "KMSBRIDGE_GROUP_PREFIX": prefix}
+            argv = ([sys.executable, "-m", "kmsbridge.cli", "run", "translator"] if batch == product_batch else
+                    [sys.executable, "-m", "bench.translator", "--translator-child", str(batch)])
+            measure("translator", batch, argv, f"{prefix}-translator", child_env)
         sample = pipe.read("commands", lambda got: len(got) >= 100, timeout=60)
         assert all(type(c).__name__ == "KmsCommand" for c in sample)
 
@@ -220,7 +229,8 @@ def run(events: int, *, twin_share: float, profile: bool, results_dir: Path | No
                 [sys.executable, "-m", "cProfile", "-o", str(prof_path), "-m", "kmsbridge.cli", "run", "translator"],
                 env={**pipe.env(), "KMSBRIDGE_GROUP_PREFIX": f"{pipe.prefix}profiled"}, cwd=ROOT,
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL))
-            progress = GroupProgress(env.bootstrap, f"{pipe.prefix}profiled-translator", topic_in, partitions)
+            progress = GroupProgress(env.bootstrap, f"{pipe.prefix}profiled-translator", topic_in, partitions,
+                                     proc.pid)
             print("profiled translator running ...", flush=True)
             profiled = _measure(proc, progress, events, timeout * 3)
             progress.close()
@@ -228,12 +238,20 @@ def run(events: int, *, twin_share: float, profile: bool, results_dir: Path | No
             prof = {"events_per_second_under_cprofile": profiled["events_per_second"],
                     **profile_summary(prof_path)}
 
+    def pick(loop: str, batch: int) -> dict[str, Any]:
+        return next(x for x in loops if x["loop"] == loop and x["batch_size"] == batch)
+
+    passthrough, translator = pick("passthrough", product_batch), pick("translator", product_batch)
     ratio = translator["events_per_second"] / passthrough["events_per_second"]
+    for x in loops:
+        x["ratio_to_passthrough_same_batch"] = x["events_per_second"] / pick("passthrough", x["batch_size"])[
+            "events_per_second"]
     result: dict[str, Any] = {
-        "command": f"python -m bench.translator --events {events}",
+        "command": f"python -m bench.translator --events {events}"
+                   + (f" --batch-sizes {','.join(map(str, batch_sizes))}" if batch_sizes != (500,) else ""),
         "events": events, "partitions": partitions, "twin_share": twin_share,
         "commands_per_event": stages["commands_per_event"],
-        "passthrough": passthrough, "translator": translator, "ratio": ratio,
+        "passthrough": passthrough, "translator": translator, "ratio": ratio, "loops": loops,
         "stage_cpu_us_per_event": stages, "profile": prof,
         "targets": {"ratio": TARGET_RATIO, "events_per_second": TARGET_EVENTS_PER_SECOND},
         "met": {"ratio": ratio >= TARGET_RATIO,
@@ -246,15 +264,15 @@ def run(events: int, *, twin_share: float, profile: bool, results_dir: Path | No
 
 
 def report(result: dict[str, Any]) -> None:
-    pt, tr = result["passthrough"], result["translator"]
+    verdict = "met" if all(result["met"].values()) else "NOT met"
     print_table(
         f"Translator vs passthrough ({result['events']:,} events, {result['partitions']} partitions, "
-        f"{result['commands_per_event']:.2f} commands/event)",
-        ["loop", "events/s", "CPU us/event", "ratio", "target"],
-        [["passthrough (baseline)", pt["events_per_second"], pt["cpu_us_per_event"], 1.0, "-"],
-         ["translator", tr["events_per_second"], tr["cpu_us_per_event"], result["ratio"],
-          f">= {TARGET_RATIO:.0%} and >= {TARGET_EVENTS_PER_SECOND:,}/s: "
-          + ("met" if all(result["met"].values()) else "NOT met")]],
+        f"{result['commands_per_event']:.2f} commands/event); target >= {TARGET_RATIO:.0%} of passthrough and "
+        f">= {TARGET_EVENTS_PER_SECOND:,} events/s: {verdict}",
+        ["loop", "batch", "events/s", "CPU us/event", "vs passthrough (same batch)"],
+        [[x["loop"] + (" (baseline)" if x["loop"] == "passthrough" else ""), x["batch_size"],
+          x["events_per_second"], x["cpu_us_per_event"], x["ratio_to_passthrough_same_batch"]]
+         for x in result["loops"]],
     )
     st = result["stage_cpu_us_per_event"]
     print_table("Translator stages, CPU per event (in-process, best of 3)", ["stage", "us/event"],
@@ -274,13 +292,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", action="store_true", help="also profile a translator run (cProfile)")
     parser.add_argument("--quick", action="store_true", help="tiny sizes, for the smoke test")
     parser.add_argument("--results-dir", type=Path)
-    parser.add_argument("--passthrough-child", nargs=5, help=argparse.SUPPRESS)
+    parser.add_argument("--batch-sizes", default="500",
+                        help="comma-separated poll/transaction batch sizes to compare (500 is the product's)")
+    parser.add_argument("--passthrough-child", nargs=6, help=argparse.SUPPRESS)
+    parser.add_argument("--translator-child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.passthrough_child:
         _passthrough(*args.passthrough_child)
         return 0
+    if args.translator_child:
+        _translator_with_batch(args.translator_child)
+        return 0
     events = 3000 if args.quick else args.events
-    run(events, twin_share=args.twin_share, profile=args.profile, results_dir=args.results_dir)
+    sizes = tuple(int(x) for x in args.batch_sizes.split(","))
+    if 500 not in sizes:
+        sizes = (500, *sizes)
+    run(events, twin_share=args.twin_share, profile=args.profile, results_dir=args.results_dir, batch_sizes=sizes)
     return 0
 
 

@@ -51,7 +51,7 @@ from consumers.command_runner import CommandRunner, RunOutcome
 from consumers.dlq import HEADER_PREFIX, dlq_headers, screen_size, screen_times
 from consumers.errors import CommandAbandoned, FatalKafkaError
 from consumers.health import HealthState
-from consumers.kafka_clients import HangWatchdog
+from consumers.kafka_clients import HangWatchdog, is_fatal
 from consumers.metrics import (
     COMMANDS_INFLIGHT,
     DLQ_MESSAGES,
@@ -154,7 +154,7 @@ class Executor:
     def _dispatch(self, msg: Message) -> None:
         err = msg.error()
         if err is not None:
-            if err.fatal():  # e.g. a static member fenced after a coordinator failover: only a restart helps
+            if is_fatal(err):  # e.g. a static member fenced after a coordinator failover: only a restart helps
                 raise FatalKafkaError(f"fatal Kafka consumer error in the executor: {err.str()}")
             if err.code() != KafkaError._PARTITION_EOF:
                 log.warning("consumer error: %s", err)

@@ -37,6 +37,7 @@ __all__ = [
     "HangWatchdog",
     "KafkaErrorHandler",
     "consumer_config",
+    "is_fatal",
     "make_consumer",
     "make_producer",
     "producer_config",
@@ -69,7 +70,7 @@ class KafkaErrorHandler:
                 "KMSBRIDGE_KAFKA__SASL_USERNAME and KMSBRIDGE_KAFKA__SASL_PASSWORD (and "
                 "KMSBRIDGE_KAFKA__SASL_MECHANISM, KMSBRIDGE_KAFKA__SECURITY_PROTOCOL)"))
             return
-        if err.fatal():
+        if is_fatal(err):
             self._fail(FatalKafkaError(f"fatal Kafka error in the {self.role} ({err.name()}): {err.str()}"))
             return
         now = time.monotonic()
@@ -130,6 +131,12 @@ class HangWatchdog:
                     handler.flush()
                 self._exit(WATCHDOG_EXIT_CODE)
                 return
+
+
+def is_fatal(err: KafkaError) -> bool:
+    """A librdkafka error the client cannot recover from. A fatal consumer error (a static member fenced)
+    can reach the application as a message error of code ``_FATAL`` whose ``fatal()`` flag is not set."""
+    return bool(err.fatal()) or err.code() == KafkaError._FATAL
 
 
 def consumer_config(

@@ -45,7 +45,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 from consumers.dlq import Oversized, TooFarInFuture, UnexpectedError, dlq_headers, screen_size, screen_times
 from consumers.errors import FatalKafkaError
 from consumers.health import HealthState
-from consumers.kafka_clients import HangWatchdog
+from consumers.kafka_clients import HangWatchdog, is_fatal
 from consumers.metrics import DLQ_MESSAGES, MESSAGES_CONSUMED, MESSAGES_PROCESSED, PROCESSING_SECONDS
 from consumers.translation import Translation
 from schemas.codec import Codec
@@ -318,7 +318,7 @@ def _is_eof_or_error(msg: Message) -> bool:
     err = msg.error()
     if err is None:
         return False
-    if err.fatal():  # e.g. a static member fenced after a coordinator failover: only a restart helps
+    if is_fatal(err):  # e.g. a static member fenced after a coordinator failover: only a restart helps
         raise FatalKafkaError(f"fatal Kafka consumer error in the translator: {err.str()}")
     if err.code() != KafkaError._PARTITION_EOF:
         log.warning("consumer error: %s", err)

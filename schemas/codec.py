@@ -25,8 +25,10 @@ from __future__ import annotations
 
 import functools
 import json
+import struct
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from io import BytesIO
 from pathlib import Path
 from typing import Any, TypeVar, cast, get_args, get_origin
@@ -192,6 +194,307 @@ def _to_avro(record: BaseModel) -> dict[str, Any]:
     return _dumper(type(record))(record)
 
 
+# --- compiled fast paths ------------------------------------------------------------------------
+
+
+class _Unsupported(Exception):
+    """The schema uses a construct the compiled paths do not handle: fastavro does it all."""
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_PACK_DOUBLE = struct.Struct("<d").pack
+_UNPACK_DOUBLE = struct.Struct("<d").unpack_from
+
+
+def _varint(n: int) -> bytes:
+    z = (n << 1) ^ (n >> 63)
+    out = bytearray()
+    while z > 0x7F:
+        out.append((z & 0x7F) | 0x80)
+        z >>= 7
+    out.append(z)
+    return bytes(out)
+
+
+#: ``_SMALL_LONGS[n]`` for -64 <= n < 64 (negative indexes wrap to the second half, as intended).
+_SMALL_LONGS: list[bytes] = [_varint(n) for n in range(64)] + [_varint(n) for n in range(-64, 0)]
+
+
+def _long(n: int) -> bytes:
+    """Avro ``long``: zig-zag, then base-128 varint (what fastavro writes, byte for byte)."""
+    if -64 <= n < 64:
+        return _SMALL_LONGS[n]
+    if not -(2**63) <= n < 2**63:
+        raise OverflowError("long out of range")
+    return _varint(n)
+
+
+def _text(value: object) -> str:
+    if isinstance(value, SecretStr):
+        return value.get_secret_value()
+    if isinstance(value, str):
+        return value
+    raise TypeError(f"{type(value).__name__} is not a string")
+
+
+def _millis(value: datetime) -> int:
+    """fastavro's ``prepare_timestamp_millis`` for an aware ``datetime`` (naive ones go to fastavro)."""
+    if value.__class__ is not datetime or value.tzinfo is None:
+        raise TypeError("not an aware datetime")
+    delta = value - _EPOCH
+    return (delta.days * 86400 + delta.seconds) * 1000 + delta.microseconds // 1000
+
+
+def _read_long_tail(data: bytes, p: int, first: int) -> tuple[int, int]:
+    """The rest of a varint whose first byte ``first`` had the continuation bit (``p`` is after it)."""
+    z = first & 0x7F
+    shift = 7
+    while True:
+        b = data[p]
+        p += 1
+        z |= (b & 0x7F) << shift
+        if b < 0x80:
+            z &= 0xFFFFFFFFFFFFFFFF  # fastavro reads into 64 bits: an overlong 10th byte wraps there too
+            return (z >> 1) ^ -(z & 1), p
+        shift += 7
+        if shift > 63:
+            raise ValueError("varint longer than 10 bytes")  # fastavro decides what that means
+
+
+class _Source:
+    """Python source being generated, with fresh variable names and constants for ``exec``."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+        self.consts: dict[str, Any] = {}
+        self._n = 0
+
+    def var(self, stem: str = "v") -> str:
+        self._n += 1
+        return f"{stem}{self._n}"
+
+    def const(self, value: Any) -> str:
+        name = f"_c{len(self.consts)}"
+        self.consts[name] = value
+        return name
+
+    def emit(self, indent: int, line: str) -> None:
+        self.lines.append("    " * indent + line)
+
+
+def _resolve(schema: Any, named: dict[str, Any]) -> Any:
+    if isinstance(schema, str) and schema in named:
+        return named[schema]
+    return schema
+
+
+def _kind(schema: Any) -> str:
+    if isinstance(schema, str):
+        return schema
+    if isinstance(schema, list):
+        return "union"
+    if isinstance(schema, dict):
+        if schema.get("logicalType") == "timestamp-millis" and schema.get("type") == "long":
+            return "timestamp-millis"
+        if "logicalType" in schema:
+            raise _Unsupported(f"logical type {schema['logicalType']}")
+        return str(schema["type"])
+    raise _Unsupported(repr(schema))
+
+
+def _nullable(schema: list[Any]) -> tuple[int, Any]:
+    """``(index of null, the other branch)`` of a two-branch union with null, else unsupported."""
+    if len(schema) != 2 or "null" not in schema:
+        raise _Unsupported("only [null, X] unions are compiled")
+    null_at = schema.index("null")
+    return null_at, schema[1 - null_at]
+
+
+def _gen_write(src: _Source, schema: Any, value: str, named: dict[str, Any], ind: int) -> None:
+    schema = _resolve(schema, named)
+    kind = _kind(schema)
+    if kind == "string":
+        text = src.var("s")
+        src.emit(ind, f"{text} = {value} if {value}.__class__ is str else _text({value})")
+        raw = src.var("b")
+        size = src.var("n")
+        src.emit(ind, f"{raw} = {text}.encode()")
+        src.emit(ind, f"{size} = len({raw})")
+        src.emit(ind, f"out += _SMALL_LONGS[{size}] if {size} < 64 else _long({size})")
+        src.emit(ind, f"out += {raw}")
+    elif kind in ("long", "int"):
+        src.emit(ind, f"out += _SMALL_LONGS[{value}] if {value}.__class__ is int and -64 <= {value} < 64 "
+                      f"else _long({value})")
+    elif kind == "timestamp-millis":
+        src.emit(ind, f"out += _long(_millis({value}))")
+    elif kind == "double":
+        src.emit(ind, f"out += _PACK_DOUBLE({value})")
+    elif kind == "boolean":
+        src.emit(ind, f"out += b'\\x01' if {value} else b'\\x00'")
+    elif kind == "enum":
+        codes = src.const({symbol: _long(i) for i, symbol in enumerate(schema["symbols"])})
+        src.emit(ind, f"out += {codes}[{value}]")
+    elif kind == "union":
+        null_at, other = _nullable(schema)
+        src.emit(ind, f"if {value} is None:")
+        src.emit(ind + 1, f"out += {_long(null_at)!r}")
+        src.emit(ind, "else:")
+        src.emit(ind + 1, f"out += {_long(1 - null_at)!r}")
+        _gen_write(src, other, value, named, ind + 1)
+    elif kind == "array":
+        item = src.var("i")
+        src.emit(ind, f"if {value}:")
+        src.emit(ind + 1, f"out += _long(len({value}))")
+        src.emit(ind + 1, f"for {item} in {value}:")
+        _gen_write(src, schema["items"], item, named, ind + 2)
+        src.emit(ind, "out += b'\\x00'")
+    elif kind == "map":
+        key, item = src.var("k"), src.var("m")
+        src.emit(ind, f"if {value}:")
+        src.emit(ind + 1, f"out += _long(len({value}))")
+        src.emit(ind + 1, f"for {key}, {item} in {value}.items():")
+        _gen_write(src, "string", key, named, ind + 2)
+        _gen_write(src, schema["values"], item, named, ind + 2)
+        src.emit(ind, "out += b'\\x00'")
+    elif kind == "record":
+        for fld in schema["fields"]:
+            attr = src.var("f")
+            src.emit(ind, f"{attr} = {value}.{fld['name']}")
+            _gen_write(src, fld["type"], attr, named, ind)
+    else:
+        raise _Unsupported(kind)
+
+
+def _emit_read_long(src: _Source, ind: int, into: str) -> None:
+    first = src.var("x")
+    src.emit(ind, f"{first} = data[p]")
+    src.emit(ind, "p += 1")
+    src.emit(ind, f"if {first} < 128:")
+    src.emit(ind + 1, f"{into} = ({first} >> 1) ^ -({first} & 1)")
+    src.emit(ind, "else:")
+    src.emit(ind + 1, f"{into}, p = _read_long_tail(data, p, {first})")
+
+
+def _gen_read(src: _Source, schema: Any, target: str, named: dict[str, Any], ind: int) -> None:
+    """Code that reads one value of ``schema`` from ``data`` at ``p`` into the variable ``target``."""
+    schema = _resolve(schema, named)
+    kind = _kind(schema)
+    if kind == "string":
+        length, end = src.var("n"), src.var("e")
+        _emit_read_long(src, ind, length)
+        src.emit(ind, f"{end} = p + {length}")
+        src.emit(ind, f"if {length} < 0 or {end} > size:")
+        src.emit(ind + 1, "raise EOFError")
+        src.emit(ind, f"{target} = data[p:{end}].decode()")
+        src.emit(ind, f"p = {end}")
+    elif kind in ("long", "int"):
+        _emit_read_long(src, ind, target)
+    elif kind == "timestamp-millis":
+        ms = src.var("t")
+        _emit_read_long(src, ind, ms)
+        src.emit(ind, f"{target} = _EPOCH + _timedelta(microseconds={ms} * 1000)")
+    elif kind == "double":
+        src.emit(ind, f"({target},) = _UNPACK_DOUBLE(data, p)")
+        src.emit(ind, "p += 8")
+    elif kind == "boolean":
+        flag = src.var("x")
+        src.emit(ind, f"{flag} = data[p]")
+        src.emit(ind, "p += 1")
+        src.emit(ind, f"if {flag} > 1:")
+        src.emit(ind + 1, "raise ValueError('boolean byte')")
+        src.emit(ind, f"{target} = {flag} == 1")
+    elif kind == "enum":
+        index = src.var("x")
+        symbols = src.const(tuple(schema["symbols"]))
+        _emit_read_long(src, ind, index)
+        src.emit(ind, f"if {index} < 0:")
+        src.emit(ind + 1, "raise IndexError")
+        src.emit(ind, f"{target} = {symbols}[{index}]")
+    elif kind == "union":
+        null_at, other = _nullable(schema)
+        branch = src.var("u")
+        src.emit(ind, f"{branch} = data[p]")
+        src.emit(ind, "p += 1")
+        src.emit(ind, f"if {branch} == {null_at * 2}:")
+        src.emit(ind + 1, f"{target} = None")
+        src.emit(ind, f"elif {branch} == {(1 - null_at) * 2}:")
+        _gen_read(src, other, target, named, ind + 1)
+        src.emit(ind, "else:")
+        src.emit(ind + 1, "raise ValueError('union branch')")
+    elif kind in ("array", "map"):
+        count, item, key = src.var("n"), src.var("i"), src.var("k")
+        src.emit(ind, f"{target} = {'[]' if kind == 'array' else '{}'}")
+        src.emit(ind, "while True:")
+        _emit_read_long(src, ind + 1, count)
+        src.emit(ind + 1, f"if {count} == 0:")
+        src.emit(ind + 2, "break")
+        src.emit(ind + 1, f"if {count} < 0:")  # a block that also gives its size in bytes
+        src.emit(ind + 2, f"{count} = -{count}")
+        _emit_read_long(src, ind + 2, src.var("skip"))
+        src.emit(ind + 1, f"for _ in range({count}):")
+        if kind == "map":
+            _gen_read(src, "string", key, named, ind + 2)
+            _gen_read(src, schema["values"], item, named, ind + 2)
+            src.emit(ind + 2, f"{target}[{key}] = {item}")
+        else:
+            _gen_read(src, schema["items"], item, named, ind + 2)
+            src.emit(ind + 2, f"{target}.append({item})")
+    elif kind == "record":
+        fields = []
+        for fld in schema["fields"]:
+            var = src.var("f")
+            fields.append((fld["name"], var))
+            _gen_read(src, fld["type"], var, named, ind)
+        src.emit(ind, f"{target} = {{" + ", ".join(f"{name!r}: {var}" for name, var in fields) + "}")
+    else:
+        raise _Unsupported(kind)
+
+
+def _compile(schema: dict[str, Any], reader: bool) -> Callable[..., Any] | None:
+    """A function specialised for ``schema`` (parsed), or None when it uses what is not compiled.
+
+    Writer: ``write(record) -> bytes`` reading the record's attributes (no ``model_dump``) and writing
+    fastavro's bytes; reader: ``read(data, p) -> (dict, end)`` returning what ``schemaless_reader``
+    returns. fastavro stays the reference: any error in a compiled function sends the call down the
+    fastavro path, which then succeeds or raises its usual, classified error.
+    """
+    named = dict(schema.get("__named_schemas", {}))
+    src = _Source()
+    try:
+        if reader:
+            src.emit(1, "size = len(data)")
+            _gen_read(src, schema, "result", named, 1)
+            src.emit(1, "return result, p")
+            head = "def compiled(data, p):"
+        else:
+            src.emit(1, "out = bytearray()")
+            _gen_write(src, schema, "record", named, 1)
+            src.emit(1, "return bytes(out)")
+            head = "def compiled(record):"
+    except (_Unsupported, KeyError):
+        return None
+    scope: dict[str, Any] = {
+        "_long": _long, "_SMALL_LONGS": _SMALL_LONGS, "_text": _text, "_millis": _millis, "_PACK_DOUBLE": _PACK_DOUBLE,
+        "_UNPACK_DOUBLE": _UNPACK_DOUBLE, "_read_long_tail": _read_long_tail, "_EPOCH": _EPOCH,
+        "_timedelta": timedelta, **src.consts,
+    }
+    exec("\n".join([head, *src.lines]), scope)  # our own source, generated from our own schemas
+    return cast(Callable[..., Any], scope["compiled"])
+
+
+_COMPILED: dict[tuple[bytes, bool], Callable[..., Any] | None] = {}
+
+
+def _compiled(schema: ShippedSchema, reader: bool) -> Callable[..., Any] | None:
+    """The compiled reader or writer of ``schema``, made on first use (None: fastavro only)."""
+    key = (schema.fingerprint, reader)
+    try:
+        return _COMPILED[key]
+    except KeyError:
+        fn = _COMPILED[key] = _compile(schema.parsed, reader)
+        return fn
+
+
 # --- the codec ----------------------------------------------------------------------------------
 
 
@@ -236,6 +539,12 @@ class Codec:
         if header is None:
             header = self._header(topic, cls)
         schema = self._current[_NAME_BY_TYPE[cls]]
+        fast = _compiled(schema, reader=False)
+        if fast is not None:
+            try:
+                return header + fast(record)
+            except Exception:  # fastavro below writes it, or says what does not fit
+                pass
         out = BytesIO()
         out.write(header)
         try:
@@ -408,6 +717,17 @@ class Codec:
     ) -> R:
         # ``from None`` below: the causes (UnicodeDecodeError, ValidationError) quote payload bytes
         # and field values, PINs included, and must not reach a log through the traceback.
+        fast = _compiled(writer, reader=True) if reader is None else None
+        if fast is not None:
+            try:
+                value, end = fast(data, offset)
+            except Exception:  # fastavro below reads it, or classifies what is wrong with it
+                end = -1
+            if end == len(data):
+                try:
+                    return expected.model_validate(value)
+                except ValidationError as exc:
+                    raise InvalidRecord(f"{writer.name} is invalid: {describe_validation_error(exc)}") from None
         stream = BytesIO(data)
         stream.seek(offset)
         try:

@@ -26,8 +26,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from pydantic import SecretStr
 
-from consumers.errors import KafkaAuthenticationFailed
-from consumers.kafka_clients import KafkaErrorHandler
+from consumers.errors import FatalKafkaError, KafkaAuthenticationFailed
+from consumers.kafka_clients import KafkaErrorHandler, is_fatal
 from kms_adapter.errors import KmsUnavailable
 from kms_adapter.simulator.app import create_app
 from kms_adapter.simulator.state import SimulatorState
@@ -133,6 +133,14 @@ def test_the_kafka_error_handler_raises_an_authentication_failure_once_and_logs_
     handler(KafkaError(KafkaError.SASL_AUTHENTICATION_FAILED, "again"))  # already failing: no second raise
 
     assert isinstance(handler.fatal, KafkaAuthenticationFailed)
+
+
+def test_a_fatal_consumer_error_is_recognised_even_without_its_fatal_flag() -> None:
+    # a fenced static member reaches the application as a message error of code _FATAL, flag unset
+    assert is_fatal(KafkaError(KafkaError._FATAL, "Static consumer fenced by other consumer"))
+    assert not is_fatal(KafkaError(KafkaError._TRANSPORT, "broker down"))
+    with pytest.raises(FatalKafkaError, match="fenced"):
+        KafkaErrorHandler("consumer")(KafkaError(KafkaError._FATAL, "Static consumer fenced"))
 
 
 # --- KMS over HTTPS -----------------------------------------------------------------------------------
@@ -284,6 +292,9 @@ def test_log_lines_mask_pins_and_configured_secrets_even_in_tracebacks(
     token_file.write_text("tok-from-file-iiii")
     monkeypatch.setenv("KMSBRIDGE_KMS__TOKEN_FILE", str(token_file))
     monkeypatch.setenv("KMSBRIDGE_KAFKA__SASL_PASSWORD", "kafka-pass-jjjj")
+    root = logging.getLogger()
+    monkeypatch.setattr(root, "handlers", list(root.handlers))  # the originals come back after the test
+    monkeypatch.setattr(root, "level", root.level)
     setup_logging("INFO")
     log = logging.getLogger("test.redaction")
 

@@ -1,0 +1,311 @@
+"""Executor vs the concurrency limit: commands/s of ``kmsbridge run executor`` against N / L.
+
+With the simulator answering after L ms and at most N KMS calls in flight
+(``KMSBRIDGE_EXECUTOR__MAX_INFLIGHT=N``), Little's law bounds the executor at N / L commands per
+second; the CPU bounds it too. For each N one executor process runs (as a user runs it: subprocess,
+SQLite ledger, real Kafka, SOAP over HTTP to the simulator in its own process); for each L of the
+grid the simulator's latency is set, a batch of SYNC_ENTITLEMENTS commands is produced and the rate is
+read from the simulator's audit (``at`` of every applied call, steady 10-90 % window).
+
+Baselines measured in the same run:
+
+- **CPU limit of the client**: ``SoapKmsClient.execute`` alone (no Kafka, no ledger) at L = 0,
+  64 in flight: calls per CPU-second of this process, for the lean path (default) and for zeep +
+  httpx (``fast_path=False``), the before/after of the SOAP optimisation;
+- **CPU limit of the executor**: the executor at L = 0 with N = 64: commands/s and CPU per command;
+  the grid's ratio is reported against N / L and against min(N / L, that limit).
+
+Per-secure-client order is verified in the same runs: every card gets several commands, produced in
+rounds with increasing ``subscription_version``; the audit's ``seq`` order per card must equal that
+order (checked for every card of every run).
+
+Target (issue 8): at least 80 % of N / L until the CPU is the limit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import math
+import os
+import time
+import uuid
+from collections import defaultdict
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from bench.common import (
+    AuditTail,
+    BenchEnv,
+    Simulator,
+    at_seconds,
+    command_values,
+    cpu_seconds,
+    print_table,
+    produce_values,
+    spawn_process,
+    steady_rate,
+    stop_process,
+    write_result,
+)
+
+__all__ = ["main"]
+
+TARGET_RATIO = 0.80
+#: (L ms, N) points of the full grid; L = 0 with the largest N is the saturation run.
+FULL_GRID: dict[int, list[int]] = {5: [1, 2, 4, 8, 16], 20: [4, 8, 16, 32], 100: [16, 32, 64, 128]}
+QUICK_GRID: dict[int, list[int]] = {5: [2], 20: [4], 100: [8]}
+SATURATION_N = 64
+
+
+# --- the client alone ---------------------------------------------------------------------------------
+
+
+async def _client_calls(sim: Simulator, *, fast_path: bool, concurrency: int, calls: int) -> dict[str, float]:
+    from kms_adapter.soap_client import SoapKmsClient
+    from schemas.records import KmsCommand, Operation, Product, Source
+
+    now = datetime.now(UTC)
+    run = uuid.uuid4().hex[:8]
+    commands = [KmsCommand(idempotency_key=f"cb:{run}:{i}", operation=Operation.SYNC_ENTITLEMENTS,
+                           secure_client_id=f"CB{i % 500}", products=[Product(product_id="P100", valid_from=now),
+                                                                      Product(product_id="P200")],
+                           source=Source(process_name="bench"), created_at=now) for i in range(calls)]
+    async with SoapKmsClient(sim.endpoint, "ALUX", sim.token, max_connections=concurrency,
+                             fast_path=fast_path) as client:
+        await client.ping()
+        pending = iter(commands)
+
+        async def worker() -> None:
+            for command in pending:
+                await client.execute(command)
+
+        sim_cpu, wall, cpu = sim.cpu_seconds(), time.perf_counter(), time.process_time()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+        sim_cpu = sim.cpu_seconds() - sim_cpu
+    return {"calls_per_second": calls / wall, "client_cpu_us_per_call": cpu / calls * 1e6,
+            "client_calls_per_cpu_second": calls / cpu, "simulator_cpu_us_per_call": sim_cpu / calls * 1e6}
+
+
+def client_baseline(sim: Simulator, calls: int) -> dict[str, dict[str, float]]:
+    sim.set_latency(0)
+    out = {}
+    for name, fast in (("zeep+httpx", False), ("lean", True)):
+        out[name] = asyncio.run(_client_calls(sim, fast_path=fast, concurrency=64, calls=calls))
+    sim.reset()
+    return out
+
+
+# --- one point of the grid ----------------------------------------------------------------------------
+
+
+def _run_point(env: BenchEnv, topic: str, executor_pid: int, *, n: int, latency_ms: int, count: int,
+               timeout: float) -> dict[str, Any]:
+    sim = env.simulator
+    sim.set_latency(latency_ms)
+    cards = max(4 * n, 64)
+    per_card = max(2, math.ceil(count / cards))
+    run = uuid.uuid4().hex[:6]
+    values = command_values(cards, per_card, run=run)
+    total = len(values)
+    tail = sim.tail_audit()
+    cpu0 = cpu_seconds(executor_pid)
+    produce_values(env.bootstrap, topic, values)
+    entries = _wait_applied(tail, f"b:{run}:", total, timeout)
+    cpu = cpu_seconds(executor_pid) - cpu0
+    rate = steady_rate([at_seconds(e) for e in entries])
+    bound = n / (latency_ms / 1000) if latency_ms else float("inf")
+    return {"n": n, "latency_ms": latency_ms, "commands": total, "cards": cards, "commands_per_card": per_card,
+            "commands_per_second": rate, "little_bound": bound if latency_ms else None,
+            "ratio_to_little": rate / bound if latency_ms else None,
+            "executor_cpu_us_per_command": cpu / total * 1e6, "order": _check_order(entries, per_card)}
+
+
+def _wait_applied(tail: AuditTail, prefix: str, total: int, timeout: float) -> list[dict[str, Any]]:
+    """Audit entries of this run's keys until every key was applied once (duplicates kept out)."""
+    entries: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    deadline = time.monotonic() + timeout
+    while len(seen) < total:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"only {len(seen):,} of {total:,} commands applied after {timeout:.0f} s")
+        for entry in tail.poll():
+            key = str(entry["idempotency_key"])
+            if key.startswith(prefix) and not entry["duplicate"] and key not in seen:
+                seen.add(key)
+                entries.append(entry)
+        time.sleep(0.05)
+    return entries
+
+
+def _check_order(entries: list[dict[str, Any]], per_card: int) -> dict[str, int]:
+    """Cards whose commands the KMS applied out of produced order (must be 0), and cards checked."""
+    by_card: dict[str, list[tuple[int, int]]] = defaultdict(list)
+    for e in entries:
+        _b, _run, card, j = str(e["idempotency_key"]).split(":")
+        by_card[card].append((int(e["seq"]), int(j)))
+    out_of_order = sum(1 for seq_j in by_card.values() if [j for _, j in sorted(seq_j)] != list(range(per_card)))
+    return {"cards_checked": len(by_card), "cards_out_of_order": out_of_order}
+
+
+def _warm_up(env: BenchEnv, topic: str) -> None:
+    """A few commands at L = 0 until applied: the executor has joined its group and connected."""
+    env.simulator.set_latency(0)
+    run = uuid.uuid4().hex[:6]
+    tail = env.simulator.tail_audit()
+    values = command_values(16, 1, run=run)
+    produce_values(env.bootstrap, topic, values)
+    _wait_applied(tail, f"b:{run}:", len(values), 120)
+
+
+# --- profile ------------------------------------------------------------------------------------------
+
+#: (label, file suffix or "~" for C functions, function names) of the executor's stages in a cProfile.
+_PROFILE_ROWS: list[tuple[str, str, tuple[str, ...]]] = [
+    ("KMS call (SoapKmsClient.execute)", "kms_adapter/soap_client.py", ("execute",)),
+    ("ledger.get (dedup read)", "consumers/ledger.py", ("get",)),
+    ("ledger.version (stale guard read)", "consumers/ledger.py", ("version",)),
+    ("ledger.record (write + commit)", "consumers/ledger.py", ("record",)),
+    ("decode command (Codec.decode)", "schemas/codec.py", ("decode",)),
+    ("encode result (Codec.encode)", "schemas/codec.py", ("encode",)),
+    ("KmsResult construction (_result)", "consumers/command_runner.py", ("_result",)),
+    ("produce (Producer.produce)", "~", ("<method 'produce' of 'cimpl.Producer' objects>",)),
+    ("poll (Producer.poll)", "~", ("<method 'poll' of 'cimpl.Producer' objects>",)),
+    ("store offsets (_store_offsets)", "consumers/executor.py", ("_store_offsets",)),
+    ("metrics (prometheus_client)", "prometheus_client/metrics.py", ("inc", "observe", "labels", "set")),
+    ("event loop select (idle wait)", "selectors.py", ("select",)),
+]
+
+
+def profile_executor(env: BenchEnv, commands: int, n: int = SATURATION_N) -> dict[str, Any]:
+    """An executor under cProfile at L = 0: where a command's CPU goes."""
+    import pstats
+    import subprocess
+    import sys
+
+    from bench.common import ROOT
+
+    pipe = env.pipeline("profiled", extra_env={"KMSBRIDGE_EXECUTOR__MAX_INFLIGHT": str(n)})
+    topic = pipe.settings.topic("commands")
+    prof_path = pipe.workdir / "executor.prof"
+    proc = env.adopt(subprocess.Popen(
+        [sys.executable, "-m", "cProfile", "-o", str(prof_path), "-m", "kmsbridge.cli", "run", "executor"],
+        env=pipe.env(), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL))
+    _warm_up(env, topic)
+    point = _run_point(env, topic, proc.pid, n=n, latency_ms=0, count=commands, timeout=600)
+    stop_process(proc, 60)
+    stats = pstats.Stats(str(prof_path))
+    table: dict[tuple[str, int, str], Any] = stats.stats  # type: ignore[attr-defined]
+    total = sum(v[2] for v in table.values())
+    rows: dict[str, dict[str, float]] = {}
+    for label, file_suffix, names in _PROFILE_ROWS:
+        hits = [v for (file, _line, name), v in table.items()
+                if name in names and (file == "~" if file_suffix == "~" else file.endswith(file_suffix))]
+        cum = sum(v[3] for v in hits)
+        rows[label] = {"seconds": round(cum, 3), "us_per_command": round(cum / point["commands"] * 1e6, 1),
+                       "share": round(cum / total, 3) if total else float("nan")}
+    top = sorted(table.items(), key=lambda kv: kv[1][2], reverse=True)[:20]
+    return {"commands": point["commands"], "commands_per_second_under_cprofile": point["commands_per_second"],
+            "profiled_seconds": round(total, 2), "stages": rows,
+            "top_self_time": [{"function": f"{k[0].rsplit('site-packages/', 1)[-1]}:{k[1]}:{k[2]}",
+                               "self_seconds": round(v[2], 3), "calls": v[1]} for k, v in top]}
+
+
+# --- orchestration ------------------------------------------------------------------------------------
+
+
+def run(grid: dict[int, list[int]], *, seconds: float, client_calls: int, results_dir: Path | None,
+        img_dir: Path | None, swaps: list[str] | None = None) -> dict[str, Any]:
+    grid_ns = {n for points in grid.values() for n in points}
+    sat_n = SATURATION_N if seconds > 1 else max(grid_ns)  # quick: no extra executor for saturation
+    ns = sorted(grid_ns | {sat_n})
+    points: list[dict[str, Any]] = []
+    with BenchEnv("executor") as env:
+        print("client alone (CPU limit of the SOAP client) ...", flush=True)
+        client = client_baseline(env.simulator, client_calls)
+        saturation: dict[str, Any] | None = None
+        cap_guess = 1000.0
+        for n in ns:
+            pipe = env.pipeline(f"n{n}", extra_env={"KMSBRIDGE_EXECUTOR__MAX_INFLIGHT": str(n)})
+            topic = pipe.settings.topic("commands")
+            proc = env.adopt(spawn_process(pipe, "executor", swaps=swaps))
+            _warm_up(env, topic)
+            if n == sat_n:
+                print(f"executor N={n} L=0 (saturation) ...", flush=True)
+                saturation = _run_point(env, topic, proc.pid, n=n, latency_ms=0, count=int(cap_guess * seconds * 2),
+                                        timeout=600)
+                cap_guess = saturation["commands_per_second"]
+            for latency, members in sorted(grid.items()):
+                if n not in members:
+                    continue
+                expected = min(n / (latency / 1000), cap_guess)
+                count = int(min(max(expected * seconds, 120), 8000))
+                print(f"executor N={n} L={latency} ms: {count} commands ...", flush=True)
+                points.append(_run_point(env, topic, proc.pid, n=n, latency_ms=latency, count=count,
+                                         timeout=max(120, 10 * count / max(expected, 1))))
+            stop_process(proc)
+    assert saturation is not None
+    cap = saturation["commands_per_second"]
+    for p in points:
+        p["expected"] = min(p["little_bound"], cap)
+        p["ratio_to_expected"] = p["commands_per_second"] / p["expected"]
+        p["cpu_bound"] = p["little_bound"] > cap
+    ok = [p["ratio_to_expected"] >= TARGET_RATIO for p in points]
+    result: dict[str, Any] = {
+        "command": "python -m bench.executor" + ("" if seconds > 1 else " --quick"), "swaps": swaps or [],
+        "client_alone": client, "saturation": saturation, "points": points,
+        "order_violations": sum(p["order"]["cards_out_of_order"] for p in [*points, saturation]),
+        "target_ratio": TARGET_RATIO, "met": all(ok),
+    }
+    path = write_result("executor_with_proposals" if swaps else "executor", result, results_dir)
+    report(result)
+    if not swaps:
+        from bench.plots import plot_executor
+
+        print(f"plot: {plot_executor(result, img_dir)}")
+    print(f"results in {path}")
+    return result
+
+
+def report(result: dict[str, Any]) -> None:
+    client = result["client_alone"]
+    print_table("SOAP client alone, L = 0, 64 in flight (the CPU limit of the client)",
+                ["path", "calls/s", "client CPU us/call", "calls per CPU-second", "simulator CPU us/call"],
+                [[name, c["calls_per_second"], c["client_cpu_us_per_call"], c["client_calls_per_cpu_second"],
+                  c["simulator_cpu_us_per_call"]] for name, c in client.items()])
+    sat = result["saturation"]
+    print_table("Executor CPU limit (L = 0)", ["N", "commands/s", "executor CPU us/command",
+                                               "commands per CPU-second"],
+                [[sat["n"], sat["commands_per_second"], sat["executor_cpu_us_per_command"],
+                  1e6 / sat["executor_cpu_us_per_command"]]])
+    rows = []
+    for p in result["points"]:
+        rows.append([p["latency_ms"], p["n"], p["little_bound"], p["commands_per_second"], p["ratio_to_little"],
+                     p["ratio_to_expected"], "CPU" if p["cpu_bound"] else "N/L", p["executor_cpu_us_per_command"],
+                     f"{p['order']['cards_out_of_order']}/{p['order']['cards_checked']}"])
+    print_table(f"Executor vs N/L (target >= {TARGET_RATIO:.0%} of min(N/L, CPU limit)): "
+                + ("met" if result["met"] else "NOT met"),
+                ["L ms", "N", "N/L /s", "commands/s", "vs N/L", "vs min(N/L,CPU)", "bound",
+                 "CPU us/cmd", "cards out of order"], rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.executor", description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="tiny sizes, for the smoke test")
+    parser.add_argument("--seconds", type=float, default=5.0, help="target duration of each grid point")
+    parser.add_argument("--results-dir", type=Path)
+    parser.add_argument("--img-dir", type=Path)
+    parser.add_argument("--swap", action="append", metavar="MODULE=FILE", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    grid = QUICK_GRID if args.quick else FULL_GRID
+    seconds = 0.5 if args.quick else args.seconds
+    run(grid, seconds=seconds, client_calls=300 if args.quick else 3000, results_dir=args.results_dir,
+        img_dir=args.img_dir, swaps=args.swap)
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    raise SystemExit(main())

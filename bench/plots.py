@@ -1,0 +1,96 @@
+"""PNG plots of the benchmark results into ``docs/img/`` (matplotlib, no display needed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+from bench.common import IMG_DIR
+
+__all__ = ["plot_executor", "plot_latency", "plot_memory"]
+
+
+def _out(img_dir: Path | None, name: str) -> Path:
+    folder = img_dir or IMG_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder / name
+
+
+def plot_executor(result: dict[str, Any], img_dir: Path | None = None) -> Path:
+    """Commands/s against N for each latency L, with Little's bound N/L and the CPU limit."""
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    cap = result["saturation"]["commands_per_second"]
+    by_latency: dict[int, list[dict[str, Any]]] = {}
+    for p in result["points"]:
+        by_latency.setdefault(p["latency_ms"], []).append(p)
+    for i, (latency, points) in enumerate(sorted(by_latency.items())):
+        points.sort(key=lambda p: p["n"])
+        ns = [p["n"] for p in points]
+        color = f"C{i}"
+        ax.plot(ns, [p["commands_per_second"] for p in points], "o-", color=color, label=f"measured, L = {latency} ms")
+        ax.plot(ns, [n * 1000 / latency for n in ns], "--", color=color, alpha=0.6, label=f"N / L, L = {latency} ms")
+    ax.axhline(cap, color="black", linestyle=":", label=f"CPU limit (L = 0): {cap:,.0f}/s")
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("N (KMS calls in flight, KMSBRIDGE_EXECUTOR__MAX_INFLIGHT)")
+    ax.set_ylabel("commands / s")
+    ax.set_title("Executor throughput vs concurrency (Little's law N/L)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    path = _out(img_dir, "executor_throughput.png")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_latency(latencies_ms: list[float], summary: dict[str, Any], img_dir: Path | None = None) -> Path:
+    """Histogram and CDF of end-to-end latencies (event produced -> KMS applied)."""
+    fig, (hist, cdf) = plt.subplots(1, 2, figsize=(10, 4.2))
+    ordered = sorted(latencies_ms)
+    hist.hist(ordered, bins=60, color="C0", alpha=0.8)
+    hist.set_xlabel("latency (ms)")
+    hist.set_ylabel("events")
+    hist.set_title("Distribution")
+    n = len(ordered)
+    cdf.plot(ordered, [(i + 1) / n for i in range(n)], color="C0")
+    for q, style in (("p50", ":"), ("p95", "--"), ("p99", "-.")):
+        cdf.axvline(summary[f"{q}_ms"], color="grey", linestyle=style, label=f"{q} {summary[f'{q}_ms']:.0f} ms")
+    cdf.axvline(summary["target_p99_ms"], color="red", linestyle="-", alpha=0.5,
+                label=f"target p99 {summary['target_p99_ms']:.0f} ms")
+    cdf.set_xscale("log")
+    cdf.set_xlabel("latency (ms, log)")
+    cdf.set_ylabel("fraction of events")
+    cdf.set_title("CDF")
+    cdf.legend(fontsize=8)
+    for ax in (hist, cdf):
+        ax.grid(True, alpha=0.3)
+    fig.suptitle(f"End-to-end latency, {summary['rate']:,.0f} events/s, simulator at {summary['kms_latency_ms']} ms")
+    path = _out(img_dir, "latency.png")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_memory(series: dict[str, list[tuple[float, float]]], img_dir: Path | None = None) -> Path:
+    """RSS (MB) of each process against the messages it had processed."""
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    for i, (name, points) in enumerate(sorted(series.items())):
+        if points:
+            ax.plot([x for x, _ in points], [y for _, y in points], "-", color=f"C{i}", label=name)
+    ax.set_xlabel("messages processed by the process")
+    ax.set_ylabel("RSS (MB)")
+    ax.set_title("Resident memory over a long run")
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    path = _out(img_dir, "memory.png")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
