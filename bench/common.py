@@ -458,7 +458,8 @@ def _writer(record: str) -> tuple[bytes, dict[str, Any]]:
     return SINGLE_OBJECT_MAGIC + schema.fingerprint, schema.parsed
 
 
-def campaign_values(n: int, *, start: int = 0, twin_share: float = 0.3, run: str = "") -> Iterator[tuple[bytes, bytes]]:
+def campaign_values(n: int, *, start: int = 0, twin_share: float = 0.3, run: str = "",
+                    version: int = 2) -> Iterator[tuple[bytes, bytes]]:
     """``(key, value)`` of ``n`` SubscriptionEvents as billing sends them during a campaign.
 
     The mix is the one the issue worries about (a free weekend on every box): SERVICES_CHANGED on an
@@ -467,6 +468,8 @@ def campaign_values(n: int, *, start: int = 0, twin_share: float = 0.3, run: str
     from dicts with fastavro in the registry-free single-object framing (the translator reads them
     through the same codec and pydantic validation as any event); ``event_id`` is
     ``<run>-<index>`` padded so latency runs can find an event from its commands' idempotency keys.
+    Subscription ``i`` is ``S<i>``: a second stream over the same indexes with a higher ``version``
+    updates the same subscriptions.
     """
     from fastavro import schemaless_writer
 
@@ -483,7 +486,7 @@ def campaign_values(n: int, *, start: int = 0, twin_share: float = 0.3, run: str
         record = {
             "event_id": f"{run}-{i:012d}", "event_type": "SERVICES_CHANGED",
             "occurred_at": EPOCH + timedelta(seconds=i), "subscription_id": sub, "account_id": f"A{i:011d}",
-            "subscription_type": "RESIDENTIAL", "created_at": EPOCH, "version": 2, "state": "ACTIVE",
+            "subscription_type": "RESIDENTIAL", "created_at": EPOCH, "version": version, "state": "ACTIVE",
             "services": services, "devices": devices, "removed_devices": [], "added_devices": [],
         }
         out = BytesIO()
@@ -580,7 +583,14 @@ class GroupProgress:
         self.samples: list[tuple[float, int, float]] = []  # (monotonic time, committed, CPU seconds)
 
     def committed(self) -> int:
-        parts = self._consumer.committed(self._parts, timeout=10)
+        """Committed offsets summed; the last answer again while the coordinator is loading or moving
+        (NOT_COORDINATOR, COORDINATOR_LOAD_IN_PROGRESS on a fresh broker)."""
+        from confluent_kafka import KafkaException
+
+        try:
+            parts = self._consumer.committed(self._parts, timeout=10)
+        except KafkaException:
+            return self.samples[-1][1] if self.samples else 0
         return sum(max(tp.offset, 0) for tp in parts)
 
     def sample(self) -> int:

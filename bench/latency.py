@@ -43,6 +43,53 @@ TARGET_RATE = 1000.0
 KMS_LATENCY_MS = 5
 
 
+def kafka_hop(bootstrap: str, topic: str, *, rate: float, seconds: float) -> dict[str, float]:
+    """The baseline: one plain Kafka hop (produce -> read_committed consumer) at the same rate, same broker:
+    what any stage that reads what another produced pays at least once on this machine."""
+    import threading
+
+    from confluent_kafka import Consumer, Producer
+
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"hop-{uuid.uuid4().hex}",
+                         "auto.offset.reset": "latest", "isolation.level": "read_committed"})
+    consumer.subscribe([topic])
+    deadline = time.monotonic() + 30
+    while not consumer.assignment() and time.monotonic() < deadline:
+        consumer.poll(0.1)
+    for _ in range(5):
+        consumer.poll(0.1)  # positions resolved before the first message
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "enable.idempotence": True})
+    lat: list[float] = []
+    done = threading.Event()
+
+    def read() -> None:
+        while not done.is_set():
+            for msg in consumer.consume(500, 0.05):
+                if msg.error() is None and msg.value():
+                    lat.append((time.time() - float(msg.value() or b"0")) * 1000)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    n = int(rate * seconds)
+    started = time.monotonic()
+    for i in range(n):
+        delay = started + i / rate - time.monotonic()
+        if delay > 0.0005:
+            time.sleep(delay)
+        producer.produce(topic, key=str(i).encode(), value=repr(time.time()).encode())
+        producer.poll(0)
+    producer.flush(30)
+    deadline = time.monotonic() + 30
+    while len(lat) < n and time.monotonic() < deadline:
+        time.sleep(0.05)
+    done.set()
+    reader.join(5)
+    consumer.close()
+    ordered = sorted(lat)
+    return {"rate": rate, "messages": len(ordered), "p50_ms": percentile(ordered, 0.5),
+            "p95_ms": percentile(ordered, 0.95), "p99_ms": percentile(ordered, 0.99)}
+
+
 def _command_times(bootstrap: str, topic: str, prefix: str, count: int, timeout: float) -> dict[int, float]:
     """For each event index of the run, the latest Kafka CreateTime (s) of its commands on ``topic``: when
     the translator produced them, inside its transaction."""
@@ -150,6 +197,9 @@ def run(rates: list[float], *, seconds: float, twin_share: float, results_dir: P
         env.simulator.set_latency(KMS_LATENCY_MS)
         print("warming up ...", flush=True)
         _measure(env, topic, pids, rate=100, seconds=2, twin_share=twin_share, timeout=180)
+        print("baseline: one Kafka hop ...", flush=True)
+        hop = kafka_hop(env.bootstrap, pipe.settings.topic("reconcile_reports"), rate=max(rates),
+                        seconds=min(seconds, 10))
         for rate in rates:
             print(f"{rate:,.0f} events/s for {seconds:.0f} s ...", flush=True)
             summary, latencies = _measure(env, topic, pids, rate=rate, seconds=seconds, twin_share=twin_share,
@@ -160,7 +210,7 @@ def run(rates: list[float], *, seconds: float, twin_share: float, results_dir: P
     target_run = next((r for r in runs if r["rate"] == TARGET_RATE), runs[-1])
     result: dict[str, Any] = {
         "command": "python -m bench.latency" + (f" --rates {','.join(f'{r:g}' for r in rates)}" if rates else ""),
-        "seconds": seconds, "runs": runs, "swaps": swaps or [],
+        "seconds": seconds, "runs": runs, "swaps": swaps or [], "baseline_kafka_hop": hop,
         "target": {"rate": TARGET_RATE, "p99_ms": TARGET_P99_MS},
         "met": target_run["rate"] == TARGET_RATE and target_run["p99_ms"] < TARGET_P99_MS,
     }
@@ -175,6 +225,10 @@ def run(rates: list[float], *, seconds: float, twin_share: float, results_dir: P
 
 
 def report(result: dict[str, Any]) -> None:
+    hop = result["baseline_kafka_hop"]
+    print_table("Baseline: one Kafka hop on the same broker (produce -> read_committed consumer)",
+                ["messages/s", "p50 ms", "p95 ms", "p99 ms"],
+                [[hop["rate"], hop["p50_ms"], hop["p95_ms"], hop["p99_ms"]]])
     rows = [[r["rate"], r["offered_events_per_second"], r["applied_commands_per_second"], r["p50_ms"], r["p95_ms"],
              r["p99_ms"], r["max_ms"], "yes" if r["backlog_grew"] else "no",
              r["cpu_us_per_event"].get("translator"), r["cpu_us_per_event"].get("executor")] for r in result["runs"]]

@@ -19,7 +19,7 @@ import uuid
 from datetime import UTC, date, datetime, timedelta
 
 import click
-from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from kmsbridge.cli_common import EXIT_FAILED, cli_settings, fail
 from kmsbridge.settings import Settings
@@ -54,14 +54,20 @@ class ReportWaiter:
         self._topic = settings.topic("reconcile_reports")
         self._consumer = Consumer({**settings.kafka_config(), "group.id": f"kmsbridge-cli-{uuid.uuid4().hex[:8]}",
                                    "enable.auto.commit": False, "isolation.level": "read_committed"})
-        metadata = self._consumer.list_topics(self._topic, timeout=10).topics.get(self._topic)
-        if metadata is None or metadata.error is not None or not metadata.partitions:
+        try:
+            metadata = self._consumer.list_topics(self._topic, timeout=10).topics.get(self._topic)
+            if metadata is None or metadata.error is not None or not metadata.partitions:
+                raise click.ClickException(f"topic {self._topic} does not exist (kmsbridge topics create)")
+            start = []
+            for partition in metadata.partitions:
+                _low, high = self._consumer.get_watermark_offsets(TopicPartition(self._topic, partition), timeout=10)
+                start.append(TopicPartition(self._topic, partition, high))
+        except KafkaException as exc:
             self._consumer.close()
-            raise click.ClickException(f"topic {self._topic} does not exist (kmsbridge topics create)")
-        start = []
-        for partition in metadata.partitions:
-            _low, high = self._consumer.get_watermark_offsets(TopicPartition(self._topic, partition), timeout=10)
-            start.append(TopicPartition(self._topic, partition, high))
+            raise click.ClickException(f"cannot read {self._topic}: {exc.args[0] if exc.args else exc}") from exc
+        except click.ClickException:
+            self._consumer.close()
+            raise
         self._consumer.assign(start)
 
     def wait(self, run_id: str, timeout: float) -> ReconcileReport | None:

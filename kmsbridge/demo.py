@@ -240,6 +240,9 @@ def run_demo(settings: Settings, simulator_url: str, token: str) -> int:
         from kmsbridge.demo_operator import operator_steps
 
         operator_steps(demo, hh)
+        from kmsbridge.demo_reconcile import reconcile_steps
+
+        reconcile_steps(demo, hh)
         click.echo("")
         click.echo(click.style("Final KMS state of the household", bold=True))
         demo.table(hh)

@@ -19,7 +19,7 @@ from consumers.executor import Executor, ExecutorConfig
 from consumers.health import HealthServer, HealthState
 from consumers.kafka_clients import consumer_config, make_consumer, make_producer, producer_config
 from consumers.lag import LagMonitor
-from consumers.ledger import LEDGER_METADATA, Ledger
+from consumers.ledger import Ledger
 from consumers.translation import DeviceDirectory, HandlerContext, build_handlers
 from consumers.translator import TransactionalTranslator, TranslatorConfig
 from kms_adapter.soap_client import SoapKmsClient
@@ -69,8 +69,10 @@ def engine_for(settings: Settings) -> Engine:
 
 
 def migrate(engine: Engine) -> None:
-    """Bring the database schema up to date (idempotent)."""
-    LEDGER_METADATA.create_all(engine)
+    """Bring the database schema up to date (Alembic, idempotent, serialised between processes)."""
+    from kmsbridge.db import upgrade
+
+    upgrade(engine)
 
 
 def load_provider_or_exit(settings: Settings) -> ProviderConfig:
@@ -116,6 +118,13 @@ def build_translator(settings: Settings, *, only: list[str] | None = None,
     consumer = make_consumer(consumer_config(kafka, group, instance_id=settings.instance_id("translator"),
                                              transactional_input=True))
     producer = make_producer(producer_config(kafka, transactional_id=f"{group}-{_instance(settings, 'tx')}"))
+    if directory is None:
+        # messages and PINs aimed at a subscription expand to its devices through the projector's store
+        from reconciler.store import DesiredStateStore
+
+        engine = engine_for(settings)
+        migrate(engine)
+        directory = DesiredStateStore(engine)
     ctx = HandlerContext(provider=provider, limits=text_limits(settings), directory=directory)
     return TransactionalTranslator(
         consumer, producer, build_codec(settings), build_handlers(ctx),

@@ -160,8 +160,13 @@ def run_api(settings: Settings) -> None:
                 for s, handler in previous.items():
                     signal.signal(s, handler)
 
+    from kmsbridge.wiring import engine_for, migrate
+    from reconciler.store import DesiredStateStore
+
+    engine = engine_for(settings)
+    migrate(engine)
     try:
-        process = build_api(settings)
+        process = build_api(settings, directory=DesiredStateStore(engine))
     except ValueError as exc:
         raise SettingsError(str(exc)) from exc
     config = uvicorn.Config(process.app, host=settings.api.host, port=settings.api.port, log_config=None,

@@ -49,7 +49,7 @@ from schemas.records import (
     SubscriptionState,
 )
 
-__all__ = ["REMOVED", "Plan", "new_devices", "plan_reset", "plan_subscription"]
+__all__ = ["REMOVED", "Plan", "new_devices", "plan_reset", "plan_subscription", "removal_commands"]
 
 #: Key discriminator of the commands sent to a removed device.
 REMOVED = "removed"
@@ -77,7 +77,7 @@ def plan_subscription(
     fresh = new_devices(event)
     commands: list[KmsCommand] = []
     for removed in sorted_devices(event.removed_devices):
-        commands.extend(_removal(make, removed))
+        commands.extend(removal_commands(make, removed))
     for device in sorted_devices(event.devices):
         if device.secure_client_id in fresh:
             commands.extend(_installation(make, device, provider))
@@ -144,7 +144,7 @@ def new_devices(event: SubscriptionEvent) -> frozenset[str]:
     )
 
 
-def _removal(make: CommandFactory, device: Device) -> list[KmsCommand]:
+def removal_commands(make: CommandFactory, device: Device) -> list[KmsCommand]:
     commands = [
         make(Operation.CLEAR_ENTITLEMENTS, device.secure_client_id,
              distributor=device.distributor, discriminator=REMOVED)

@@ -24,7 +24,7 @@ from datetime import datetime
 from provisioning.commands import CommandFactory
 from provisioning.keys import KeySource
 from provisioning.plan import Plan
-from provisioning.planning import _removal, plan_reset
+from provisioning.planning import plan_reset, removal_commands
 from provisioning.provider import ProviderConfig
 from provisioning.validation import sorted_devices
 from schemas.records import Device, KmsCommand, Operation, Source, SubscriptionEvent
@@ -67,7 +67,7 @@ def plan_repair(
     current = {d.secure_client_id for d in event.devices}
     for device in sorted_devices(retired):
         if device.secure_client_id not in current:
-            commands.extend(_removal(make, device))
+            commands.extend(removal_commands(make, device))
     commands.extend(reset.commands)
     for device in sorted_devices(event.devices):
         if device.secure_client_id in default_pin:

@@ -181,18 +181,27 @@ class ResetJob:
         desired = DesiredStates(self._provider, at)  # one per run: the rule is memoised for ``at``
         batches = iter(self._store.stream_selection(selection, cfg.batch_size))
         in_flight: deque[asyncio.Task[_Batch]] = deque()
+
+        def stopping() -> None:
+            if stop is not None and stop.is_set():
+                raise RunInterrupted(request.run_id)
+
+        async def finish_oldest() -> None:
+            batch = await in_flight.popleft()
+            stopping()  # between two batches: nothing of this one is published yet
+            await self._finish(batch, request, stats, at, check_lease, progress)
+
         try:
             while True:
-                if stop is not None and stop.is_set():
-                    raise RunInterrupted(request.run_id)
+                stopping()
                 subscriptions = await asyncio.to_thread(next, batches, None)
                 if subscriptions is None:
                     break
                 in_flight.append(asyncio.create_task(self._check(subscriptions, request, queries, desired, stats)))
                 if len(in_flight) >= cfg.max_batches_in_flight:
-                    await self._finish(await in_flight.popleft(), request, stats, at, check_lease, progress)
+                    await finish_oldest()
             while in_flight:
-                await self._finish(await in_flight.popleft(), request, stats, at, check_lease, progress)
+                await finish_oldest()
         finally:
             for task in in_flight:
                 task.cancel()

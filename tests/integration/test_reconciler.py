@@ -380,9 +380,9 @@ def test_a_reconciler_stopped_mid_run_leaves_the_request_to_run_again_with_the_s
     from reconciler.lock import RunLock
 
     subscriptions = {f"S-{n:04d}": Device(distributor="MAIN", secure_client_id=f"3{n:05d}", stb_serial=f"B{n}")
-                     for n in range(2000)}
+                     for n in range(3000)}
     store.upsert([event(sid, 1, [device]) for sid, device in subscriptions.items()])  # an empty KMS: all drift
-    kms_simulator.set_faults(latency_ms=1000)  # a slow KMS: the run lasts several seconds
+    kms_simulator.set_faults(latency_ms=1000)  # a slow KMS: six batches take about eight seconds
     lock = RunLock(store.engine)
 
     first = start_reconciler(pipeline)
@@ -401,12 +401,12 @@ def test_a_reconciler_stopped_mid_run_leaves_the_request_to_run_again_with_the_s
         second.stop()
 
     [report] = [r for r in reports if r.run_id == "run-interrupted"]  # the stopped run published none
-    assert (report.checked, report.drifted, report.error) == (2000, 2000, None)
-    published = commands_of(pipeline, "run-interrupted", 3 * 2000)  # PAIR, SYNC, SET_PIN per new card
-    assert len({c.idempotency_key for c in published}) == 3 * 2000  # nothing published twice
+    assert (report.checked, report.drifted, report.error) == (3000, 3000, None)
+    published = commands_of(pipeline, "run-interrupted", 3 * 3000)  # PAIR, SYNC, SET_PIN per new card
+    assert len({c.idempotency_key for c in published}) == 3 * 3000  # nothing published twice
     before_stop = [c for c in published if c.created_at < report.started_at]
-    assert 0 < len(before_stop) < 3 * 2000
-    assert report.commands_published == 3 * 2000 - len(before_stop)  # the re-run skipped what was in flight
+    assert 0 < len(before_stop) < 3 * 3000
+    assert report.commands_published == 3 * 3000 - len(before_stop)  # the re-run skipped what was in flight
 
 
 def test_projector_and_reconciler_run_as_kmsbridge_run_and_stop_cleanly_on_sigterm(

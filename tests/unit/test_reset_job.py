@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
@@ -21,7 +22,7 @@ from kmsbridge.settings import Settings
 from kmsbridge.wiring import engine_for
 from provisioning.provider import load_provider
 from reconciler.expectations import Expectations
-from reconciler.job import JobConfig, ResetJob
+from reconciler.job import JobConfig, ResetJob, RunInterrupted
 from reconciler.lock import RunLock
 from reconciler.publish import CollectingSink
 from reconciler.store import DesiredStateStore
@@ -249,3 +250,32 @@ def test_a_reset_run_waits_for_the_lock_and_fails_when_another_run_keeps_it(worl
     assert blocked.error is not None and "run-other" in blocked.error
     assert blocked.checked == 0
     assert preview.error is None and preview.checked == 3  # previews take no lock
+
+
+class StopsAfter(InMemoryKms):
+    """The fake KMS; asks the run to stop (as SIGTERM does) once ``calls`` batch queries were answered."""
+
+    def __init__(self, calls: int, stop: threading.Event) -> None:
+        super().__init__()
+        self.remaining = calls
+        self.stop = stop
+
+    async def query_clients(self, secure_client_ids: Sequence[str]) -> dict[str, ClientState]:
+        self.remaining -= 1
+        if self.remaining == 0:
+            self.stop.set()
+        return await super().query_clients(secure_client_ids)
+
+
+def test_a_stop_request_ends_the_run_between_batches_without_a_report(world: World) -> None:
+    stop = threading.Event()
+    world.config = JobConfig(batch_size=5, query_batch=5, query_concurrency=1, max_batches_in_flight=1)
+    world.kms = StopsAfter(2, stop)
+    world.job = world.make_job()
+    world.store.upsert([event(n) for n in range(20)])  # an empty KMS: every card drifts
+
+    with pytest.raises(RunInterrupted):
+        asyncio.run(world.job.run(ReconcileRequest(run_id="run-stopped"), stop))
+
+    assert {c.secure_client_id for c in world.sink.commands} == {f"C{n:03d}" for n in range(5)}  # the first batch
+    assert RunLock(world.engine).holder() is None
