@@ -28,6 +28,8 @@ import argparse
 import asyncio
 import math
 import os
+import subprocess
+import sys
 import time
 import uuid
 from collections import defaultdict
@@ -182,8 +184,6 @@ _PROFILE_ROWS: list[tuple[str, str, tuple[str, ...]]] = [
 def profile_executor(env: BenchEnv, commands: int, n: int = SATURATION_N) -> dict[str, Any]:
     """An executor under cProfile at L = 0: where a command's CPU goes."""
     import pstats
-    import subprocess
-    import sys
 
     from bench.common import ROOT
 
@@ -217,16 +217,17 @@ def profile_executor(env: BenchEnv, commands: int, n: int = SATURATION_N) -> dic
 
 
 def run(grid: dict[int, list[int]], *, seconds: float, client_calls: int, results_dir: Path | None,
-        img_dir: Path | None, swaps: list[str] | None = None) -> dict[str, Any]:
+        img_dir: Path | None, swaps: list[str] | None = None, compare_tree: Path | None = None,
+        profile: bool = False) -> dict[str, Any]:
     grid_ns = {n for points in grid.values() for n in points}
     sat_n = SATURATION_N if seconds > 1 else max(grid_ns)  # quick: no extra executor for saturation
-    ns = sorted(grid_ns | {sat_n})
+    ns = [sat_n, *sorted(grid_ns - {sat_n})]  # saturation first: its rate sizes the other points
     points: list[dict[str, Any]] = []
     with BenchEnv("executor") as env:
         print("client alone (CPU limit of the SOAP client) ...", flush=True)
         client = client_baseline(env.simulator, client_calls)
         saturation: dict[str, Any] | None = None
-        cap_guess = 1000.0
+        cap_guess = 500.0
         for n in ns:
             pipe = env.pipeline(f"n{n}", extra_env={"KMSBRIDGE_EXECUTOR__MAX_INFLIGHT": str(n)})
             topic = pipe.settings.topic("commands")
@@ -246,6 +247,24 @@ def run(grid: dict[int, list[int]], *, seconds: float, client_calls: int, result
                 points.append(_run_point(env, topic, proc.pid, n=n, latency_ms=latency, count=count,
                                          timeout=max(120, 10 * count / max(expected, 1))))
             stop_process(proc)
+        before: dict[str, Any] | None = None
+        if compare_tree is not None:
+            # the saturation run again with the executor from another source tree (before/after)
+            pipe = env.pipeline("before", extra_env={"KMSBRIDGE_EXECUTOR__MAX_INFLIGHT": str(sat_n),
+                                                     "PYTHONPATH": str(compare_tree)})
+            topic = pipe.settings.topic("commands")
+            proc = env.adopt(subprocess.Popen([sys.executable, "-m", "kmsbridge.cli", "run", "executor"],
+                                              env=pipe.env(), cwd=compare_tree, stdin=subprocess.DEVNULL,
+                                              stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT))
+            _warm_up(env, topic)
+            print(f"executor from {compare_tree} N={sat_n} L=0 (saturation, before) ...", flush=True)
+            before = _run_point(env, topic, proc.pid, n=sat_n, latency_ms=0, count=int(cap_guess * seconds),
+                                timeout=600)
+            stop_process(proc)
+        prof = None
+        if profile:
+            print(f"profiled executor N={SATURATION_N} L=0 ...", flush=True)
+            prof = profile_executor(env, 3000)
     assert saturation is not None
     cap = saturation["commands_per_second"]
     for p in points:
@@ -255,7 +274,8 @@ def run(grid: dict[int, list[int]], *, seconds: float, client_calls: int, result
     ok = [p["ratio_to_expected"] >= TARGET_RATIO for p in points]
     result: dict[str, Any] = {
         "command": "python -m bench.executor" + ("" if seconds > 1 else " --quick"), "swaps": swaps or [],
-        "client_alone": client, "saturation": saturation, "points": points,
+        "client_alone": client, "saturation": saturation, "saturation_before": before, "points": points,
+        "profile": prof,
         "order_violations": sum(p["order"]["cards_out_of_order"] for p in [*points, saturation]),
         "target_ratio": TARGET_RATIO, "met": all(ok),
     }
@@ -276,15 +296,24 @@ def report(result: dict[str, Any]) -> None:
                 [[name, c["calls_per_second"], c["client_cpu_us_per_call"], c["client_calls_per_cpu_second"],
                   c["simulator_cpu_us_per_call"]] for name, c in client.items()])
     sat = result["saturation"]
-    print_table("Executor CPU limit (L = 0)", ["N", "commands/s", "executor CPU us/command",
-                                               "commands per CPU-second"],
-                [[sat["n"], sat["commands_per_second"], sat["executor_cpu_us_per_command"],
-                  1e6 / sat["executor_cpu_us_per_command"]]])
+    rows = [["this tree", sat["n"], sat["commands_per_second"], sat["executor_cpu_us_per_command"],
+             1e6 / sat["executor_cpu_us_per_command"]]]
+    before = result.get("saturation_before")
+    if before:
+        rows.insert(0, ["before (--compare-tree)", before["n"], before["commands_per_second"],
+                        before["executor_cpu_us_per_command"], 1e6 / before["executor_cpu_us_per_command"]])
+    print_table("Executor CPU limit (L = 0)", ["executor", "N", "commands/s", "executor CPU us/command",
+                                               "commands per CPU-second"], rows)
     rows = []
     for p in result["points"]:
         rows.append([p["latency_ms"], p["n"], p["little_bound"], p["commands_per_second"], p["ratio_to_little"],
                      p["ratio_to_expected"], "CPU" if p["cpu_bound"] else "N/L", p["executor_cpu_us_per_command"],
                      f"{p['order']['cards_out_of_order']}/{p['order']['cards_checked']}"])
+    prof = result.get("profile")
+    if prof:
+        print_table(f"Profile of the executor at L = 0 (cProfile, {prof['commands']:,} commands)",
+                    ["stage", "us/command", "share of process time"],
+                    [[k, v["us_per_command"], f"{v['share']:.1%}"] for k, v in prof["stages"].items()])
     print_table(f"Executor vs N/L (target >= {TARGET_RATIO:.0%} of min(N/L, CPU limit)): "
                 + ("met" if result["met"] else "NOT met"),
                 ["L ms", "N", "N/L /s", "commands/s", "vs N/L", "vs min(N/L,CPU)", "bound",
@@ -298,11 +327,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--results-dir", type=Path)
     parser.add_argument("--img-dir", type=Path)
     parser.add_argument("--swap", action="append", metavar="MODULE=FILE", help=argparse.SUPPRESS)
+    parser.add_argument("--profile", action="store_true", help="also profile an executor at L = 0 (cProfile)")
+    parser.add_argument("--compare-tree", type=Path,
+                        help="also run the saturation point with the executor from this source tree (before/after)")
     args = parser.parse_args(argv)
     grid = QUICK_GRID if args.quick else FULL_GRID
     seconds = 0.5 if args.quick else args.seconds
     run(grid, seconds=seconds, client_calls=300 if args.quick else 3000, results_dir=args.results_dir,
-        img_dir=args.img_dir, swaps=args.swap)
+        img_dir=args.img_dir, swaps=args.swap, compare_tree=args.compare_tree, profile=args.profile)
     return 0
 
 

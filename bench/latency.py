@@ -216,10 +216,10 @@ def run(rates: list[float], *, seconds: float, twin_share: float, results_dir: P
     }
     path = write_result("latency" if not swaps else "latency_with_proposals", result, results_dir)
     report(result)
-    from bench.plots import plot_latency
+    if not swaps:
+        from bench.plots import plot_latency
 
-    plotted = target_run["rate"]
-    print(f"plot: {plot_latency(samples[plotted], target_run, img_dir)}")
+        print(f"plot: {plot_latency([(r, samples[r['rate']]) for r in runs], img_dir)}")
     print(f"results in {path}")
     return result
 
@@ -247,7 +247,7 @@ def report(result: dict[str, Any]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.latency", description=__doc__.splitlines()[0])
-    parser.add_argument("--rates", default="250,1000", help="comma-separated event rates, measured in order")
+    parser.add_argument("--rates", default="100,250,1000", help="comma-separated event rates, measured in order")
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--twin-share", type=float, default=0.3)
     parser.add_argument("--quick", action="store_true", help="tiny sizes, for the smoke test")

@@ -130,7 +130,7 @@ def report(result: dict[str, Any]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.memory", description=__doc__.splitlines()[0])
-    parser.add_argument("--events", type=int, default=60_000)
+    parser.add_argument("--events", type=int, default=40_000)
     parser.add_argument("--twin-share", type=float, default=0.3)
     parser.add_argument("--interval", type=float, default=1.0, help="seconds between RSS samples")
     parser.add_argument("--quick", action="store_true", help="tiny sizes, for the smoke test")

@@ -49,20 +49,23 @@ def _shared_broker() -> Iterator[None]:
             stop_broker(handle.pid)
 
 
-def _plans(quick: bool, results_dir: Path | None, img_dir: Path | None) -> dict[str, Callable[[], dict[str, Any]]]:
+def _plans(quick: bool, results_dir: Path | None, img_dir: Path | None,
+           compare_tree: Path | None = None) -> dict[str, Callable[[], dict[str, Any]]]:
     from bench import executor, latency, memory, projector, translator
 
     return {
         "translator": lambda: translator.run(3000 if quick else 60_000, twin_share=0.3, profile=not quick,
                                              results_dir=results_dir,
-                                             batch_sizes=(500,) if quick else (500, 5000)),
+                                             batch_sizes=(500,) if quick else (500, 5000),
+                                             compare_tree=compare_tree),
         "executor": lambda: executor.run(executor.QUICK_GRID if quick else executor.FULL_GRID,
                                          seconds=0.5 if quick else 5.0, client_calls=300 if quick else 3000,
-                                         results_dir=results_dir, img_dir=img_dir),
-        "latency": lambda: latency.run([100.0] if quick else [250.0, 1000.0], seconds=2.0 if quick else 20.0,
+                                         results_dir=results_dir, img_dir=img_dir, profile=not quick,
+                                         compare_tree=compare_tree),
+        "latency": lambda: latency.run([100.0] if quick else [100.0, 250.0, 1000.0], seconds=2.0 if quick else 20.0,
                                        twin_share=0.3, results_dir=results_dir, img_dir=img_dir),
         "projector": lambda: projector.run(2000 if quick else 40_000, results_dir=results_dir),
-        "memory": lambda: memory.run(1500 if quick else 60_000, twin_share=0.3, interval=0.2 if quick else 1.0,
+        "memory": lambda: memory.run(1500 if quick else 40_000, twin_share=0.3, interval=0.2 if quick else 1.0,
                                      results_dir=results_dir, img_dir=img_dir),
     }
 
@@ -120,13 +123,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", action="append", choices=BENCHMARKS, help="run only these (repeatable)")
     parser.add_argument("--results-dir", type=Path, help="default bench/results")
     parser.add_argument("--img-dir", type=Path, help="default docs/img")
+    parser.add_argument("--compare-tree", type=Path,
+                        help="also run translator and executor from this source tree (before/after figures)")
     args = parser.parse_args(argv)
     started = time.monotonic()
     print(f"machine: {machine()}", flush=True)
     results: dict[str, dict[str, Any]] = {}
     failed: list[str] = []
     with _shared_broker():
-        plans = _plans(args.quick, args.results_dir, args.img_dir)
+        plans = _plans(args.quick, args.results_dir, args.img_dir, args.compare_tree)
         for name in args.only or BENCHMARKS:
             print(f"\n=== {name} ===", flush=True)
             try:

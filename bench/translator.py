@@ -20,6 +20,7 @@ Targets (issue 8): translator >= 40 % of passthrough and >= 30,000 events/s per 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import pstats
 import signal
@@ -183,7 +184,7 @@ def _measure(proc: subprocess.Popen[bytes], progress: GroupProgress, total: int,
 
 
 def run(events: int, *, twin_share: float, profile: bool, results_dir: Path | None, partitions: int = 6,
-        batch_sizes: tuple[int, ...] = (500,)) -> dict[str, Any]:
+        batch_sizes: tuple[int, ...] = (500,), compare_tree: Path | None = None) -> dict[str, Any]:
     product_batch = 500  # TranslatorConfig.batch_size as wired today
     loops: list[dict[str, Any]] = []
     with BenchEnv("translator", simulator=False) as env:
@@ -195,9 +196,10 @@ def run(events: int, *, twin_share: float, profile: bool, results_dir: Path | No
         timeout = max(120.0, events / 500)
         out_topic = pipe.settings.topic("results")  # any fresh topic of this run will do
 
-        def measure(name: str, batch: int, argv: list[str], group: str, env_vars: dict[str, str] | None) -> None:
+        def measure(name: str, batch: int, argv: list[str], group: str, env_vars: dict[str, str] | None,
+                    cwd: Path = ROOT) -> None:
             print(f"{name} (batch {batch}) running ...", flush=True)
-            proc = env.adopt(subprocess.Popen(argv, cwd=ROOT, stdin=subprocess.DEVNULL, env=env_vars,
+            proc = env.adopt(subprocess.Popen(argv, cwd=cwd, stdin=subprocess.DEVNULL, env=env_vars,
                                               stdout=subprocess.DEVNULL if env_vars else None))
             progress = GroupProgress(env.bootstrap, group, topic_in, partitions, proc.pid)
             figures = _measure(proc, progress, events, timeout)
@@ -216,6 +218,13 @@ def run(events: int, *, twin_share: float, profile: bool, results_dir: Path | No
             argv = ([sys.executable, "-m", "kmsbridge.cli", "run", "translator"] if batch == product_batch else
                     [sys.executable, "-m", "bench.translator", "--translator-child", str(batch)])
             measure("translator", batch, argv, f"{prefix}-translator", child_env)
+            if compare_tree is not None:
+                # the same translator from another source tree (e.g. before an optimisation), same input;
+                # the tree's packages come first, this bench module from here
+                prefix = f"{pipe.prefix}before{batch}"
+                measure("translator (before)", batch, argv, f"{prefix}-translator",
+                        {**pipe.env(), "KMSBRIDGE_GROUP_PREFIX": prefix, "PYTHONPATH": f"{compare_tree}:{ROOT}"},
+                        cwd=compare_tree)
         sample = pipe.read("commands", lambda got: len(got) >= 100, timeout=60)
         assert all(type(c).__name__ == "KmsCommand" for c in sample)
 
@@ -248,7 +257,8 @@ def run(events: int, *, twin_share: float, profile: bool, results_dir: Path | No
             "events_per_second"]
     result: dict[str, Any] = {
         "command": f"python -m bench.translator --events {events}"
-                   + (f" --batch-sizes {','.join(map(str, batch_sizes))}" if batch_sizes != (500,) else ""),
+                   + (f" --batch-sizes {','.join(map(str, batch_sizes))}" if batch_sizes != (500,) else "")
+                   + (f" --compare-tree {compare_tree}" if compare_tree else ""),
         "events": events, "partitions": partitions, "twin_share": twin_share,
         "commands_per_event": stages["commands_per_event"],
         "passthrough": passthrough, "translator": translator, "ratio": ratio, "loops": loops,
@@ -294,6 +304,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--results-dir", type=Path)
     parser.add_argument("--batch-sizes", default="500",
                         help="comma-separated poll/transaction batch sizes to compare (500 is the product's)")
+    parser.add_argument("--compare-tree", type=Path,
+                        help="also run the translator from this source tree (before/after on the same input)")
+    parser.add_argument("--stages-only", action="store_true",
+                        help="print the in-process stage costs as JSON (run with PYTHONPATH=<tree> to compare)")
     parser.add_argument("--passthrough-child", nargs=6, help=argparse.SUPPRESS)
     parser.add_argument("--translator-child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -303,11 +317,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.translator_child:
         _translator_with_batch(args.translator_child)
         return 0
+    if args.stages_only:
+        values = [v for _, v in campaign_values(5000, twin_share=args.twin_share, run="stages00")]
+        print(json.dumps(stage_costs(values, repeat=5)))
+        return 0
     events = 3000 if args.quick else args.events
     sizes = tuple(int(x) for x in args.batch_sizes.split(","))
     if 500 not in sizes:
         sizes = (500, *sizes)
-    run(events, twin_share=args.twin_share, profile=args.profile, results_dir=args.results_dir, batch_sizes=sizes)
+    run(events, twin_share=args.twin_share, profile=args.profile, results_dir=args.results_dir, batch_sizes=sizes,
+        compare_tree=args.compare_tree)
     return 0
 
 

@@ -79,7 +79,7 @@ from zeep.xsd.types.builtins import DateTime as XsdDateTime
 
 from schemas.records import KmsCommand, Product
 
-from .commands import CommandFields, command_fields
+from .commands import _NOT_XML, CommandFields, command_fields
 from .errors import KmsAuthError, KmsError, KmsRejected, KmsUnavailable
 from .port import QUERY_SECTIONS, ClientState, KmsOutcome
 from .wsdl import NAMESPACE, SOAP_OPERATION_OF, WSDL_PATH
@@ -390,7 +390,7 @@ class _Envelopes:
     empty product list, text escaped like lxml. A unit test pins them to zeep's bytes."""
 
     def __init__(self, binding: Any, operator_tag: str) -> None:
-        self._tag = f"<ns0:operatorTag>{_text(operator_tag)}</ns0:operatorTag>"
+        self.tag = f"<ns0:operatorTag>{_text(operator_tag)}</ns0:operatorTag>"
         self.actions: dict[str, str] = {}
         self.fields: dict[str, tuple[str, ...]] = {}
         for name, operation in binding._operations.items():
@@ -401,7 +401,7 @@ class _Envelopes:
         parts = [_ENVELOPE_HEAD, f'<ns0:{soap_op} xmlns:ns0="{NAMESPACE}">']
         for name in self.fields[soap_op]:
             if name == "operatorTag":
-                parts.append(self._tag)
+                parts.append(self.tag)
                 continue
             if name == "products":
                 parts.append(_products(f.products))
@@ -412,6 +412,13 @@ class _Envelopes:
             parts.append(f"<ns0:{name}>{_text(value)}</ns0:{name}>")
         parts.append(f"</ns0:{soap_op}>{_ENVELOPE_TAIL}")
         return "".join(parts).encode()
+
+
+def _query_clients_envelope(tag: str, cards: Sequence[str]) -> bytes:
+    """The ``queryClients`` request as zeep writes it (one ``card`` element per card)."""
+    body = "".join(f"<ns0:card>{_text(card)}</ns0:card>" for card in cards)
+    return (f'{_ENVELOPE_HEAD}<ns0:queryClients xmlns:ns0="{NAMESPACE}">{tag}{body}</ns0:queryClients>'
+            f"{_ENVELOPE_TAIL}").encode()
 
 
 _FIELD_OF: dict[str, Callable[[CommandFields], str | None]] = {
@@ -448,9 +455,9 @@ _DUPLICATE = f"{{{NAMESPACE}}}duplicate"
 _BOOLEANS = {"true": True, "1": True, "false": False, "0": False}
 
 
-def _mutation_result(content: bytes, soap_op: str) -> tuple[str, str, bool]:
-    """``(resultCode, resultText, duplicate)`` of a ``MutationResult`` answer; a SOAP fault raises as
-    zeep's path does (``Client``: rejected, else transient); anything else is a ``bad_response``."""
+def _answer(content: bytes, soap_op: str) -> etree._Element:
+    """The ``<soap_op>Response`` element of an answer. A SOAP fault raises as zeep's path does
+    (``Client``: rejected, else transient); anything else unexpected is a ``bad_response``."""
     try:
         root = etree.fromstring(content, _XML_PARSER)
     except etree.XMLSyntaxError as exc:
@@ -463,15 +470,63 @@ def _mutation_result(content: bytes, soap_op: str) -> tuple[str, str, bool]:
         if code.endswith("Client"):
             raise KmsRejected("SOAP_CLIENT_FAULT", (answer.findtext("faultstring") or "").strip(), operation=soap_op)
         raise KmsUnavailable("soap_fault", f"KMS call {soap_op} answered a SOAP fault ({code})")
-    code = text = duplicate = None
-    if answer is not None and answer.tag == f"{{{NAMESPACE}}}{soap_op}Response":
-        code = answer.findtext(_RESULT_CODE)
-        text = answer.findtext(_RESULT_TEXT)
-        duplicate = _BOOLEANS.get((answer.findtext(_DUPLICATE) or "").strip())
-    if code is None or duplicate is None:
-        raise KmsUnavailable("bad_response", f"KMS call {soap_op} answered something that is "
-                             "not the WSDL's XML")
-    return code, text or "", duplicate
+    if answer is None or answer.tag != f"{{{NAMESPACE}}}{soap_op}Response" or answer.find(_RESULT_CODE) is None:
+        raise KmsUnavailable("bad_response", f"KMS call {soap_op} answered something that is not the WSDL's XML")
+    return answer
+
+
+def _boolean(element: etree._Element, tag: str, soap_op: str) -> bool:
+    value = _BOOLEANS.get((element.findtext(tag) or "").strip())
+    if value is None:
+        raise KmsUnavailable("bad_response", f"KMS call {soap_op} answered something that is not the WSDL's XML")
+    return value
+
+
+def _mutation_result(content: bytes, soap_op: str) -> tuple[str, str, bool]:
+    """``(resultCode, resultText, duplicate)`` of a ``MutationResult`` answer."""
+    answer = _answer(content, soap_op)
+    return (answer.findtext(_RESULT_CODE) or "", answer.findtext(_RESULT_TEXT) or "",
+            _boolean(answer, _DUPLICATE, soap_op))
+
+
+_NS = f"{{{NAMESPACE}}}"
+
+
+def _client_states(content: bytes) -> list[ClientState]:
+    """The ``ClientSummary`` entries of a ``queryClients`` answer (what zeep's path builds, read with
+    lxml: zeep's deserialisation was ~75 % of a reset run's CPU, docs/benchmarks.md)."""
+    answer = _answer(content, "queryClients")
+    code = answer.findtext(_RESULT_CODE) or ""
+    if code != "OK":
+        raise KmsRejected(code, answer.findtext(_RESULT_TEXT) or "", operation="QUERY_CLIENTS")
+    states = []
+    for client in answer.iterchildren(f"{_NS}client"):
+        products = client.find(f"{_NS}products")
+        states.append(ClientState(
+            secure_client_id=client.findtext(f"{_NS}card") or "",
+            known=_boolean(client, f"{_NS}known", "queryClients"),
+            entitlements=tuple(
+                Product(product_id=p.findtext(f"{_NS}productId") or "",
+                        valid_from=_xsd_datetime(p.findtext(f"{_NS}validFrom")),
+                        valid_until=_xsd_datetime(p.findtext(f"{_NS}validUntil")))
+                for p in (products.iterchildren(f"{_NS}product") if products is not None else ())
+            ),
+            paired_chipset=client.findtext(f"{_NS}pairedChipset") or None,
+            pin_set=_boolean(client, f"{_NS}pinSet", "queryClients"),
+        ))
+    return states
+
+
+def _xsd_datetime(text: str | None) -> datetime | None:
+    """An ``xsd:dateTime`` as zeep reads it, then in UTC (as :func:`_aware` does on zeep's path)."""
+    if text is None:
+        return None
+    try:
+        value = _XSD_DATETIME.pythonvalue(text.strip())
+    except (ValueError, TypeError) as exc:
+        raise KmsUnavailable("bad_response", "KMS call queryClients answered a date that is not "
+                             "xsd:dateTime") from exc
+    return _aware(value)
 
 
 def _soap_fault(content: bytes) -> tuple[str, str] | None:
@@ -647,27 +702,56 @@ class SoapKmsClient:
         out: dict[str, ClientState] = {}
         for start in range(0, len(ids), self._query_batch_size):
             batch = ids[start:start + self._query_batch_size]
-            result = await self._call("queryClients", {"operatorTag": self._operator_tag, "card": batch})
-            if (result.resultCode or "") != "OK":
-                raise KmsRejected(result.resultCode or "", result.resultText or "", operation="QUERY_CLIENTS")
-            for client in result.client or []:
-                products = client.products.product if client.products is not None else []
-                out[client.card] = ClientState(
-                    secure_client_id=client.card,
-                    known=bool(client.known),
-                    entitlements=tuple(
-                        Product(product_id=p.productId, valid_from=_aware(p.validFrom),
-                                valid_until=_aware(p.validUntil))
-                        for p in products or []
-                    ),
-                    paired_chipset=client.pairedChipset or None,
-                    pin_set=bool(client.pinSet),
-                )
+            if self._http is not None and not any(_NOT_XML.search(card) for card in batch):
+                states = await self._query_clients_fast(batch)
+            else:
+                states = await self._query_clients_zeep(batch)
+            for state in states:
+                out[state.secure_client_id] = state
         return out
+
+    async def _query_clients_fast(self, batch: Sequence[str]) -> list[ClientState]:
+        assert self._http is not None
+        body = _query_clients_envelope(self._envelopes.tag, batch)
+        status, headers, content = await self._http.post(body, self._envelopes.actions["queryClients"],
+                                                         "queryClients")
+        retry_after = headers.get(b"retry-after")
+        _raise_for_status(status, retry_after.decode("latin-1") if retry_after is not None else None, content,
+                          "queryClients")
+        return _client_states(content)
+
+    async def _query_clients_zeep(self, batch: Sequence[str]) -> list[ClientState]:
+        result = await self._call("queryClients", {"operatorTag": self._operator_tag, "card": list(batch)})
+        if (result.resultCode or "") != "OK":
+            raise KmsRejected(result.resultCode or "", result.resultText or "", operation="QUERY_CLIENTS")
+        states = []
+        for client in result.client or []:
+            products = client.products.product if client.products is not None else []
+            states.append(ClientState(
+                secure_client_id=client.card,
+                known=bool(client.known),
+                entitlements=tuple(
+                    Product(product_id=p.productId, valid_from=_aware(p.validFrom),
+                            valid_until=_aware(p.validUntil))
+                    for p in products or []
+                ),
+                paired_chipset=client.pairedChipset or None,
+                pin_set=bool(client.pinSet),
+            ))
+        return states
 
     async def ping(self) -> None:
         """An empty batch query: proves reachability, the endpoint and the token, costs nothing."""
-        await self._call("queryClients", {"operatorTag": self._operator_tag, "card": []})
+        if self._http is not None:  # reachability, endpoint and token: the answer's resultCode is not asked
+            body = _query_clients_envelope(self._envelopes.tag, [])
+            status, headers, content = await self._http.post(body, self._envelopes.actions["queryClients"],
+                                                             "queryClients")
+            retry_after = headers.get(b"retry-after")
+            _raise_for_status(status, retry_after.decode("latin-1") if retry_after is not None else None, content,
+                              "queryClients")
+            _answer(content, "queryClients")
+        else:
+            await self._call("queryClients", {"operatorTag": self._operator_tag, "card": []})
 
     async def aclose(self) -> None:
         await self._transport.aclose()
