@@ -52,6 +52,7 @@ __all__ = [
     "campaign_values",
     "command_values",
     "cpu_seconds",
+    "fmt",
     "linear_slope",
     "machine",
     "percentile",
@@ -97,7 +98,7 @@ def _cpu_model() -> str:
 
 def print_table(title: str, headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
     """A plain-text table on stdout (the figures a reader compares)."""
-    cells = [[_fmt(c) for c in row] for row in rows]
+    cells = [[fmt(c) for c in row] for row in rows]
     widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(headers)]
     print(f"\n{title}")
     print("  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)))
@@ -107,7 +108,8 @@ def print_table(title: str, headers: Sequence[str], rows: Sequence[Sequence[Any]
     sys.stdout.flush()
 
 
-def _fmt(value: Any) -> str:
+def fmt(value: Any) -> str:
+    """A figure as the tables print it (thousands separated, few decimals)."""
     if isinstance(value, float):
         if abs(value) >= 100:
             return f"{value:,.0f}"

@@ -117,6 +117,97 @@ def summary_rows(results: dict[str, dict[str, Any]]) -> list[list[Any]]:
     return rows
 
 
+def _md(headers: list[str], rows: list[list[Any]]) -> str:
+    from bench.common import fmt
+
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(fmt(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def markdown(results_dir: Path | None = None) -> str:
+    """The tables of ``docs/benchmarks.md`` from the JSON results (``--markdown``)."""
+    import json
+
+    from bench.common import RESULTS_DIR
+
+    folder = results_dir or RESULTS_DIR
+
+    def load(name: str) -> dict[str, Any] | None:
+        path = folder / f"{name}.json"
+        return json.loads(path.read_text()) if path.exists() else None
+
+    out: list[str] = []
+    tr = load("translator")
+    if tr:
+        out.append(f"### translator ({tr['at']}, load {tr['machine']['load_average']})\n")
+        out.append(_md(["loop", "batch", "events/s", "CPU µs/event", "vs passthrough (same batch)"],
+                       [[x["loop"], x["batch_size"], x["events_per_second"], x["cpu_us_per_event"],
+                         x["ratio_to_passthrough_same_batch"]] for x in tr["loops"]]))
+        st = tr["stage_cpu_us_per_event"]
+        out.append("\n" + _md(["stage (in-process)", "µs/event"],
+                              [["decode + validate", st["decode_us"]], ["plan", st["plan_us"]],
+                               ["encode commands", st["encode_us"]], ["total", st["total_us"]]]))
+        if tr.get("profile"):
+            out.append("\n" + _md(["stage (cProfile of the loop)", "share"],
+                                  [[k, f"{v['share']:.1%}"] for k, v in tr["profile"]["stages"].items()]))
+    ex = load("executor")
+    if ex:
+        out.append(f"\n### executor ({ex['at']}, load {ex['machine']['load_average']})\n")
+        out.append(_md(["SOAP path (client alone, L=0, 64 in flight)", "calls/s", "client CPU µs/call",
+                        "calls per CPU-second", "simulator CPU µs/call"],
+                       [[k, v["calls_per_second"], v["client_cpu_us_per_call"], v["client_calls_per_cpu_second"],
+                         v["simulator_cpu_us_per_call"]] for k, v in ex["client_alone"].items()]))
+        sat_rows = [["this tree", ex["saturation"]["commands_per_second"],
+                     ex["saturation"]["executor_cpu_us_per_command"]]]
+        if ex.get("saturation_before"):
+            b = ex["saturation_before"]
+            sat_rows.insert(0, ["before", b["commands_per_second"], b["executor_cpu_us_per_command"]])
+        out.append("\n" + _md(["executor at L=0, N=64", "commands/s", "CPU µs/command"], sat_rows))
+        out.append("\n" + _md(["L ms", "N", "N/L", "commands/s", "vs N/L", "vs min(N/L, CPU limit)", "bound",
+                               "CPU µs/cmd", "cards out of order"],
+                              [[p["latency_ms"], p["n"], p["little_bound"], p["commands_per_second"],
+                                p["ratio_to_little"], p["ratio_to_expected"], "CPU" if p["cpu_bound"] else "N/L",
+                                p["executor_cpu_us_per_command"],
+                                f"{p['order']['cards_out_of_order']}/{p['order']['cards_checked']}"]
+                               for p in ex["points"]]))
+        if ex.get("profile"):
+            out.append("\n" + _md(["executor stage (cProfile, L=0)", "µs/command", "share"],
+                                  [[k, v["us_per_command"], f"{v['share']:.1%}"]
+                                   for k, v in ex["profile"]["stages"].items()]))
+    la = load("latency")
+    if la:
+        hop = la["baseline_kafka_hop"]
+        out.append(f"\n### latency ({la['at']}, load {la['machine']['load_average']})\n")
+        out.append(_md(["baseline: one Kafka hop", "p50 ms", "p95 ms", "p99 ms"],
+                       [[f"{hop['rate']:,.0f} msg/s", hop["p50_ms"], hop["p95_ms"], hop["p99_ms"]]]))
+        out.append("\n" + _md(["events/s", "KMS applied/s", "p50 ms", "p95 ms", "p99 ms", "max ms", "backlog grew",
+                               "translator stage p50/p99 ms", "commit+executor p50/p99 ms"],
+                              [[r["rate"], r["applied_commands_per_second"], r["p50_ms"], r["p95_ms"], r["p99_ms"],
+                                r["max_ms"], "yes" if r["backlog_grew"] else "no",
+                                f"{r['stages'].get('translator_p50_ms', 0):,.0f} / "
+                                f"{r['stages'].get('translator_p99_ms', 0):,.0f}",
+                                f"{r['stages'].get('commit_and_executor_p50_ms', 0):,.0f} / "
+                                f"{r['stages'].get('commit_and_executor_p99_ms', 0):,.0f}"] for r in la["runs"]]))
+    pr = load("projector")
+    if pr:
+        out.append(f"\n### projector ({pr['at']}, load {pr['machine']['load_average']})\n")
+        out.append(_md(["database", "store alone (baseline) events/s", "projector events/s", "ratio",
+                        "projector CPU µs/event"],
+                       [[db, r["store_only"]["events_per_second"], r["projector"]["events_per_second"], r["ratio"],
+                         r["projector"]["cpu_us_per_event"]] if "skipped" not in r else [db, "-", "-", "-", "-"]
+                        for db, r in pr["databases"].items()]))
+    me = load("memory")
+    if me:
+        out.append(f"\n### memory ({me['at']}, load {me['machine']['load_average']})\n")
+        out.append(_md(["process", "messages", "peak RSS MB", "RSS at half MB", "final RSS MB", "MB per million",
+                        "flat"],
+                       [[k, v["messages"], v["peak_rss_mb"], v["rss_at_half_mb"], v["final_rss_mb"],
+                         v["growth_mb_per_million"], "yes" if v["flat"] else "no"]
+                        for k, v in me["processes"].items()]))
+    return "\n".join(out) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.run_all", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes: prove the scripts run (no figures)")
@@ -125,7 +216,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--img-dir", type=Path, help="default docs/img")
     parser.add_argument("--compare-tree", type=Path,
                         help="also run translator and executor from this source tree (before/after figures)")
+    parser.add_argument("--markdown", action="store_true", help="only print the results' tables as Markdown")
     args = parser.parse_args(argv)
+    if args.markdown:
+        print(markdown(args.results_dir))
+        return 0
     started = time.monotonic()
     print(f"machine: {machine()}", flush=True)
     results: dict[str, dict[str, Any]] = {}

@@ -48,6 +48,9 @@ def _token(token_file: str | None) -> str:
             raise click.UsageError(f"--token-file {token_file} is empty")
         return token
     token = os.environ.get(TOKEN_ENV, "").strip()
+    stack_token_file = _stack_value("token_file")
+    if not token and stack_token_file:  # the local stack's token, like every other verb's defaults
+        return _token(stack_token_file)
     if not token:
         raise click.UsageError(
             f"no KMS token: set {TOKEN_ENV} or pass --token-file (the simulator requires a token)"
@@ -55,8 +58,15 @@ def _token(token_file: str | None) -> str:
     return token
 
 
+def _stack_value(name: str) -> str:
+    from kmsbridge.stack import load_state
+
+    state = load_state()
+    return str(getattr(state, name, "") or "") if state is not None else ""
+
+
 def _base_url(url: str | None) -> str:
-    base = (url or os.environ.get(URL_ENV) or DEFAULT_URL).rstrip("/")
+    base = (url or os.environ.get(URL_ENV) or _stack_value("simulator_url") or DEFAULT_URL).rstrip("/")
     return base.removesuffix("/kms")
 
 
