@@ -112,7 +112,7 @@ def run(events: int, *, twin_share: float, interval: float, results_dir: Path | 
         rows[name] = {"peak_rss_mb": peaks[name], "max_sampled_rss_mb": max(y for _, y in points),
                       "rss_at_half_mb": half[0][1] if half else float("nan"), "final_rss_mb": points[-1][1],
                       "messages": points[-1][0], "growth_mb_per_million": slope,
-                      "flat": abs(slope) < FLAT_MB_PER_MILLION}
+                      "flat": slope < FLAT_MB_PER_MILLION}
     only = "" if names == PROCESSES else f" --processes {','.join(names)}"
     result = {"command": f"python -m bench.memory --events {events}{only}", "events": events,
               "commands": commands if "executor" in names else 0,
