@@ -64,7 +64,7 @@ demo: install
 	$(BIN)/kmsbridge demo
 
 chaos: install
-	$(PYTEST) tests/chaos -q -s --timeout=3600 -m "chaos"
+	$(PYTEST) tests/chaos -q -s --timeout=3600 -m "chaos and full"
 
 bench: install system-deps
 	$(BIN)/python -m bench.run_all
