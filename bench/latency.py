@@ -43,9 +43,11 @@ TARGET_RATE = 1000.0
 KMS_LATENCY_MS = 5
 
 
-def kafka_hop(bootstrap: str, topic: str, *, rate: float, seconds: float) -> dict[str, float]:
+def kafka_hop(bootstrap: str, topic: str, *, rate: float, seconds: float, idempotent: bool = True) -> dict[str, Any]:
     """The baseline: one plain Kafka hop (produce -> read_committed consumer) at the same rate, same broker:
-    what any stage that reads what another produced pays at least once on this machine."""
+    what any stage that reads what another produced pays at least once on this machine. The product's
+    producers are idempotent (transactional for the translator); ``idempotent=False`` (acks=all still)
+    shows what that costs on this broker."""
     import threading
 
     from confluent_kafka import Consumer, Producer
@@ -58,7 +60,8 @@ def kafka_hop(bootstrap: str, topic: str, *, rate: float, seconds: float) -> dic
         consumer.poll(0.1)
     for _ in range(5):
         consumer.poll(0.1)  # positions resolved before the first message
-    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "enable.idempotence": True})
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "enable.idempotence": idempotent,
+                         "acks": "all"})
     lat: list[float] = []
     done = threading.Event()
 
@@ -86,7 +89,7 @@ def kafka_hop(bootstrap: str, topic: str, *, rate: float, seconds: float) -> dic
     reader.join(5)
     consumer.close()
     ordered = sorted(lat)
-    return {"rate": rate, "messages": len(ordered), "p50_ms": percentile(ordered, 0.5),
+    return {"rate": rate, "idempotent": idempotent, "messages": len(ordered), "p50_ms": percentile(ordered, 0.5),
             "p95_ms": percentile(ordered, 0.95), "p99_ms": percentile(ordered, 0.99)}
 
 
@@ -200,6 +203,8 @@ def run(rates: list[float], *, seconds: float, twin_share: float, results_dir: P
         print("baseline: one Kafka hop ...", flush=True)
         hop = kafka_hop(env.bootstrap, pipe.settings.topic("reconcile_reports"), rate=max(rates),
                         seconds=min(seconds, 10))
+        hop_plain = kafka_hop(env.bootstrap, pipe.settings.topic("reconcile_reports"), rate=max(rates),
+                              seconds=min(seconds, 10), idempotent=False)
         for rate in rates:
             print(f"{rate:,.0f} events/s for {seconds:.0f} s ...", flush=True)
             summary, latencies = _measure(env, topic, pids, rate=rate, seconds=seconds, twin_share=twin_share,
@@ -211,6 +216,7 @@ def run(rates: list[float], *, seconds: float, twin_share: float, results_dir: P
     result: dict[str, Any] = {
         "command": "python -m bench.latency" + (f" --rates {','.join(f'{r:g}' for r in rates)}" if rates else ""),
         "seconds": seconds, "runs": runs, "swaps": swaps or [], "baseline_kafka_hop": hop,
+        "baseline_kafka_hop_not_idempotent": hop_plain,
         "target": {"rate": TARGET_RATE, "p99_ms": TARGET_P99_MS},
         "met": target_run["rate"] == TARGET_RATE and target_run["p99_ms"] < TARGET_P99_MS,
     }
@@ -225,10 +231,11 @@ def run(rates: list[float], *, seconds: float, twin_share: float, results_dir: P
 
 
 def report(result: dict[str, Any]) -> None:
-    hop = result["baseline_kafka_hop"]
-    print_table("Baseline: one Kafka hop on the same broker (produce -> read_committed consumer)",
-                ["messages/s", "p50 ms", "p95 ms", "p99 ms"],
-                [[hop["rate"], hop["p50_ms"], hop["p95_ms"], hop["p99_ms"]]])
+    hops = [result["baseline_kafka_hop"], result.get("baseline_kafka_hop_not_idempotent")]
+    print_table("Baseline: one Kafka hop on the same broker (produce acks=all -> read_committed consumer)",
+                ["producer", "messages/s", "p50 ms", "p95 ms", "p99 ms"],
+                [["idempotent (as the product)" if h["idempotent"] else "not idempotent", h["rate"], h["p50_ms"],
+                  h["p95_ms"], h["p99_ms"]] for h in hops if h])
     rows = [[r["rate"], r["offered_events_per_second"], r["applied_commands_per_second"], r["p50_ms"], r["p95_ms"],
              r["p99_ms"], r["max_ms"], "yes" if r["backlog_grew"] else "no",
              r["cpu_us_per_event"].get("translator"), r["cpu_us_per_event"].get("executor")] for r in result["runs"]]

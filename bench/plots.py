@@ -86,7 +86,7 @@ def plot_latency(runs: list[tuple[dict[str, Any], list[float]]], img_dir: Path |
 
 
 def plot_memory(series: dict[str, list[tuple[float, float]]], img_dir: Path | None = None,
-                name: str = "memory.png") -> Path:
+                file_name: str = "memory.png") -> Path:
     """RSS (MB) of each process against the messages it had processed."""
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
     for i, (name, points) in enumerate(sorted(series.items())):
@@ -97,7 +97,7 @@ def plot_memory(series: dict[str, list[tuple[float, float]]], img_dir: Path | No
     ax.set_title("Resident memory over a long run")
     ax.grid(True, alpha=0.3)
     ax.legend()
-    path = _out(img_dir, name)
+    path = _out(img_dir, file_name)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -177,10 +177,11 @@ def markdown(results_dir: Path | None = None) -> str:
                                    for k, v in ex["profile"]["stages"].items()]))
     la = load("latency")
     if la:
-        hop = la["baseline_kafka_hop"]
+        hops = [h for h in (la["baseline_kafka_hop"], la.get("baseline_kafka_hop_not_idempotent")) if h]
         out.append(f"\n### latency ({la['at']}, load {la['machine']['load_average']})\n")
-        out.append(_md(["baseline: one Kafka hop", "p50 ms", "p95 ms", "p99 ms"],
-                       [[f"{hop['rate']:,.0f} msg/s", hop["p50_ms"], hop["p95_ms"], hop["p99_ms"]]]))
+        out.append(_md(["baseline: one Kafka hop, acks=all", "p50 ms", "p95 ms", "p99 ms"],
+                       [[f"{'idempotent (as the product)' if h.get('idempotent', True) else 'not idempotent'}, "
+                         f"{h['rate']:,.0f} msg/s", h["p50_ms"], h["p95_ms"], h["p99_ms"]] for h in hops]))
         out.append("\n" + _md(["events/s", "KMS applied/s", "p50 ms", "p95 ms", "p99 ms", "max ms", "backlog grew",
                                "translator stage p50/p99 ms", "commit+executor p50/p99 ms"],
                               [[r["rate"], r["applied_commands_per_second"], r["p50_ms"], r["p95_ms"], r["p99_ms"],
