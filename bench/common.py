@@ -195,7 +195,8 @@ def spawn_process(pipe: Any, process: str, *, swaps: Sequence[str] | None = None
     (``module=file.py``) the named modules are replaced first, which is how a proposed change to code
     this benchmark does not own is measured end to end without editing it."""
     if not swaps:
-        return pipe.spawn(process, env=extra_env)  # type: ignore[no-any-return]
+        proc: subprocess.Popen[bytes] = pipe.spawn(process, env=extra_env)
+        return proc
     log = open(pipe.workdir / f"{process}.log", "ab")  # noqa: SIM115 - the child owns it
     argv = [sys.executable, "-m", "bench.common", *(f"--swap={s}" for s in swaps), "run", process]
     proc = subprocess.Popen(argv, env={**pipe.env(), **(extra_env or {})}, cwd=ROOT, stdout=log,

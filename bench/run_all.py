@@ -165,9 +165,10 @@ def markdown(results_dir: Path | None = None) -> str:
             sat_rows.insert(0, ["before", b["commands_per_second"], b["executor_cpu_us_per_command"]])
         out.append("\n" + _md(["executor at L=0, N=64", "commands/s", "CPU µs/command"], sat_rows))
         out.append("\n" + _md(["L ms", "N", "N/L", "commands/s", "vs N/L", "vs min(N/L, CPU limit)", "bound",
-                               "CPU µs/cmd", "cards out of order"],
+                               "client alone calls/s", "vs client alone", "CPU µs/cmd", "cards out of order"],
                               [[p["latency_ms"], p["n"], p["little_bound"], p["commands_per_second"],
                                 p["ratio_to_little"], p["ratio_to_expected"], "CPU" if p["cpu_bound"] else "N/L",
+                                p.get("client_alone_calls_per_second"), p.get("ratio_to_client_alone"),
                                 p["executor_cpu_us_per_command"],
                                 f"{p['order']['cards_out_of_order']}/{p['order']['cards_checked']}"]
                                for p in ex["points"]]))
