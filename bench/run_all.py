@@ -56,7 +56,7 @@ def _plans(quick: bool, results_dir: Path | None, img_dir: Path | None,
     return {
         "translator": lambda: translator.run(3000 if quick else 60_000, twin_share=0.3, profile=not quick,
                                              results_dir=results_dir,
-                                             batch_sizes=(500,) if quick else (500, 5000),
+                                             batch_sizes=(500,) if quick else (translator.PRODUCT_BATCH, 500),
                                              compare_tree=compare_tree),
         "executor": lambda: executor.run(executor.QUICK_GRID if quick else executor.FULL_GRID,
                                          seconds=0.5 if quick else 5.0, client_calls=300 if quick else 3000,

@@ -5,10 +5,12 @@ transactional consume-produce loop can do on the same broker in the same run.
    ``crm.subscriptions`` topic (6 partitions, as the product's default topic setting).
 2. **Passthrough** (the baseline): a child process with the translator's own Kafka settings
    (:func:`consumers.kafka_clients.consumer_config` / ``producer_config``, read_committed, one
-   transaction per polled batch of up to 500 messages or 100 ms, ``send_offsets_to_transaction``) that
+   transaction per polled batch of up to ``KMSBRIDGE_TRANSLATOR__BATCH_SIZE`` messages or
+   ``__BATCH_SECONDS``, ``send_offsets_to_transaction``) that
    copies every value unchanged to another topic. Nothing is decoded.
 3. **Translator**: ``kmsbridge run translator`` as a user runs it, on the same topic from the start:
-   decode, validate, plan, encode and produce the commands transactionally.
+   decode, validate, plan, encode and produce the commands transactionally. ``--batch-sizes`` repeats
+   both at other batch sizes (the setting, passed through the environment) on the same input.
 4. Each rate is the steady rate between 10 % and 90 % of the events committed by the group (start-up
    and the tail excluded), read from the group's committed offsets; CPU is the child's own.
 5. The CPU budget per event of the stages the translator adds (decode, plan, encode), measured in
@@ -41,8 +43,11 @@ from bench.common import (
     stop_process,
     write_result,
 )
+from kmsbridge.settings import TranslatorSettings
 
 __all__ = ["main"]
+
+PRODUCT_BATCH = TranslatorSettings().batch_size
 
 TARGET_RATIO = 0.40
 TARGET_EVENTS_PER_SECOND = 30_000
@@ -57,8 +62,10 @@ def _passthrough(bootstrap: str, topic_in: str, topic_out: str, group: str, txn_
 
     from consumers.kafka_clients import consumer_config, make_consumer, make_producer, producer_config
     from consumers.translator import TranslatorConfig
+    from kmsbridge.settings import TranslatorSettings
 
-    defaults = TranslatorConfig(inputs={}, commands_topic="", results_topic="")
+    defaults = TranslatorConfig(inputs={}, commands_topic="", results_topic="",
+                                batch_seconds=TranslatorSettings().batch_seconds)
     base = {"bootstrap.servers": bootstrap}
     consumer = make_consumer(consumer_config(base, group, transactional_input=True))
     producer = make_producer(producer_config(base, transactional_id=txn_id))
@@ -88,20 +95,6 @@ def _passthrough(bootstrap: str, topic_in: str, topic_out: str, group: str, txn_
             producer.commit_transaction(defaults.transaction_timeout_seconds)
     finally:
         consumer.close()
-
-
-def _translator_with_batch(batch_size: str) -> None:
-    """``kmsbridge run translator`` with another ``TranslatorConfig.batch_size`` (a proposal, measured):
-    the same wiring, settings from the environment, only the batch size replaced."""
-    import dataclasses
-
-    from kmsbridge.settings import load_settings
-    from kmsbridge.wiring import build_translator
-
-    translator = build_translator(load_settings())
-    translator._cfg = dataclasses.replace(translator._cfg, batch_size=int(batch_size))
-    signal.signal(signal.SIGTERM, lambda *_: translator.request_stop())
-    translator.run()
 
 
 # --- in-process stage costs ---------------------------------------------------------------------------
@@ -184,8 +177,9 @@ def _measure(proc: subprocess.Popen[bytes], progress: GroupProgress, total: int,
 
 
 def run(events: int, *, twin_share: float, profile: bool, results_dir: Path | None, partitions: int = 6,
-        batch_sizes: tuple[int, ...] = (500,), compare_tree: Path | None = None) -> dict[str, Any]:
-    product_batch = 500  # TranslatorConfig.batch_size as wired today
+        batch_sizes: tuple[int, ...] = (PRODUCT_BATCH,), compare_tree: Path | None = None) -> dict[str, Any]:
+    """``batch_sizes[0]`` is the headline comparison (the product's setting unless ``--quick``)."""
+    headline = batch_sizes[0]
     loops: list[dict[str, Any]] = []
     with BenchEnv("translator", simulator=False) as env:
         pipe = env.pipeline("run", partitions=partitions)
@@ -214,13 +208,13 @@ def run(events: int, *, twin_share: float, profile: bool, results_dir: Path | No
                                            env.bootstrap, topic_in, out_topic, group, f"{group}-tx", str(batch)],
                     group, None)
             prefix = f"{pipe.prefix}tr{batch}"
-            child_env = {**pipe.env(), "KMSBRIDGE_GROUP_PREFIX": prefix}
-            argv = ([sys.executable, "-m", "kmsbridge.cli", "run", "translator"] if batch == product_batch else
-                    [sys.executable, "-m", "bench.translator", "--translator-child", str(batch)])
+            child_env = {**pipe.env(), "KMSBRIDGE_GROUP_PREFIX": prefix,
+                         "KMSBRIDGE_TRANSLATOR__BATCH_SIZE": str(batch)}
+            argv = [sys.executable, "-m", "kmsbridge.cli", "run", "translator"]
             measure("translator", batch, argv, f"{prefix}-translator", child_env)
-            if compare_tree is not None:
-                # the same translator from another source tree (e.g. before an optimisation), same input;
-                # the tree's packages come first, this bench module from here
+            if compare_tree is not None and batch == headline:
+                # the translator of another source tree (e.g. before an optimisation), same input, with
+                # that tree's own settings; its packages come first, this bench module from here
                 prefix = f"{pipe.prefix}before{batch}"
                 measure("translator (before)", batch, argv, f"{prefix}-translator",
                         {**pipe.env(), "KMSBRIDGE_GROUP_PREFIX": prefix, "PYTHONPATH": f"{compare_tree}:{ROOT}"},
@@ -250,14 +244,14 @@ def run(events: int, *, twin_share: float, profile: bool, results_dir: Path | No
     def pick(loop: str, batch: int) -> dict[str, Any]:
         return next(x for x in loops if x["loop"] == loop and x["batch_size"] == batch)
 
-    passthrough, translator = pick("passthrough", product_batch), pick("translator", product_batch)
+    passthrough, translator = pick("passthrough", headline), pick("translator", headline)
     ratio = translator["events_per_second"] / passthrough["events_per_second"]
     for x in loops:
         x["ratio_to_passthrough_same_batch"] = x["events_per_second"] / pick("passthrough", x["batch_size"])[
             "events_per_second"]
     result: dict[str, Any] = {
         "command": f"python -m bench.translator --events {events}"
-                   + (f" --batch-sizes {','.join(map(str, batch_sizes))}" if batch_sizes != (500,) else "")
+                   + f" --batch-sizes {','.join(map(str, batch_sizes))}"
                    + (f" --compare-tree {compare_tree}" if compare_tree else ""),
         "events": events, "partitions": partitions, "twin_share": twin_share,
         "commands_per_event": stages["commands_per_event"],
@@ -302,29 +296,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", action="store_true", help="also profile a translator run (cProfile)")
     parser.add_argument("--quick", action="store_true", help="tiny sizes, for the smoke test")
     parser.add_argument("--results-dir", type=Path)
-    parser.add_argument("--batch-sizes", default="500",
-                        help="comma-separated poll/transaction batch sizes to compare (500 is the product's)")
+    parser.add_argument("--batch-sizes", default=f"{PRODUCT_BATCH},500",
+                        help=f"comma-separated transaction batch sizes; the first is the headline "
+                             f"({PRODUCT_BATCH} is the product's default, 500 was before)")
     parser.add_argument("--compare-tree", type=Path,
                         help="also run the translator from this source tree (before/after on the same input)")
     parser.add_argument("--stages-only", action="store_true",
                         help="print the in-process stage costs as JSON (run with PYTHONPATH=<tree> to compare)")
     parser.add_argument("--passthrough-child", nargs=6, help=argparse.SUPPRESS)
-    parser.add_argument("--translator-child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.passthrough_child:
         _passthrough(*args.passthrough_child)
-        return 0
-    if args.translator_child:
-        _translator_with_batch(args.translator_child)
         return 0
     if args.stages_only:
         values = [v for _, v in campaign_values(5000, twin_share=args.twin_share, run="stages00")]
         print(json.dumps(stage_costs(values, repeat=5)))
         return 0
     events = 3000 if args.quick else args.events
-    sizes = tuple(int(x) for x in args.batch_sizes.split(","))
-    if 500 not in sizes:
-        sizes = (500, *sizes)
+    # quick: several transactions even in a tiny run, so a steady rate exists
+    sizes = (500,) if args.quick else tuple(int(x) for x in args.batch_sizes.split(","))
     run(events, twin_share=args.twin_share, profile=args.profile, results_dir=args.results_dir, batch_sizes=sizes,
         compare_tree=args.compare_tree)
     return 0

@@ -92,15 +92,17 @@ class CommandRunner:
         self._initial = retry_initial
         self._cap = retry_max
 
-    async def run(self, cmd: KmsCommand, *, abandoned: Callable[[], bool] | None = None) -> RunOutcome:
+    async def run(self, cmd: KmsCommand, *, abandoned: Callable[[], bool] | None = None,
+                  gate: asyncio.Semaphore | None = None) -> RunOutcome:
         """Run ``cmd`` to its outcome. ``abandoned`` is asked before every attempt; when it answers
         true (the partition was revoked) :class:`CommandAbandoned` is raised and nothing is recorded."""
         # step 1: ledger
-        known = self._ledger.get(cmd.idempotency_key)
+        guarded = cmd.subscription_version is not None and cmd.secure_client_id != "*"
+        known, applied = self._ledger.lookup(cmd.idempotency_key, cmd.secure_client_id if guarded else None)
         if known is not None:
             return RunOutcome(known.model_copy(update={"duplicate": True}))
         # step 2: stale guard
-        stale = self._stale(cmd)
+        stale = self._stale(cmd, applied)
         if stale is not None:
             result = self._result(cmd, ResultState.REJECTED, attempts=0, started=time.monotonic(),
                                   error_code=STALE_COMMAND, error_description=stale)
@@ -121,7 +123,11 @@ class CommandRunner:
             t0 = time.monotonic()
             retry_after: float | None = None
             try:
-                outcome = await self._call(cmd)
+                if gate is None:
+                    outcome = await self._call(cmd)
+                else:
+                    async with gate:  # at most max_inflight KMS calls, whatever the ledger is doing
+                        outcome = await self._call(cmd)
             except KmsRejected as exc:
                 KMS_REQUESTS.labels(op, "rejected").inc()
                 self._breaker.record_success(card)  # the KMS answered
@@ -192,13 +198,13 @@ class CommandRunner:
         outcome = await self._kms.execute(cmd)
         return outcome.provider_code, None
 
-    def _stale(self, cmd: KmsCommand) -> str | None:
-        if cmd.subscription_version is None or cmd.secure_client_id == "*":
+    @staticmethod
+    def _stale(cmd: KmsCommand, applied: tuple[str | None, int] | None) -> str | None:
+        """Why ``cmd`` is older than what was applied to its card (``applied``: the ledger's
+        subscription and version of the card), or None."""
+        if applied is None or cmd.subscription_version is None:
             return None
-        known = self._ledger.version(cmd.secure_client_id)
-        if known is None:
-            return None
-        subscription_id, version = known
+        subscription_id, version = applied
         if subscription_id == cmd.subscription_id and cmd.subscription_version < version:
             return f"subscription version {cmd.subscription_version} is older than applied version {version}"
         return None

@@ -74,8 +74,11 @@ def screen_size(value: bytes, limit: int) -> None:
 def screen_times(record: object, fields: Iterable[str], limit: timedelta) -> None:
     """Raise :class:`TooFarInFuture` when one of ``fields`` lies more than ``limit`` ahead of now."""
     horizon = datetime.now(UTC) + limit
+    # the instance dict, not getattr: a field the record type lacks (``requested_at`` on a
+    # SubscriptionEvent) would raise and catch inside pydantic's __getattr__ (6 us -> 0.8 us a message)
+    values: dict[str, object] = getattr(record, "__dict__", {})
     for name in fields:
-        value = getattr(record, name, None)
+        value = values.get(name)
         if isinstance(value, datetime) and value > horizon:
             raise TooFarInFuture(name, value, limit)
 

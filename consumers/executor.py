@@ -212,8 +212,9 @@ class Executor:
         failures = 0
         while True:
             try:
-                async with self._sem:  # step 4: bounded concurrency
-                    outcome = await self._runner.run(cmd, abandoned=abandoned)  # step 5
+                # step 4: bounded concurrency of the KMS calls themselves (the runner holds the gate
+                # around each call only; ledger reads and writes do not occupy a KMS slot)
+                outcome = await self._runner.run(cmd, abandoned=abandoned, gate=self._sem)  # step 5
                 break
             except CommandAbandoned:
                 log.debug("command abandoned idempotency_key=%s (partition revoked or shutting down)",

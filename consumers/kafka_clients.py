@@ -140,14 +140,19 @@ def is_fatal(err: KafkaError) -> bool:
 
 
 def consumer_config(
-    base: KafkaConfig, group_id: str, *, instance_id: str | None = None, transactional_input: bool = False
+    base: KafkaConfig, group_id: str, *, instance_id: str | None = None, transactional_input: bool = False,
+    prefetch_kbytes: int | None = None,
 ) -> dict[str, Any]:
+    """``prefetch_kbytes`` bounds librdkafka's read-ahead queue (64 MB by default) for a consumer that
+    applies far fewer messages per second than it could fetch; a setting in ``base`` still wins."""
     config: dict[str, Any] = {
         "auto.offset.reset": "earliest",
         "partition.assignment.strategy": "cooperative-sticky",
         "session.timeout.ms": 10000,
         "auto.commit.interval.ms": 500,
     }
+    if prefetch_kbytes is not None:
+        config["queued.max.messages.kbytes"] = prefetch_kbytes
     config.update(base)
     config.update(
         {

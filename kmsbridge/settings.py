@@ -119,6 +119,12 @@ class ExecutorSettings(BaseModel):
     attempt_budget: int = Field(default=6, ge=1, description="attempts per command while the breaker is closed")
     breaker_failure_threshold: int = Field(default=5, ge=1)
     breaker_probe_seconds: float = Field(default=1.0, gt=0)
+    prefetch_kbytes: int = Field(default=8192, ge=1024, description="librdkafka read-ahead of the commands topic")
+
+
+class TranslatorSettings(BaseModel):
+    batch_size: int = Field(default=5000, ge=1, le=100_000, description="messages per transaction at most")
+    batch_seconds: float = Field(default=0.02, gt=0, le=10, description="longest wait to fill a batch")
 
 
 class TextLimitSettings(BaseModel):
@@ -151,6 +157,7 @@ class Settings(BaseSettings):
     schema_registry_url: str | None = None
     provider_file: Path = Path("provider.yaml")
     kms: KmsSettings = Field(default_factory=KmsSettings)
+    translator: TranslatorSettings = Field(default_factory=TranslatorSettings)
     executor: ExecutorSettings = Field(default_factory=ExecutorSettings)
     text_limits: TextLimitSettings = Field(default_factory=TextLimitSettings)
     api: ApiSettings = Field(default_factory=ApiSettings)

@@ -132,6 +132,8 @@ def build_translator(settings: Settings, *, only: list[str] | None = None,
                          results_topic=settings.topic("results"), dlq_suffix=settings.topics.dlq_suffix,
                          reconcile_requests_topic=settings.topic("reconcile_requests"),
                          max_message_bytes=settings.max_message_bytes,
+                         batch_size=settings.translator.batch_size,
+                         batch_seconds=settings.translator.batch_seconds,
                          max_future_skew=timedelta(seconds=settings.max_future_skew_seconds)),
         health=health,
     )
@@ -187,7 +189,8 @@ def build_executor(settings: Settings, health: HealthState | None = None) -> Exe
     runner = CommandRunner(kms, Ledger(engine), breaker, attempt_budget=ex_cfg.attempt_budget,
                            retry_initial=ex_cfg.retry_initial_seconds, retry_max=ex_cfg.retry_max_seconds)
     group = settings.group_id("executor")
-    consumer = make_consumer(consumer_config(kafka, group, instance_id=settings.instance_id("executor")))
+    consumer = make_consumer(consumer_config(kafka, group, instance_id=settings.instance_id("executor"),
+                                             prefetch_kbytes=ex_cfg.prefetch_kbytes))
     producer = make_producer(producer_config(kafka))
     commands = settings.topic("commands")
     executor = Executor(consumer, producer, build_codec(settings), runner,

@@ -323,3 +323,42 @@ def test_full_jitter_backoff_stays_between_zero_and_the_capped_exponential(attem
                                                                            cap: float) -> None:
     delay = full_jitter(attempt, initial, cap)
     assert 0 <= delay <= min(cap, initial * 2**attempt)
+
+
+class CountingKms(InMemoryKms):
+    """The in-memory KMS that holds each call until released and records how many overlapped."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.active = 0
+        self.most = 0
+        self.release = asyncio.Event()
+
+    async def execute(self, command: KmsCommand) -> KmsOutcome:
+        self.active += 1
+        self.most = max(self.most, self.active)
+        try:
+            await self.release.wait()
+            return await super().execute(command)
+        finally:
+            self.active -= 1
+
+
+def test_the_gate_bounds_kms_calls_in_flight_and_every_command_still_completes(ledger: Ledger) -> None:
+    kms = CountingKms()
+
+    async def main() -> list[RunOutcome]:
+        runner, breaker = runner_for(kms, ledger)
+        gate = asyncio.Semaphore(3)
+        try:
+            tasks = [asyncio.create_task(runner.run(command(f"C-{i}", f"k{i}"), gate=gate)) for i in range(12)]
+            await until("three calls in flight", lambda: kms.active == 3)
+            assert not any(t.done() for t in tasks)
+            kms.release.set()
+            return await asyncio.gather(*tasks)
+        finally:
+            await breaker.aclose()
+
+    outcomes = asyncio.run(main())
+    assert kms.most == 3  # never more than the gate allows
+    assert [o.result.state for o in outcomes] == [ResultState.COMPLETED] * 12
