@@ -299,10 +299,20 @@ class TransactionalTranslator:
 
     # --- one-shot support --------------------------------------------------------------------------
 
-    def _end_offsets(self) -> dict[tuple[str, int], int]:
+    def _end_offsets(self) -> dict[tuple[str, int], int] | None:
+        """Each assigned partition's end, or None when the broker cannot say yet (a retriable error,
+        e.g. NOT_LEADER on a topic created a moment ago): the loop polls and asks again."""
         ends = {}
         for topic, partition in self._assigned:
-            _low, high = self._consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)
+            try:
+                _low, high = self._consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)
+            except KafkaException as exc:
+                error = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
+                if error is None or not error.retriable():
+                    raise
+                log.info("end offset of %s[%d] not available yet (%s); asking again", topic, partition,
+                         error.name())
+                return None
             ends[(topic, partition)] = high
         return ends
 

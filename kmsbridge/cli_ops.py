@@ -84,8 +84,9 @@ def format_outcome(outcome: Outcome | None, request_id: str) -> list[str]:
     if outcome.report is not None:
         rep = outcome.report
         lines.append(f"  report: checked {rep.checked}, in sync {rep.in_sync}, drifted {rep.drifted}, "
-                     f"commands {rep.commands_published}, failed {rep.failed}" + (f", error: {rep.error}"
-                                                                                 if rep.error else ""))
+                     f"commands {rep.commands_published}, failed {rep.failed}"
+                     + (f", unknown: {', '.join(rep.unknown_subscriptions)}" if rep.unknown_subscriptions else "")
+                     + (f", error: {rep.error}" if rep.error else ""))
     return lines
 
 

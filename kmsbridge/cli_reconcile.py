@@ -8,8 +8,8 @@
 Dates are ``YYYY-MM-DD`` (a whole day, UTC: ``--created-to 2026-01-31`` includes that day) or ISO
 8601 date-times (``--created-to`` exclusive; no zone means UTC). With ``--wait`` the report is read
 from ``reconcile.reports``, starting at the end offsets taken *before* the request is produced, so
-it cannot be missed however fast the run is. Exit codes: 0 done, 1 the run failed (an error or
-failed subscriptions) or no report came in time, 2 bad arguments.
+it cannot be missed however fast the run is. Exit codes: 0 done, 1 the run failed (an error,
+failed subscriptions or a named subscription the store does not hold) or no report came in time, 2 bad arguments.
 """
 
 from __future__ import annotations
@@ -104,6 +104,9 @@ def format_report(report: ReconcileReport) -> str:
              f"({report.duration_seconds:.1f} s)"]
     if report.error:
         lines.append(f"error: {report.error}")
+    if report.unknown_subscriptions:
+        lines.append("UNKNOWN_SUBSCRIPTION (not in the desired-state store): "
+                     + ", ".join(report.unknown_subscriptions))
     if report.items:
         header = ("subscription", "secure client", "missing", "extra", "wrong dates", "pairing", "other")
         rows = [header, *(_row(item) for item in report.items)]
@@ -159,5 +162,5 @@ def reconcile_cmd(created_from: str | None, created_to: str | None, types: tuple
         fail(f"no report for run {request.run_id} within {timeout:.0f}s (is `kmsbridge run reconciler` running?)",
              EXIT_FAILED)
     click.echo(to_json(report) if as_json else format_report(report))
-    if report.error or report.failed:
+    if report.error or report.failed or report.unknown_subscriptions:
         raise SystemExit(EXIT_FAILED)

@@ -88,7 +88,8 @@ def text_limits(settings: Settings) -> TextLimits:
                       raw_max_bytes=t.raw_max_bytes)
 
 
-def _health(settings: Settings) -> tuple[HealthState, HealthServer | None]:
+def start_health(settings: Settings) -> tuple[HealthState, HealthServer | None]:
+    """The process's health state, and its metrics/health server when ``metrics_port`` is set."""
     state = HealthState(settings.health_ttl_seconds)
     server = HealthServer(state, port=settings.metrics_port).start() if settings.metrics_port else None
     return state, server
@@ -141,7 +142,7 @@ def build_translator(settings: Settings, *, only: list[str] | None = None,
 
 def run_translator(settings: Settings, *, until_end: bool = False, only: list[str] | None = None,
                    group_suffix: str = "") -> None:
-    health, server = _health(settings)
+    health, server = start_health(settings)
     translator = build_translator(settings, only=only, group_suffix=group_suffix, health=health)
     signal.signal(signal.SIGTERM, lambda *_: translator.request_stop())
     signal.signal(signal.SIGINT, lambda *_: translator.request_stop())
@@ -210,7 +211,7 @@ def run_executor(settings: Settings) -> None:
 
 
 async def _executor_main(settings: Settings) -> None:
-    health, server = _health(settings)
+    health, server = start_health(settings)
     app = build_executor(settings, health)
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, app.executor.request_stop)

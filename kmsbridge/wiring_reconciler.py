@@ -16,13 +16,13 @@ from dataclasses import dataclass
 
 from sqlalchemy.engine import Engine
 
-from consumers.health import HealthServer, HealthState
+from consumers.health import HealthState
 from consumers.kafka_clients import consumer_config, make_consumer, make_producer, producer_config
 from kms_adapter.port import KmsPort
 from kms_adapter.soap_client import SoapKmsClient
 from kmsbridge.db import upgrade
 from kmsbridge.settings import Settings
-from kmsbridge.wiring import build_codec, engine_for, load_provider_or_exit
+from kmsbridge.wiring import build_codec, engine_for, load_provider_or_exit, start_health
 from reconciler.expectations import Expectations
 from reconciler.job import JobConfig, ResetJob
 from reconciler.lock import RunLock
@@ -52,12 +52,6 @@ def migrated_engine(settings: Settings) -> Engine:
     return engine
 
 
-def _health(settings: Settings) -> tuple[HealthState, HealthServer | None]:
-    state = HealthState(settings.health_ttl_seconds)
-    server = HealthServer(state, port=settings.metrics_port).start() if settings.metrics_port else None
-    return state, server
-
-
 # --- projector ---------------------------------------------------------------------------------------
 
 
@@ -76,7 +70,7 @@ def build_projector(settings: Settings, health: HealthState | None = None,
 
 
 def run_projector(settings: Settings) -> None:
-    health, server = _health(settings)
+    health, server = start_health(settings)
     projector = build_projector(settings, health)
     signal.signal(signal.SIGTERM, lambda *_: projector.request_stop())
     signal.signal(signal.SIGINT, lambda *_: projector.request_stop())
@@ -158,7 +152,7 @@ def build_reconciler(settings: Settings, health: HealthState | None = None,
 
 
 def run_reconciler(settings: Settings) -> None:
-    health, server = _health(settings)
+    health, server = start_health(settings)
     app = build_reconciler(settings, health)
     signal.signal(signal.SIGTERM, lambda *_: app.runner.request_stop())
     signal.signal(signal.SIGINT, lambda *_: app.runner.request_stop())

@@ -20,7 +20,8 @@ translator the same directory and the counts agree.
 * a request whose expectation is unknown (one this process did not plan, e.g. first seen through its
   result) settles on its first result;
 * a reset (``RESET_SUBSCRIPTION`` request or reconcile run) settles on its ``ReconcileReport``:
-  REJECTED when the report carries an ``error`` or counts ``failed`` subscriptions, else COMPLETED.
+  REJECTED when the report carries an ``error``, counts ``failed`` subscriptions or names
+  ``unknown_subscriptions`` (code ``UNKNOWN_SUBSCRIPTION``), else COMPLETED.
   The results of the commands a reset publishes (keyed by ``run_id``) are attached but do not change it;
 * otherwise PENDING.
 
@@ -42,6 +43,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Protocol
 
+from provisioning.errors import UNKNOWN_SUBSCRIPTION
 from provisioning.provider import ProviderConfig
 from provisioning.requests import plan_request
 from provisioning.text import TextLimits
@@ -136,8 +138,13 @@ class Outcome:
         for r in self.results:
             if r.state is ResultState.REJECTED:
                 out.append((r.error_code or "REJECTED", r.error_description or ""))
-        if self.report is not None and self.state is RequestState.REJECTED and not out:
-            out.append((RESET_FAILED, self.report.error or f"{self.report.failed} subscription(s) failed"))
+        report = self.report
+        if report is not None and self.state is RequestState.REJECTED and not out:
+            if report.unknown_subscriptions:
+                out.append((UNKNOWN_SUBSCRIPTION, "not in the desired-state store: "
+                            + ", ".join(report.unknown_subscriptions[:10])))
+            if report.error or report.failed:
+                out.append((RESET_FAILED, report.error or f"{report.failed} subscription(s) failed"))
         return out
 
 
@@ -163,7 +170,8 @@ def settle(results: Sequence[KmsResult], expected: int | None, *, is_reset: bool
             return RequestState.REJECTED
         if report is None:
             return RequestState.PENDING
-        return RequestState.REJECTED if report.error or report.failed else RequestState.COMPLETED
+        rejected = report.error or report.failed or report.unknown_subscriptions
+        return RequestState.REJECTED if rejected else RequestState.COMPLETED
     if any(r.state is ResultState.REJECTED for r in results):
         return RequestState.REJECTED
     completed = sum(1 for r in results if r.state is ResultState.COMPLETED)

@@ -19,7 +19,8 @@ One run, for one :class:`~schemas.records.ReconcileRequest`:
    expectation of an earlier run is in flight already and is not published again
    (:mod:`reconciler.expectations`). Commands are published to ``kms.commands`` and flushed per
    batch; only then are the batch's expectations recorded.
-6. **Report**: counts (checked, in_sync, drifted, commands_published, failed), drift items capped
+6. **Report**: counts (checked, in_sync, drifted, commands_published, failed), the explicitly named
+   subscriptions the store does not hold (``unknown_subscriptions``), drift items capped
    at ``item_cap`` with ``items_omitted``, duration. Metrics: ``kmsbridge_reconcile_drifted_total``
    by run type, and ``kmsbridge_reconcile_last_success_timestamp_seconds`` after a reset run with no
    failure.
@@ -94,6 +95,7 @@ class RunStats:
     failed: int = 0
     pending: int = 0  # drifted, repair already in flight (an earlier run's expectation)
     kms_queries: int = 0
+    unknown_subscriptions: list[str] = field(default_factory=list)
     items: list[DriftItem] = field(default_factory=list)
     items_omitted: int = 0
 
@@ -163,6 +165,7 @@ class ResetJob:
         return ReconcileReport(
             run_id=request.run_id, preview=request.preview, checked=stats.checked, in_sync=stats.in_sync,
             drifted=stats.drifted, commands_published=stats.commands_published, failed=stats.failed,
+            unknown_subscriptions=stats.unknown_subscriptions,
             items=stats.items, items_omitted=stats.items_omitted, started_at=started, finished_at=finished,
             duration_seconds=round(duration, 3), error=error,
         )
@@ -173,6 +176,8 @@ class ResetJob:
                      check_lease: Callable[[], None] | None, stop: threading.Event | None) -> None:
         cfg = self.config
         selection = Selection.of(request)
+        if request.subscription_ids:  # named explicitly: say which the store does not hold
+            stats.unknown_subscriptions = await asyncio.to_thread(self._store.unknown, request.subscription_ids)
         total = await asyncio.to_thread(self._store.count, selection)  # step 2
         if not request.preview:
             await asyncio.to_thread(self._expectations.purge_expired, at)

@@ -162,6 +162,16 @@ class DesiredStateStore:
             ).scalar_one_or_none()
         return SubscriptionEvent.model_validate_json(text) if text is not None else None
 
+    def unknown(self, subscription_ids: Sequence[str]) -> list[str]:
+        """Those of ``subscription_ids`` the store does not hold, in the order given."""
+        known: set[str] = set()
+        wanted = list(dict.fromkeys(subscription_ids))
+        with self._engine.connect() as conn:
+            for start in range(0, len(wanted), _CHUNK):
+                column = subscriptions_table.c.subscription_id
+                known.update(conn.execute(select(column).where(column.in_(wanted[start:start + _CHUNK]))).scalars())
+        return [s for s in wanted if s not in known]
+
     def devices_of(self, subscription_id: str) -> list[Device] | None:
         """The subscription's current devices (``None``: unknown subscription); a ``DeviceDirectory``."""
         event = self.get(subscription_id)

@@ -306,6 +306,7 @@ class ReconcileReport(_Record):
     drifted: int = 0
     commands_published: int = 0
     failed: int = 0
+    unknown_subscriptions: list[str] = Field(default_factory=list)  # named by the run, unknown to the store
     items: list[DriftItem] = Field(default_factory=list)
     items_omitted: int = 0
     started_at: AwareDatetime

@@ -153,12 +153,14 @@ class ReportView(BaseModel):
     drifted: int
     commands_published: int
     failed: int
+    unknown_subscriptions: list[str] = Field(default_factory=list)
     error: str | None = None
 
     @classmethod
     def of(cls, r: ReconcileReport) -> ReportView:
         return cls(preview=r.preview, checked=r.checked, in_sync=r.in_sync, drifted=r.drifted,
-                   commands_published=r.commands_published, failed=r.failed, error=r.error)
+                   commands_published=r.commands_published, failed=r.failed,
+                   unknown_subscriptions=r.unknown_subscriptions, error=r.error)
 
 
 class RequestOutcome(BaseModel):

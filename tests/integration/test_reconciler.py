@@ -297,6 +297,13 @@ def test_filters_by_creation_period_and_type_select_exactly_the_right_subscripti
         assert cli.exit_code == 0, cli.output
         assert "checked 1, in sync 0, drifted 1" in cli.output
         assert "S-2" in cli.output and "S-3" not in cli.output
+
+        # a subscription named explicitly that CRM never sent is an error the operator must see
+        unknown = CliRunner().invoke(reconcile_cmd, ["--wait", "--subscription", "S-404", "--subscription", "S-1"],
+                                     env=env)
+        assert unknown.exit_code == 1, unknown.output
+        assert "UNKNOWN_SUBSCRIPTION" in unknown.output and "S-404" in unknown.output
+        assert "checked 1" in unknown.output
     finally:
         reconciler.stop()
         projector.stop()

@@ -148,6 +148,17 @@ def test_a_reset_whose_report_counts_failures_is_rejected_with_reset_failed() ->
     assert outcome.errors == [("RESET_FAILED", "1 subscription(s) failed")]
 
 
+def test_a_reset_of_an_unknown_subscription_is_rejected_with_unknown_subscription() -> None:
+    store = OutcomeStore()
+    run_id = str(uuid.uuid4())
+
+    store.add_report(report(run_id, checked=0, unknown_subscriptions=["S-404"]))
+
+    outcome = store.get(run_id)
+    assert outcome is not None and outcome.state is RequestState.REJECTED
+    assert outcome.errors == [("UNKNOWN_SUBSCRIPTION", "not in the desired-state store: S-404")]
+
+
 def test_results_of_subscription_events_and_communications_are_not_kept() -> None:
     store = OutcomeStore()
 

@@ -177,6 +177,16 @@ def test_filters_select_the_subscriptions_checked(world: World) -> None:
     assert queried == {"C005", "C006", "C007", "C008", "C002", "C019"}
 
 
+def test_subscriptions_named_explicitly_that_the_store_does_not_hold_are_reported_unknown(world: World) -> None:
+    world.seed(3)
+
+    report = world.run(preview=False, subscription_ids=["S-404", "S-001", "S-405"])
+
+    assert report.checked == 1
+    assert report.unknown_subscriptions == ["S-404", "S-405"]
+    assert world.run(preview=True, subscription_ids=["S-001"]).unknown_subscriptions == []
+
+
 class UnreachableFor(InMemoryKms):
     """The fake KMS, except that a batch query naming ``card`` always times out."""
 

@@ -1,0 +1,47 @@
+"""A one-shot run (``mail-run``) reads where each partition ends; on a topic created a moment ago the
+broker may not know its leader yet, which must mean "ask again", not a crash."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from confluent_kafka import KafkaError, KafkaException, TopicPartition
+
+from consumers.translator import TransactionalTranslator, TranslatorConfig
+
+
+class EndsConsumer:
+    """Answers watermarks from ``ends``, after raising ``errors`` one by one."""
+
+    def __init__(self, ends: dict[tuple[str, int], int], errors: list[KafkaError]) -> None:
+        self.ends = ends
+        self.errors = errors
+
+    def get_watermark_offsets(self, tp: TopicPartition, timeout: float) -> tuple[int, int]:
+        if self.errors:
+            raise KafkaException(self.errors.pop(0))
+        return 0, self.ends[(tp.topic, tp.partition)]
+
+
+def translator(consumer: Any) -> TransactionalTranslator:
+    t = TransactionalTranslator(consumer, None, None, {},  # type: ignore[arg-type]
+                                TranslatorConfig(inputs={}, commands_topic="c", results_topic="r"))
+    t._assigned = {("crm.communications", 0), ("crm.communications", 1)}
+    return t
+
+
+def test_a_retriable_error_means_ask_again_and_the_next_call_has_every_end() -> None:
+    not_leader = KafkaError(KafkaError.NOT_LEADER_FOR_PARTITION, "not leader", retriable=True)
+    t = translator(EndsConsumer({("crm.communications", 0): 4, ("crm.communications", 1): 9}, [not_leader]))
+
+    assert t._end_offsets() is None
+    assert t._end_offsets() == {("crm.communications", 0): 4, ("crm.communications", 1): 9}
+
+
+def test_an_error_that_is_not_retriable_is_raised() -> None:
+    denied = KafkaError(KafkaError.TOPIC_AUTHORIZATION_FAILED, "denied")
+    t = translator(EndsConsumer({}, [denied]))
+
+    with pytest.raises(KafkaException):
+        t._end_offsets()
