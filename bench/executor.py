@@ -177,8 +177,7 @@ def _warm_up(env: BenchEnv, topic: str) -> None:
 #: (label, file suffix or "~" for C functions, function names) of the executor's stages in a cProfile.
 _PROFILE_ROWS: list[tuple[str, str, tuple[str, ...]]] = [
     ("KMS call (SoapKmsClient.execute)", "kms_adapter/soap_client.py", ("execute",)),
-    ("ledger.get (dedup read)", "consumers/ledger.py", ("get",)),
-    ("ledger.version (stale guard read)", "consumers/ledger.py", ("version",)),
+    ("ledger.lookup (dedup and stale-guard reads)", "consumers/ledger.py", ("lookup",)),
     ("ledger.record (write + commit)", "consumers/ledger.py", ("record",)),
     ("decode command (Codec.decode)", "schemas/codec.py", ("decode",)),
     ("encode result (Codec.encode)", "schemas/codec.py", ("encode",)),

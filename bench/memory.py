@@ -114,7 +114,8 @@ def run(events: int, *, twin_share: float, interval: float, results_dir: Path | 
                       "messages": points[-1][0], "growth_mb_per_million": slope,
                       "flat": slope < FLAT_MB_PER_MILLION}
     only = "" if names == PROCESSES else f" --processes {','.join(names)}"
-    result = {"command": f"python -m bench.memory --events {events}{only}", "events": events,
+    share = "" if twin_share == 0.3 else f" --twin-share {twin_share:g}"
+    result = {"command": f"python -m bench.memory --events {events}{only}{share}", "events": events,
               "commands": commands if "executor" in names else 0,
               "seconds": seconds, "processes": rows, "flat_threshold_mb_per_million": FLAT_MB_PER_MILLION,
               "samples": {name: series[name][:: max(1, len(series[name]) // 400)] for name in names}}

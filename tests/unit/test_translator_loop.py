@@ -1,5 +1,5 @@
-"""A one-shot run (``mail-run``) reads where each partition ends; on a topic created a moment ago the
-broker may not know its leader yet, which must mean "ask again", not a crash."""
+"""Parts of the translator loop that need no broker: a one-shot run's end offsets (on a topic created a
+moment ago the broker may not know its leader yet: "ask again", not a crash) and per-batch metrics."""
 
 from __future__ import annotations
 
@@ -45,3 +45,34 @@ def test_an_error_that_is_not_retriable_is_raised() -> None:
 
     with pytest.raises(KafkaException):
         t._end_offsets()
+
+
+class Msg:
+    def __init__(self, topic: str) -> None:
+        self._topic = topic
+
+    def topic(self) -> str:
+        return self._topic
+
+
+def test_metrics_counted_once_per_batch_equal_a_count_per_message() -> None:
+    from prometheus_client import REGISTRY
+
+    def sample(name: str, **labels: str) -> float:
+        return REGISTRY.get_sample_value(name, {"process": "translator", **labels}) or 0.0
+
+    before = (sample("kmsbridge_messages_processed_total", topic="t.a", outcome="ok"),
+              sample("kmsbridge_messages_processed_total", topic="t.a", outcome="dlq"),
+              sample("kmsbridge_messages_consumed_total", topic="t.a"),
+              sample("kmsbridge_messages_consumed_total", topic="t.b"),
+              sample("kmsbridge_processing_seconds_count", topic="t.a"))
+    msgs = [Msg("t.a"), Msg("t.a"), Msg("t.b"), Msg("t.a")]
+
+    TransactionalTranslator._count(msgs, ["ok", "dlq", "ok", "ok"], 0.001)  # type: ignore[arg-type]
+
+    after = (sample("kmsbridge_messages_processed_total", topic="t.a", outcome="ok"),
+             sample("kmsbridge_messages_processed_total", topic="t.a", outcome="dlq"),
+             sample("kmsbridge_messages_consumed_total", topic="t.a"),
+             sample("kmsbridge_messages_consumed_total", topic="t.b"),
+             sample("kmsbridge_processing_seconds_count", topic="t.a"))
+    assert [a - b for a, b in zip(after, before, strict=True)] == [2, 1, 3, 1, 3]
