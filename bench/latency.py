@@ -55,6 +55,8 @@ def kafka_hop(bootstrap: str, topic: str, *, rate: float, seconds: float, idempo
 
     from confluent_kafka import Consumer, Producer
 
+    from consumers.kafka_clients import consume_available
+
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"hop-{uuid.uuid4().hex}",
                          "auto.offset.reset": "latest", "isolation.level": "read_committed"})
     consumer.subscribe([topic])
@@ -75,7 +77,7 @@ def kafka_hop(bootstrap: str, topic: str, *, rate: float, seconds: float, idempo
 
     def read() -> None:
         while not done.is_set():
-            for msg in consumer.consume(500, 0.05):
+            for msg in consume_available(consumer, 500, 0.05):  # as the executor polls
                 if msg.error() is None and msg.value() and msg.value() != WARM_UP:
                     lat.append((time.time() - float(msg.value() or b"0")) * 1000)
 

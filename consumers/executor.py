@@ -51,7 +51,7 @@ from consumers.command_runner import CommandRunner, RunOutcome
 from consumers.dlq import HEADER_PREFIX, dlq_headers, screen_size, screen_times
 from consumers.errors import CommandAbandoned, FatalKafkaError
 from consumers.health import HealthState
-from consumers.kafka_clients import HangWatchdog, is_fatal
+from consumers.kafka_clients import HangWatchdog, consume_available, is_fatal
 from consumers.metrics import (
     COMMANDS_INFLIGHT,
     DLQ_MESSAGES,
@@ -139,8 +139,8 @@ class Executor:
                 self._store_offsets()  # step 6
                 self._producer.poll(0)  # delivery callbacks finish messages (step 5)
                 # step 1: poll off the event loop
-                msgs = await loop.run_in_executor(self._pool, self._consumer.consume, self._cfg.poll_batch,
-                                                  0.05)
+                msgs = await loop.run_in_executor(self._pool, consume_available, self._consumer,
+                                                  self._cfg.poll_batch, 0.05)
                 self._health.polled()
                 for msg in msgs:
                     self._dispatch(msg)

@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, Producer
+from confluent_kafka import Consumer, KafkaError, Message, Producer
 
 from consumers.errors import FatalKafkaError, KafkaAuthenticationFailed
 
@@ -181,6 +181,17 @@ def producer_config(base: KafkaConfig, *, transactional_id: str | None = None) -
         config["transactional.id"] = transactional_id
     config.setdefault("error_cb", KafkaErrorHandler("producer"))
     return config
+
+
+def consume_available(consumer: Consumer, max_messages: int, timeout: float) -> list[Message]:
+    """Up to ``max_messages``: waits at most ``timeout`` for the first message, then takes only what
+    is already fetched, without waiting. ``Consumer.consume(n, timeout)`` waits for all ``n`` until the
+    timeout, which adds up to ``timeout`` to every message's latency at low rates."""
+    first = consumer.poll(timeout)
+    if first is None:
+        return []
+    rest = consumer.consume(max_messages - 1, 0) if max_messages > 1 else []
+    return [first, *rest]
 
 
 def make_consumer(config: dict[str, Any]) -> Consumer:

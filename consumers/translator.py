@@ -2,8 +2,9 @@
 
 Commit protocol, one Kafka transaction per polled batch:
 
-1. Poll a batch (up to ``batch_size`` messages or ``batch_ms``); rebalance callbacks run here,
-   between transactions, so a revoke never splits a transaction.
+1. Poll a batch (up to ``batch_size`` messages or ``batch_seconds``: 5,000 or 20 ms by default, the
+   settings `KMSBRIDGE_TRANSLATOR__BATCH_*`); rebalance callbacks run here, between transactions, so a
+   revoke never splits a transaction.
 2. Begin the transaction.
 3. For each message: screen it (tombstone → counted skip; oversized → DLQ), decode, hand it to the
    topic's handler, and produce its commands (key = secure client), REJECTED results or DLQ copy —

@@ -26,6 +26,7 @@ from collections.abc import Sequence
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
+from consumers.kafka_clients import consume_available
 from producers.errors import ProducerError
 from producers.outcomes import OutcomeStore
 from schemas.codec import Codec
@@ -137,7 +138,7 @@ class OutcomeFeed:
         assert consumer is not None
         try:
             while not self._stop.is_set():
-                msgs = consumer.consume(500, 0.2)
+                msgs = consume_available(consumer, 500, 0.2)  # a waiting request hears at once
                 self._last_poll = time.monotonic()
                 for msg in msgs:
                     self._dispatch(msg)

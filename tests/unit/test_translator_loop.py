@@ -76,3 +76,4 @@ def test_metrics_counted_once_per_batch_equal_a_count_per_message() -> None:
              sample("kmsbridge_messages_consumed_total", topic="t.b"),
              sample("kmsbridge_processing_seconds_count", topic="t.a"))
     assert [a - b for a, b in zip(after, before, strict=True)] == [2, 1, 3, 1, 3]
+
