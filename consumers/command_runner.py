@@ -41,7 +41,7 @@ from datetime import UTC, datetime
 
 from consumers.breaker import Breaker, Diagnosis
 from consumers.errors import CommandAbandoned
-from consumers.ledger import Ledger
+from consumers.ledger import GroupCommit, Ledger
 from consumers.metrics import KMS_REQUEST_SECONDS, KMS_REQUESTS, KMS_RETRIES
 from kms_adapter.errors import KmsError, KmsRejected
 from kms_adapter.port import KmsPort
@@ -87,6 +87,7 @@ class CommandRunner:
     ) -> None:
         self._kms = kms
         self._ledger = ledger
+        self._writes = GroupCommit(ledger)
         self._breaker = breaker
         self._budget = attempt_budget
         self._initial = retry_initial
@@ -106,7 +107,7 @@ class CommandRunner:
         if stale is not None:
             result = self._result(cmd, ResultState.REJECTED, attempts=0, started=time.monotonic(),
                                   error_code=STALE_COMMAND, error_description=stale)
-            self._ledger.record(result)
+            await self._writes.record(result)
             log.info("stale command not applied idempotency_key=%s secure_client_id=%s",
                      cmd.idempotency_key, cmd.secure_client_id)
             return RunOutcome(result)
@@ -136,14 +137,14 @@ class CommandRunner:
                     error_code=KMS_ERROR, error_description="the KMS rejected the command",
                     provider_error_code=exc.code, provider_error_description=exc.description,
                 )
-                self._ledger.record(result)
+                await self._writes.record(result)
                 return RunOutcome(result)
             except KmsError as exc:
                 kind = str(getattr(exc, "kind", type(exc).__name__))
                 retry_after = getattr(exc, "retry_after", None)
                 if not exc.retryable:
                     history.append(f"attempt {attempts} +{t0 - started:.1f}s {kind}")
-                    return self._transport_reject(cmd, started, attempts, history)
+                    return await self._transport_reject(cmd, started, attempts, history)
             except Exception as exc:  # an unmapped error or a bug in an adapter: not the command's fault
                 kind = f"unexpected_{type(exc).__name__}"
                 log.warning("unexpected error calling the KMS idempotency_key=%s: %s", cmd.idempotency_key,
@@ -156,7 +157,8 @@ class CommandRunner:
                 result = self._result(cmd, ResultState.COMPLETED, attempts=attempts, started=started,
                                       provider_error_code=outcome[0], provider_error_description=None,
                                       client_info=outcome[1])
-                self._ledger.record(result, version=cmd.subscription_version, subscription_id=cmd.subscription_id)
+                await self._writes.record(result, version=cmd.subscription_version,
+                                          subscription_id=cmd.subscription_id)
                 return RunOutcome(result)
             # a transient failure
             KMS_REQUESTS.labels(op, "transient").inc()
@@ -170,7 +172,7 @@ class CommandRunner:
             if counted >= self._budget:
                 diagnosis = await self._breaker.diagnose(card, counted)
                 if diagnosis is Diagnosis.CARD:
-                    return self._transport_reject(cmd, started, attempts, history)
+                    return await self._transport_reject(cmd, started, attempts, history)
                 counted = 0  # the KMS is down or flaky for everyone: not this card's fault, fresh budget
                 if diagnosis is Diagnosis.DOWN:
                     continue
@@ -209,13 +211,13 @@ class CommandRunner:
             return f"subscription version {cmd.subscription_version} is older than applied version {version}"
         return None
 
-    def _transport_reject(self, cmd: KmsCommand, started: float, attempts: int,
+    async def _transport_reject(self, cmd: KmsCommand, started: float, attempts: int,
                           history: deque[str]) -> RunOutcome:
         result = self._result(
             cmd, ResultState.REJECTED, attempts=attempts, started=started, error_code=TRANSPORT_ERROR,
             error_description=f"KMS unreachable for this secure client after {attempts} attempts",
         )
-        self._ledger.record(result)
+        await self._writes.record(result)
         log.error("command rejected after %d transient failures idempotency_key=%s secure_client_id=%s",
                   attempts, cmd.idempotency_key, cmd.secure_client_id)
         return RunOutcome(result, dead_letter=True, history=tuple(history))

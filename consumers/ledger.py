@@ -8,11 +8,15 @@ Speed (docs/benchmarks.md, executor): every statement is built once, with bind p
 SQLAlchemy's compiled cache is hit instead of generating a cache key from a fresh construct per call;
 :meth:`Ledger.lookup` reads the key and the client's version on one connection; :meth:`Ledger.record`
 is two single-statement upserts (``INSERT ... ON CONFLICT DO UPDATE``) in one transaction instead of
-select-then-insert-or-update twice.
+select-then-insert-or-update twice; :class:`GroupCommit` writes the outcomes of one event-loop turn
+in one transaction.
 """
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from sqlalchemy import Column, DateTime, Integer, MetaData, String, Table, Text, bindparam, or_, select
@@ -21,7 +25,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from schemas.records import KmsResult
 
-__all__ = ["LEDGER_METADATA", "Ledger"]
+__all__ = ["LEDGER_METADATA", "Entry", "GroupCommit", "Ledger"]
 
 LEDGER_METADATA = MetaData()
 
@@ -64,6 +68,50 @@ def _upserts(dialect_name: str) -> tuple[object, object]:
     return outcome, version
 
 
+@dataclass(frozen=True)
+class Entry:
+    """One command's outcome to record, with the version it applied (None: nothing applied)."""
+
+    result: KmsResult
+    version: int | None = None
+    subscription_id: str | None = None
+
+
+class GroupCommit:
+    """Ledger writes of one event-loop turn in one transaction (group commit).
+
+    :meth:`record` returns once its entry is committed, so a caller still publishes a result only
+    after its ledger row is durable; commands that finish together (a burst of KMS answers) share
+    one commit instead of paying one each. A failed commit fails every entry of its batch.
+    """
+
+    def __init__(self, ledger: Ledger) -> None:
+        self._ledger = ledger
+        self._pending: list[tuple[Entry, asyncio.Future[None]]] = []
+
+    async def record(self, result: KmsResult, *, version: int | None = None,
+                     subscription_id: str | None = None) -> None:
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+        if not self._pending:
+            loop.call_soon(self._flush)  # after every callback ready in this turn has had its say
+        self._pending.append((Entry(result, version, subscription_id), done))
+        await done
+
+    def _flush(self) -> None:
+        batch, self._pending = self._pending, []
+        try:
+            self._ledger.record_many([entry for entry, _ in batch])
+        except Exception as exc:
+            for _, done in batch:
+                if not done.done():
+                    done.set_exception(exc)
+            return
+        for _, done in batch:
+            if not done.done():
+                done.set_result(None)
+
+
 class Ledger:
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
@@ -88,14 +136,21 @@ class Ledger:
     def record(self, result: KmsResult, *, version: int | None = None,
                subscription_id: str | None = None) -> None:
         """Store the outcome and, for an applied command, raise the client's version (one transaction)."""
+        self.record_many([Entry(result, version, subscription_id)])
+
+    def record_many(self, entries: Sequence[Entry]) -> None:
+        """:meth:`record` for several commands in one transaction, in order."""
+        now = datetime.now(UTC)
+        outcomes = [{"idempotency_key": e.result.idempotency_key, "state": e.result.state.value,
+                     "result_json": e.result.model_dump_json(), "updated_at": now} for e in entries]
+        # row by row, in order: two commands of one card in one batch raise its version in turn
+        versions = [{"secure_client_id": e.result.secure_client_id, "subscription_id": e.subscription_id,
+                     "version": e.version} for e in entries if e.version is not None and e.result.secure_client_id]
+        unique = list({row["idempotency_key"]: row for row in outcomes}.values())  # one row per key, last wins
         with self._engine.begin() as conn:
-            conn.execute(self._record_outcome, {  # type: ignore[call-overload]
-                "idempotency_key": result.idempotency_key, "state": result.state.value,
-                "result_json": result.model_dump_json(), "updated_at": datetime.now(UTC)})
-            if version is not None and result.secure_client_id:
-                conn.execute(self._raise_version, {  # type: ignore[call-overload]
-                    "secure_client_id": result.secure_client_id, "subscription_id": subscription_id,
-                    "version": version})
+            conn.execute(self._record_outcome, unique)  # type: ignore[call-overload]
+            for row in versions:
+                conn.execute(self._raise_version, row)  # type: ignore[call-overload]
 
     @staticmethod
     def _get(conn: Connection, key: str) -> KmsResult | None:

@@ -2,20 +2,23 @@
 
 The ledger writes with dialect-specific upserts (``INSERT ... ON CONFLICT``), so its rules are checked
 on each dialect: one outcome per key (the last written wins), and a card's version only rises, except
-when the card moved to another subscription.
+when the card moved to another subscription; and the executor's group commit.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import asyncio
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pg import new_database, postgres_url  # noqa: F401 (the session fixture)
 from sqlalchemy import create_engine
+from sqlalchemy.exc import OperationalError
 
-from consumers.ledger import Ledger
+from consumers.ledger import Entry, GroupCommit, Ledger
 from kmsbridge.db import upgrade
 from schemas.records import KmsResult, ResultState
 
@@ -66,3 +69,51 @@ def test_a_cards_version_only_rises_unless_the_card_moved_to_another_subscriptio
     ledger.record(result("d"), version=1, subscription_id="S-2")  # moved: S-2's sequence starts
     assert ledger.version("C-1") == ("S-2", 1)
     assert ledger.lookup("new-key", "C-1") == (None, ("S-2", 1))
+
+
+def test_record_many_writes_every_entry_in_order_in_one_transaction(ledger: Ledger) -> None:
+    ledger.record_many([Entry(result("m1"), 2, "S-1"), Entry(result("m2", ResultState.REJECTED)),
+                        Entry(result("m3"), 4, "S-1"), Entry(result("m4", card="C-2"), 1, "S-9")])
+
+    assert [ledger.get(k).state for k in ("m1", "m2", "m3", "m4")] == [  # type: ignore[union-attr]
+        ResultState.COMPLETED, ResultState.REJECTED, ResultState.COMPLETED, ResultState.COMPLETED]
+    assert (ledger.version("C-1"), ledger.version("C-2")) == (("S-1", 4), ("S-9", 1))
+
+
+class CountingLedger(Ledger):
+    def __init__(self, engine: Any, fail: bool = False) -> None:
+        super().__init__(engine)
+        self.batches: list[int] = []
+        self.fail = fail
+
+    def record_many(self, entries: Sequence[Entry]) -> None:
+        self.batches.append(len(entries))
+        if self.fail:
+            raise OperationalError("INSERT", {}, Exception("database is locked"))
+        super().record_many(entries)
+
+
+def test_group_commit_writes_the_records_of_one_loop_turn_together_and_returns_after_the_commit(
+        ledger: Ledger) -> None:
+    counting = CountingLedger(ledger._engine)
+    writes = GroupCommit(counting)
+
+    async def main() -> None:
+        await asyncio.gather(*(writes.record(result(f"g{i}", card=f"C-{i}"), version=1, subscription_id="S-1")
+                               for i in range(5)))
+        await writes.record(result("g5"), version=2, subscription_id="S-1")
+
+    asyncio.run(main())
+    assert counting.batches == [5, 1]
+    assert all(ledger.get(f"g{i}") is not None for i in range(6))  # committed when record returned
+
+
+def test_a_failed_group_commit_fails_every_record_of_its_batch(ledger: Ledger) -> None:
+    writes = GroupCommit(CountingLedger(ledger._engine, fail=True))
+
+    async def main() -> list[BaseException | None]:
+        return await asyncio.gather(*(writes.record(result(f"f{i}")) for i in range(3)), return_exceptions=True)
+
+    outcomes = asyncio.run(main())
+    assert all(isinstance(o, OperationalError) for o in outcomes)
+    assert ledger.get("f0") is None
