@@ -175,6 +175,11 @@ def producer_config(base: KafkaConfig, *, transactional_id: str | None = None) -
         # A transaction left open by a killed translator blocks read_committed readers until the
         # coordinator aborts it; keep that bound short (a batch takes well under a second).
         config["transaction.timeout.ms"] = 30000
+        # A transaction begun right after a commit meets CONCURRENT_TRANSACTIONS until the commit's
+        # markers are written, and is retried after retry.backoff.ms (100 ms, doubling): that was the
+        # translator's latency tail. 10 ms (doubling up to retry.backoff.max.ms) took the slowest
+        # transaction cycle from 113-153 ms to 37-40 ms (docs/benchmarks.md, end-to-end latency).
+        config["retry.backoff.ms"] = 10
     config.update(base)
     config.update({"enable.idempotence": True, "acks": "all"})
     if transactional_id:
