@@ -178,7 +178,7 @@ def _warm_up(env: BenchEnv, topic: str) -> None:
 _PROFILE_ROWS: list[tuple[str, str, tuple[str, ...]]] = [
     ("KMS call (SoapKmsClient.execute)", "kms_adapter/soap_client.py", ("execute",)),
     ("ledger.lookup (dedup and stale-guard reads)", "consumers/ledger.py", ("lookup",)),
-    ("ledger.record (write + commit)", "consumers/ledger.py", ("record",)),
+    ("ledger.record_many (group commit: upserts + commit)", "consumers/ledger.py", ("record_many",)),
     ("decode command (Codec.decode)", "schemas/codec.py", ("decode",)),
     ("encode result (Codec.encode)", "schemas/codec.py", ("encode",)),
     ("KmsResult construction (_result)", "consumers/command_runner.py", ("_result",)),
