@@ -48,6 +48,8 @@ from kmsbridge.settings import TranslatorSettings
 __all__ = ["main"]
 
 PRODUCT_BATCH = TranslatorSettings().batch_size
+#: compared with the product's batch in the same run (ten times larger, or the old default)
+OTHER_BATCH = 5000 if PRODUCT_BATCH != 5000 else 500
 
 TARGET_RATIO = 0.40
 TARGET_EVENTS_PER_SECOND = 30_000
@@ -296,9 +298,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", action="store_true", help="also profile a translator run (cProfile)")
     parser.add_argument("--quick", action="store_true", help="tiny sizes, for the smoke test")
     parser.add_argument("--results-dir", type=Path)
-    parser.add_argument("--batch-sizes", default=f"{PRODUCT_BATCH},500",
+    parser.add_argument("--batch-sizes", default=f"{PRODUCT_BATCH},{OTHER_BATCH}",
                         help=f"comma-separated transaction batch sizes; the first is the headline "
-                             f"({PRODUCT_BATCH} is the product's default, 500 was before)")
+                             f"({PRODUCT_BATCH} is the product's default)")
     parser.add_argument("--compare-tree", type=Path,
                         help="also run the translator from this source tree (before/after on the same input)")
     parser.add_argument("--stages-only", action="store_true",

@@ -2,7 +2,7 @@
 
 Commit protocol, one Kafka transaction per polled batch:
 
-1. Poll a batch (up to ``batch_size`` messages or ``batch_seconds``: 5,000 or 20 ms by default, the
+1. Poll a batch (up to ``batch_size`` messages or ``batch_seconds``: 500 or 20 ms by default, the
    settings `KMSBRIDGE_TRANSLATOR__BATCH_*`); rebalance callbacks run here, between transactions, so a
    revoke never splits a transaction.
 2. Begin the transaction.
@@ -69,7 +69,7 @@ class TranslatorConfig:
     results_topic: str
     reconcile_requests_topic: str = "reconcile.requests"
     dlq_suffix: str = ".dlq"
-    batch_size: int = 5000
+    batch_size: int = 500
     batch_seconds: float = 0.02
     max_message_bytes: int = 1_000_000
     max_future_skew: timedelta = timedelta(days=1)

@@ -123,7 +123,7 @@ class ExecutorSettings(BaseModel):
 
 
 class TranslatorSettings(BaseModel):
-    batch_size: int = Field(default=5000, ge=1, le=100_000, description="messages per transaction at most")
+    batch_size: int = Field(default=500, ge=1, le=100_000, description="messages per transaction at most")
     batch_seconds: float = Field(default=0.02, gt=0, le=10, description="longest wait to fill a batch")
 
 
