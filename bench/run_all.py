@@ -54,7 +54,8 @@ def _plans(quick: bool, results_dir: Path | None, img_dir: Path | None,
     from bench import executor, latency, memory, projector, translator
 
     return {
-        "translator": lambda: translator.run(3000 if quick else 60_000, twin_share=0.3, profile=not quick,
+        "translator": lambda: translator.run(translator.QUICK_EVENTS if quick else 60_000, twin_share=0.3,
+                                             profile=not quick,
                                              results_dir=results_dir,
                                              batch_sizes=(500,) if quick else (translator.PRODUCT_BATCH,
                                                                                translator.OTHER_BATCH),

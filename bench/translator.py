@@ -48,6 +48,9 @@ from kmsbridge.settings import TranslatorSettings
 __all__ = ["main"]
 
 PRODUCT_BATCH = TranslatorSettings().batch_size
+#: the smoke size: small, yet long enough (about a second for the passthrough) that the committed
+#: offsets are sampled several times and a steady rate exists
+QUICK_EVENTS = 20_000
 #: compared with the product's batch in the same run (ten times larger, or the old default)
 OTHER_BATCH = 5000 if PRODUCT_BATCH != 5000 else 500
 
@@ -314,7 +317,7 @@ def main(argv: list[str] | None = None) -> int:
         values = [v for _, v in campaign_values(5000, twin_share=args.twin_share, run="stages00")]
         print(json.dumps(stage_costs(values, repeat=5)))
         return 0
-    events = 3000 if args.quick else args.events
+    events = QUICK_EVENTS if args.quick else args.events
     # quick: several transactions even in a tiny run, so a steady rate exists
     sizes = (500,) if args.quick else tuple(int(x) for x in args.batch_sizes.split(","))
     run(events, twin_share=args.twin_share, profile=args.profile, results_dir=args.results_dir, batch_sizes=sizes,
