@@ -58,7 +58,6 @@ __all__ = [
     "percentile",
     "print_table",
     "produce_values",
-    "spawn_process",
     "start_postgres",
     "steady_rate",
     "stop_process",
@@ -187,41 +186,6 @@ def stop_process(proc: subprocess.Popen[bytes], timeout: float = 20.0) -> int | 
             proc.kill()
             proc.wait(10)
     return proc.returncode
-
-
-def spawn_process(pipe: Any, process: str, *, swaps: Sequence[str] | None = None,
-                  extra_env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-    """``kmsbridge run <process>`` for ``pipe``, as :meth:`Pipeline.spawn` does; with ``swaps``
-    (``module=file.py``) the named modules are replaced first, which is how a proposed change to code
-    this benchmark does not own is measured end to end without editing it."""
-    if not swaps:
-        proc: subprocess.Popen[bytes] = pipe.spawn(process, env=extra_env)
-        return proc
-    log = open(pipe.workdir / f"{process}.log", "ab")  # noqa: SIM115 - the child owns it
-    argv = [sys.executable, "-m", "bench.common", *(f"--swap={s}" for s in swaps), "run", process]
-    proc = subprocess.Popen(argv, env={**pipe.env(), **(extra_env or {})}, cwd=ROOT, stdout=log,
-                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-    log.close()
-    return proc
-
-
-def _swapped_cli(argv: list[str]) -> None:
-    """``python -m bench.common --swap=module=file.py ... run <process>``: the CLI with modules replaced."""
-    import importlib.util
-
-    rest = list(argv)
-    while rest and rest[0].startswith("--swap="):
-        module, _, path = rest.pop(0).removeprefix("--swap=").partition("=")
-        spec = importlib.util.spec_from_file_location(module, path)
-        if spec is None or spec.loader is None:
-            raise SystemExit(f"cannot load {path} as {module}")
-        loaded = importlib.util.module_from_spec(spec)
-        sys.modules[module] = loaded
-        spec.loader.exec_module(loaded)
-    from kmsbridge.cli import main
-
-    sys.argv = ["kmsbridge", *rest]
-    main()
 
 
 def cpu_seconds(pid: int) -> float:
@@ -637,6 +601,3 @@ class GroupProgress:
     def close(self) -> None:
         self._consumer.close()
 
-
-if __name__ == "__main__":
-    _swapped_cli(sys.argv[1:])

@@ -50,7 +50,6 @@ from bench.common import (
     cpu_seconds,
     print_table,
     produce_values,
-    spawn_process,
     steady_rate,
     stop_process,
     write_result,
@@ -226,7 +225,7 @@ def profile_executor(env: BenchEnv, commands: int, n: int = SATURATION_N) -> dic
 
 
 def run(grid: dict[int, list[int]], *, seconds: float, client_calls: int, results_dir: Path | None,
-        img_dir: Path | None, swaps: list[str] | None = None, compare_tree: Path | None = None,
+        img_dir: Path | None, compare_tree: Path | None = None,
         profile: bool = False) -> dict[str, Any]:
     grid_ns = {n for points in grid.values() for n in points}
     sat_n = SATURATION_N if seconds > 1 else max(grid_ns)  # quick: no extra executor for saturation
@@ -240,7 +239,7 @@ def run(grid: dict[int, list[int]], *, seconds: float, client_calls: int, result
         for n in ns:
             pipe = env.pipeline(f"n{n}", extra_env={"KMSBRIDGE_EXECUTOR__MAX_INFLIGHT": str(n)})
             topic = pipe.settings.topic("commands")
-            proc = env.adopt(spawn_process(pipe, "executor", swaps=swaps))
+            proc = env.adopt(pipe.spawn("executor"))
             _warm_up(env, topic)
             if n == sat_n:
                 print(f"executor N={n} L=0 (saturation) ...", flush=True)
@@ -282,18 +281,17 @@ def run(grid: dict[int, list[int]], *, seconds: float, client_calls: int, result
         p["cpu_bound"] = p["little_bound"] > cap
     ok = [p["ratio_to_expected"] >= TARGET_RATIO for p in points]
     result: dict[str, Any] = {
-        "command": "python -m bench.executor" + ("" if seconds > 1 else " --quick"), "swaps": swaps or [],
+        "command": "python -m bench.executor" + ("" if seconds > 1 else " --quick"),
         "client_alone": client, "saturation": saturation, "saturation_before": before, "points": points,
         "profile": prof,
         "order_violations": sum(p["order"]["cards_out_of_order"] for p in [*points, saturation]),
         "target_ratio": TARGET_RATIO, "met": all(ok),
     }
-    path = write_result("executor_with_proposals" if swaps else "executor", result, results_dir)
+    path = write_result("executor", result, results_dir)
     report(result)
-    if not swaps:
-        from bench.plots import plot_executor
+    from bench.plots import plot_executor
 
-        print(f"plot: {plot_executor(result, img_dir)}")
+    print(f"plot: {plot_executor(result, img_dir)}")
     print(f"results in {path}")
     return result
 
@@ -336,7 +334,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=5.0, help="target duration of each grid point")
     parser.add_argument("--results-dir", type=Path)
     parser.add_argument("--img-dir", type=Path)
-    parser.add_argument("--swap", action="append", metavar="MODULE=FILE", help=argparse.SUPPRESS)
     parser.add_argument("--profile", action="store_true", help="also profile an executor at L = 0 (cProfile)")
     parser.add_argument("--compare-tree", type=Path,
                         help="also run the saturation point with the executor from this source tree (before/after)")
@@ -344,7 +341,7 @@ def main(argv: list[str] | None = None) -> int:
     grid = QUICK_GRID if args.quick else FULL_GRID
     seconds = 0.5 if args.quick else args.seconds
     run(grid, seconds=seconds, client_calls=300 if args.quick else 3000, results_dir=args.results_dir,
-        img_dir=args.img_dir, swaps=args.swap, compare_tree=args.compare_tree, profile=args.profile)
+        img_dir=args.img_dir, compare_tree=args.compare_tree, profile=args.profile)
     return 0
 
 

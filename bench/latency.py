@@ -31,7 +31,6 @@ from bench.common import (
     percentile,
     print_table,
     produce_values,
-    spawn_process,
     steady_rate,
     write_result,
 )
@@ -200,14 +199,14 @@ def _measure(env: BenchEnv, topic: str, pids: dict[str, int], *, rate: float, se
     return summary, latencies
 
 
-def run(rates: list[float], *, seconds: float, twin_share: float, results_dir: Path | None, img_dir: Path | None,
-        swaps: list[str] | None = None) -> dict[str, Any]:
+def run(rates: list[float], *, seconds: float, twin_share: float, results_dir: Path | None,
+        img_dir: Path | None) -> dict[str, Any]:
     runs: list[dict[str, Any]] = []
     samples: dict[float, list[float]] = {}
     with BenchEnv("latency") as env:
         pipe = env.pipeline("run")
         topic = pipe.settings.topic("subscriptions")
-        procs = {name: env.adopt(spawn_process(pipe, name, swaps=swaps)) for name in ("translator", "executor")}
+        procs = {name: env.adopt(pipe.spawn(name)) for name in ("translator", "executor")}
         pids = {name: proc.pid for name, proc in procs.items()}
         env.simulator.set_latency(KMS_LATENCY_MS)
         print("warming up ...", flush=True)
@@ -227,17 +226,16 @@ def run(rates: list[float], *, seconds: float, twin_share: float, results_dir: P
     target_run = next((r for r in runs if r["rate"] == TARGET_RATE), runs[-1])
     result: dict[str, Any] = {
         "command": "python -m bench.latency" + (f" --rates {','.join(f'{r:g}' for r in rates)}" if rates else ""),
-        "seconds": seconds, "runs": runs, "swaps": swaps or [], "baseline_kafka_hop": hop,
+        "seconds": seconds, "runs": runs, "baseline_kafka_hop": hop,
         "baseline_kafka_hop_not_idempotent": hop_plain,
         "target": {"rate": TARGET_RATE, "p99_ms": TARGET_P99_MS},
         "met": target_run["rate"] == TARGET_RATE and target_run["p99_ms"] < TARGET_P99_MS,
     }
-    path = write_result("latency" if not swaps else "latency_with_proposals", result, results_dir)
+    path = write_result("latency", result, results_dir)
     report(result)
-    if not swaps:
-        from bench.plots import plot_latency
+    from bench.plots import plot_latency
 
-        print(f"plot: {plot_latency([(r, samples[r['rate']]) for r in runs], img_dir)}")
+    print(f"plot: {plot_latency([(r, samples[r['rate']]) for r in runs], img_dir)}")
     print(f"results in {path}")
     return result
 
@@ -270,14 +268,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--twin-share", type=float, default=0.3)
     parser.add_argument("--quick", action="store_true", help="tiny sizes, for the smoke test")
-    parser.add_argument("--swap", action="append", metavar="MODULE=FILE", help=argparse.SUPPRESS)
     parser.add_argument("--results-dir", type=Path)
     parser.add_argument("--img-dir", type=Path)
     args = parser.parse_args(argv)
     rates = [100.0] if args.quick else [float(x) for x in args.rates.split(",")]
     seconds = 2.0 if args.quick else args.seconds
-    run(rates, seconds=seconds, twin_share=args.twin_share, results_dir=args.results_dir, img_dir=args.img_dir,
-        swaps=args.swap)
+    run(rates, seconds=seconds, twin_share=args.twin_share, results_dir=args.results_dir, img_dir=args.img_dir)
     return 0
 
 

@@ -124,11 +124,8 @@ class CommandRunner:
             t0 = time.monotonic()
             retry_after: float | None = None
             try:
-                if gate is None:
+                async with gate or contextlib.nullcontext():  # max_inflight KMS calls, ledger work aside
                     outcome = await self._call(cmd)
-                else:
-                    async with gate:  # at most max_inflight KMS calls, whatever the ledger is doing
-                        outcome = await self._call(cmd)
             except KmsRejected as exc:
                 KMS_REQUESTS.labels(op, "rejected").inc()
                 self._breaker.record_success(card)  # the KMS answered

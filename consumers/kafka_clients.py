@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, Message, Producer
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer
 
 from consumers.errors import FatalKafkaError, KafkaAuthenticationFailed
 
@@ -186,6 +186,13 @@ def producer_config(base: KafkaConfig, *, transactional_id: str | None = None) -
         config["transactional.id"] = transactional_id
     config.setdefault("error_cb", KafkaErrorHandler("producer"))
     return config
+
+
+def kafka_error(exc: BaseException) -> KafkaError | None:
+    """The :class:`KafkaError` a :class:`KafkaException` carries, or None."""
+    if isinstance(exc, KafkaException) and exc.args and isinstance(exc.args[0], KafkaError):
+        return exc.args[0]
+    return None
 
 
 def consume_available(consumer: Consumer, max_messages: int, timeout: float) -> list[Message]:

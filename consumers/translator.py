@@ -47,7 +47,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 from consumers.dlq import Oversized, TooFarInFuture, UnexpectedError, dlq_headers, screen_size, screen_times
 from consumers.errors import FatalKafkaError
 from consumers.health import HealthState
-from consumers.kafka_clients import HangWatchdog, is_fatal
+from consumers.kafka_clients import HangWatchdog, is_fatal, kafka_error
 from consumers.metrics import DLQ_MESSAGES, MESSAGES_CONSUMED, MESSAGES_PROCESSED, PROCESSING_SECONDS
 from consumers.translation import Translation
 from schemas.codec import Codec
@@ -216,10 +216,10 @@ class TransactionalTranslator:
                     self._producer.init_transactions(_INIT_SLICE_SECONDS)
                 return True
             except KafkaException as exc:
-                err = exc.args[0] if exc.args else None
+                err = kafka_error(exc)
                 self._producer.poll(0)  # serves error_cb: refused credentials raise here
-                if not isinstance(err, KafkaError) or err.fatal() or not err.retriable():
-                    raise FatalKafkaError(f"cannot initialise Kafka transactions: {err}") from exc
+                if err is None or err.fatal() or not err.retriable():
+                    raise FatalKafkaError(f"cannot initialise Kafka transactions: {err or exc}") from exc
                 log.warning("waiting for the transaction coordinator (%s)", err.name())
         return False
 
@@ -235,8 +235,8 @@ class TransactionalTranslator:
                     self._producer.commit_transaction(self._cfg.transaction_timeout_seconds)
                 return
             except KafkaException as exc:
-                err = exc.args[0] if exc.args else None
-                if (isinstance(err, KafkaError) and err.retriable() and not err.fatal()
+                err = kafka_error(exc)
+                if (err is not None and err.retriable() and not err.fatal()
                         and not err.txn_requires_abort() and not self._stop.is_set()):
                     log.warning("transaction commit not confirmed (%s); committing again", err.name())
                     self._producer.poll(0)
@@ -244,10 +244,10 @@ class TransactionalTranslator:
                 raise
 
     def _recover(self, exc: KafkaException) -> None:
-        err = exc.args[0] if exc.args else None
-        if isinstance(err, KafkaError) and err.fatal():
+        err = kafka_error(exc)
+        if err is not None and err.fatal():
             raise FatalKafkaError(f"fatal producer error: {err}") from exc
-        log.warning("transaction failed (%s); aborting and rewinding", err)
+        log.warning("transaction failed (%s); aborting and rewinding", err or exc)
         self._abort()
         self._rewind()
 
@@ -259,12 +259,12 @@ class TransactionalTranslator:
                     self._producer.abort_transaction(self._cfg.transaction_timeout_seconds)
                 return
             except KafkaException as abort_exc:
-                err = abort_exc.args[0] if abort_exc.args else None
-                if isinstance(err, KafkaError) and err.fatal():
+                err = kafka_error(abort_exc)
+                if err is not None and err.fatal():
                     raise FatalKafkaError(f"fatal producer error on abort: {err}") from abort_exc
-                if isinstance(err, KafkaError) and err.code() == KafkaError._STATE:
+                if err is not None and err.code() == KafkaError._STATE:
                     return  # no transaction in progress
-                log.warning("abort not confirmed (%s); trying again", err)
+                log.warning("abort not confirmed (%s); trying again", err or abort_exc)
                 self._producer.poll(0)
                 if self._stop.wait(1.0):
                     return  # stopping: the coordinator aborts it on timeout or when our id is reused
@@ -308,7 +308,7 @@ class TransactionalTranslator:
             try:
                 _low, high = self._consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)
             except KafkaException as exc:
-                error = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
+                error = kafka_error(exc)
                 if error is None or not error.retriable():
                     raise
                 log.info("end offset of %s[%d] not available yet (%s); asking again", topic, partition,

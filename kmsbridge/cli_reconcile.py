@@ -162,5 +162,5 @@ def reconcile_cmd(created_from: str | None, created_to: str | None, types: tuple
         fail(f"no report for run {request.run_id} within {timeout:.0f}s (is `kmsbridge run reconciler` running?)",
              EXIT_FAILED)
     click.echo(to_json(report) if as_json else format_report(report))
-    if report.error or report.failed or report.unknown_subscriptions:
+    if not report.succeeded:
         raise SystemExit(EXIT_FAILED)

@@ -170,8 +170,7 @@ def settle(results: Sequence[KmsResult], expected: int | None, *, is_reset: bool
             return RequestState.REJECTED
         if report is None:
             return RequestState.PENDING
-        rejected = report.error or report.failed or report.unknown_subscriptions
-        return RequestState.REJECTED if rejected else RequestState.COMPLETED
+        return RequestState.COMPLETED if report.succeeded else RequestState.REJECTED
     if any(r.state is ResultState.REJECTED for r in results):
         return RequestState.REJECTED
     completed = sum(1 for r in results if r.state is ResultState.COMPLETED)

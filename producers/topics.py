@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from consumers.kafka_clients import kafka_error
 from producers.errors import TopicAdminError
 
 __all__ = ["create_topics", "wait_for_topics"]
@@ -20,12 +21,6 @@ __all__ = ["create_topics", "wait_for_topics"]
 
 def _admin(kafka_config: Mapping[str, str]) -> AdminClient:
     return AdminClient(dict(kafka_config))
-
-
-def _kafka_error(exc: BaseException) -> KafkaError | None:
-    if isinstance(exc, KafkaException) and exc.args and isinstance(exc.args[0], KafkaError):
-        return exc.args[0]
-    return None
 
 
 def create_topics(
@@ -51,14 +46,14 @@ def create_topics(
     try:
         futures = admin.create_topics(new_topics, operation_timeout=timeout, request_timeout=timeout)
     except KafkaException as exc:
-        raise TopicAdminError(f"creating topics {list(names)}: {exc}", _kafka_error(exc)) from exc
+        raise TopicAdminError(f"creating topics {list(names)}: {exc}", kafka_error(exc)) from exc
     created: list[str] = []
     deadline = time.monotonic() + timeout
     for name, future in futures.items():
         try:
             future.result(timeout=max(0.0, deadline - time.monotonic()))
         except KafkaException as exc:
-            error = _kafka_error(exc)
+            error = kafka_error(exc)
             if error is not None and error.code() == KafkaError.TOPIC_ALREADY_EXISTS:
                 continue
             raise TopicAdminError(
@@ -88,7 +83,7 @@ def wait_for_topics(
         try:
             metadata = admin.list_topics(timeout=max(0.5, min(5.0, deadline - time.monotonic())))
         except KafkaException as exc:
-            error = _kafka_error(exc)
+            error = kafka_error(exc)
             if time.monotonic() > deadline:
                 raise TopicAdminError(f"waiting for topics {pending}: {exc}", error) from exc
         else:

@@ -166,9 +166,9 @@ class DesiredStateStore:
         """Those of ``subscription_ids`` the store does not hold, in the order given."""
         known: set[str] = set()
         wanted = list(dict.fromkeys(subscription_ids))
+        column = subscriptions_table.c.subscription_id
         with self._engine.connect() as conn:
             for start in range(0, len(wanted), _CHUNK):
-                column = subscriptions_table.c.subscription_id
                 known.update(conn.execute(select(column).where(column.in_(wanted[start:start + _CHUNK]))).scalars())
         return [s for s in wanted if s not in known]
 

@@ -314,6 +314,11 @@ class ReconcileReport(_Record):
     duration_seconds: float = 0.0
     error: str | None = None
 
+    @property
+    def succeeded(self) -> bool:
+        """The run finished, every subscription was checked, and every one it named was known."""
+        return not (self.error or self.failed or self.unknown_subscriptions)
+
 
 RECORD_TYPES: dict[str, type[_Record]] = {
     "SubscriptionEvent": SubscriptionEvent,
