@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, SecretStr, ValidationError
 
 from schemas.errors import JsonLinesError, format_loc
+from schemas.limits import error_message
 
 __all__ = ["MASK", "JsonLinesError", "parse_jsonl", "to_json", "to_jsonable"]
 
@@ -44,7 +45,7 @@ def parse_jsonl(lines: Iterable[str], model: type[R]) -> list[R]:
                 if err["type"] == "json_invalid":
                     problems.append(f"line {number}: not valid JSON: {err['msg']}")
                 else:
-                    problems.append(f"line {number}: {format_loc(err['loc'])}: {err['msg']}")
+                    problems.append(f"line {number}: {format_loc(err['loc'])}: {error_message(err)}")
     if problems:
         raise JsonLinesError(problems)
     return records

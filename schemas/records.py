@@ -6,15 +6,35 @@ two in step. Times are timezone-aware ``datetime`` (Avro ``timestamp-millis``).
 
 Sensitive values (the PIN) are ``SecretStr`` so ``repr()``/logs never show them; the codec
 unwraps them only when it writes bytes.
+
+Every id, name, text and array obeys the limits of :mod:`schemas.limits` (XML-safe characters,
+lengths within the database columns, a ceiling on every array), so the Web API, the CLI and every
+consumer refuse the same records.
 """
 
 from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
-from typing import Annotated, Any
+from typing import Any
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, SecretStr, model_validator
+
+from schemas.limits import (
+    MAX_DEVICES,
+    MAX_ID_LIST,
+    MAX_PRODUCTS,
+    MAX_REMOVED_DEVICES,
+    MAX_REPORT_ITEMS,
+    MAX_SECTIONS,
+    MAX_SERVICES,
+    Distributor,
+    IdempotencyKey,
+    Identifier,
+    Name,
+    Text,
+    Topic,
+)
 
 __all__ = [
     "RECORD_TYPES",
@@ -43,9 +63,6 @@ __all__ = [
     "TextMode",
     "record_to_dict",
 ]
-
-NonEmpty = Annotated[str, Field(min_length=1)]
-
 
 class _Record(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, use_enum_values=False)
@@ -124,35 +141,37 @@ class ResultState(StrEnum):
 
 
 class Service(_Record):
-    service_code: NonEmpty
+    service_code: Name
     state: ServiceState
     valid_from: AwareDatetime | None = None
     valid_until: AwareDatetime | None = None
+    # The distributors whose boxes the service is chosen for; None: every box (schema v2).
+    distributors: list[Distributor] | None = Field(default=None, max_length=MAX_DEVICES)
 
 
 class Device(_Record):
-    distributor: NonEmpty
-    secure_client_id: NonEmpty
-    stb_serial: str | None = None
+    distributor: Distributor
+    secure_client_id: Identifier
+    stb_serial: Identifier | None = None
 
 
 class SubscriptionEvent(_Record):
-    event_id: NonEmpty
+    event_id: Identifier
     event_type: EventType
     occurred_at: AwareDatetime
-    subscription_id: NonEmpty
-    account_id: NonEmpty
-    subscription_type: NonEmpty
+    subscription_id: Identifier
+    account_id: Identifier
+    subscription_type: Name
     created_at: AwareDatetime
     version: int = Field(ge=0)
     state: SubscriptionState
-    services: list[Service] = Field(default_factory=list)
-    devices: list[Device] = Field(default_factory=list)
-    removed_devices: list[Device] = Field(default_factory=list)
+    services: list[Service] = Field(default_factory=list, max_length=MAX_SERVICES)
+    devices: list[Device] = Field(default_factory=list, max_length=MAX_DEVICES)
+    removed_devices: list[Device] = Field(default_factory=list, max_length=MAX_REMOVED_DEVICES)
     # Devices put on by this change. Optional (default empty): when absent, ACTIVATED treats every
     # device as new and a DEVICES_CHANGED that removes a box from a distributor treats the box now on
     # that distributor as its swap. Added to DESIGN.md §3 on purpose, see README "Records".
-    added_devices: list[Device] = Field(default_factory=list)
+    added_devices: list[Device] = Field(default_factory=list, max_length=MAX_REMOVED_DEVICES)
 
 
 # --- CommunicationEvent -----------------------------------------------------------------------------
@@ -169,13 +188,13 @@ def _exactly_one_target(secure_client_id: str | None, subscription_id: str | Non
 
 
 class CommunicationEvent(_Record):
-    communication_id: NonEmpty
-    external_system: NonEmpty
+    communication_id: Identifier
+    external_system: Name
     kind: MessageKind
     text_mode: TextMode
-    text: str
-    secure_client_id: str | None = None
-    subscription_id: str | None = None
+    text: Text
+    secure_client_id: Identifier | None = None
+    subscription_id: Identifier | None = None
     all: bool = False
     scheduled_at: AwareDatetime | None = None
     created_at: AwareDatetime
@@ -190,18 +209,18 @@ class CommunicationEvent(_Record):
 
 
 class ServiceRequest(_Record):
-    request_id: NonEmpty
+    request_id: Identifier
     type: RequestType
-    secure_client_id: str | None = None
-    subscription_id: str | None = None
+    secure_client_id: Identifier | None = None
+    subscription_id: Identifier | None = None
     all: bool = False
     pin: SecretStr | None = None
     kind: MessageKind | None = None
     text_mode: TextMode | None = None
-    text: str | None = None
-    sections: list[str] = Field(default_factory=list)
-    process_name: str = "kmsbridge"
-    requested_by: str = "unknown"
+    text: Text | None = None
+    sections: list[Name] = Field(default_factory=list, max_length=MAX_SECTIONS)
+    process_name: Identifier = "kmsbridge"
+    requested_by: Identifier = "unknown"
     requested_at: AwareDatetime
 
 
@@ -209,7 +228,7 @@ class ServiceRequest(_Record):
 
 
 class Product(_Record):
-    product_id: NonEmpty
+    product_id: Name
     valid_from: AwareDatetime | None = None
     valid_until: AwareDatetime | None = None
 
@@ -217,27 +236,27 @@ class Product(_Record):
 class Message(_Record):
     kind: MessageKind
     text_mode: TextMode
-    text: str
+    text: Text
 
 
 class Source(_Record):
-    process_name: str
-    topic: str | None = None
-    event_id: str | None = None
-    request_id: str | None = None
-    communication_id: str | None = None
-    run_id: str | None = None
+    process_name: Identifier
+    topic: Topic | None = None
+    event_id: Identifier | None = None
+    request_id: Identifier | None = None
+    communication_id: Identifier | None = None
+    run_id: Identifier | None = None
 
 
 class KmsCommand(_Record):
-    idempotency_key: NonEmpty
+    idempotency_key: IdempotencyKey
     operation: Operation
-    secure_client_id: NonEmpty  # "*" for global operations
-    subscription_id: str | None = None
+    secure_client_id: Identifier  # "*" for global operations
+    subscription_id: Identifier | None = None
     subscription_version: int | None = None
-    distributor: str | None = None
-    products: list[Product] = Field(default_factory=list)
-    chipset: str | None = None  # set-top box serial for PAIR / UNPAIR
+    distributor: Distributor | None = None
+    products: list[Product] = Field(default_factory=list, max_length=MAX_PRODUCTS)
+    chipset: Identifier | None = None  # set-top box serial for PAIR / UNPAIR
     pin: SecretStr | None = None
     message: Message | None = None
     source: Source
@@ -253,14 +272,14 @@ Command = KmsCommand
 
 
 class KmsResult(_Record):
-    idempotency_key: NonEmpty
-    operation: str  # an Operation, or a request type for rejections made before planning
-    secure_client_id: str | None = None
-    subscription_id: str | None = None
-    event_id: str | None = None
-    communication_id: str | None = None
-    request_id: str | None = None
-    run_id: str | None = None
+    idempotency_key: IdempotencyKey
+    operation: Name  # an Operation, or a request type for rejections made before planning
+    secure_client_id: Identifier | None = None
+    subscription_id: Identifier | None = None
+    event_id: Identifier | None = None
+    communication_id: Identifier | None = None
+    request_id: Identifier | None = None
+    run_id: Identifier | None = None
     state: ResultState
     error_code: str | None = None
     error_description: str | None = None
@@ -277,37 +296,38 @@ class KmsResult(_Record):
 
 
 class ReconcileRequest(_Record):
-    run_id: NonEmpty
+    run_id: Identifier
     created_from: AwareDatetime | None = None
     created_to: AwareDatetime | None = None
-    subscription_types: list[str] = Field(default_factory=list)
-    subscription_ids: list[str] = Field(default_factory=list)
+    subscription_types: list[Name] = Field(default_factory=list, max_length=MAX_ID_LIST)
+    subscription_ids: list[Identifier] = Field(default_factory=list, max_length=MAX_ID_LIST)
     preview: bool = False
-    requested_by: str = "unknown"
+    requested_by: Identifier = "unknown"
     requested_at: AwareDatetime | None = None
 
 
 class DriftItem(_Record):
-    subscription_id: str
-    secure_client_id: str
-    missing_products: list[str] = Field(default_factory=list)
-    extra_products: list[str] = Field(default_factory=list)
-    wrong_dates: list[str] = Field(default_factory=list)
+    subscription_id: Identifier
+    secure_client_id: Identifier
+    missing_products: list[Name] = Field(default_factory=list, max_length=MAX_PRODUCTS)
+    extra_products: list[Name] = Field(default_factory=list, max_length=MAX_PRODUCTS)
+    wrong_dates: list[Name] = Field(default_factory=list, max_length=MAX_PRODUCTS)
     pairing: str | None = None  # e.g. "expected STB-1, found none"
     pin: str | None = None  # a description only, never the PIN itself
     unknown_to_crm: bool = False
 
 
 class ReconcileReport(_Record):
-    run_id: NonEmpty
+    run_id: Identifier
     preview: bool
     checked: int = 0
     in_sync: int = 0
     drifted: int = 0
     commands_published: int = 0
     failed: int = 0
-    unknown_subscriptions: list[str] = Field(default_factory=list)  # named by the run, unknown to the store
-    items: list[DriftItem] = Field(default_factory=list)
+    # named by the run, unknown to the store
+    unknown_subscriptions: list[Identifier] = Field(default_factory=list, max_length=MAX_ID_LIST)
+    items: list[DriftItem] = Field(default_factory=list, max_length=MAX_REPORT_ITEMS)
     items_omitted: int = 0
     started_at: AwareDatetime
     finished_at: AwareDatetime
