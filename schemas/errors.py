@@ -14,6 +14,8 @@ from typing import Literal
 
 from pydantic import ValidationError
 
+from schemas.limits import error_message
+
 __all__ = [
     "BadMagic",
     "EmptyMessage",
@@ -133,7 +135,7 @@ class JsonLinesError(ValueError):
 
 def describe_validation_error(exc: ValidationError) -> str:
     """``field.path: message`` for every error, joined by ``; `` (never the offending value)."""
-    return "; ".join(f"{format_loc(err['loc'])}: {err['msg']}" for err in exc.errors(include_input=False))
+    return "; ".join(f"{format_loc(err['loc'])}: {error_message(err)}" for err in exc.errors(include_input=False))
 
 
 def format_loc(loc: tuple[int | str, ...]) -> str:
