@@ -2,7 +2,12 @@
 
 The single source of the entitlement rule, used by planning (translator) and by the reconciler:
 
-* the subscription is ``ACTIVE``, the service is ``ACTIVE`` and the device's distributor allows it;
+* the subscription is ``ACTIVE`` and the service is ``ACTIVE``;
+* the service is chosen for the device's distributor (``distributors`` is null, meaning every box,
+  or names it: CRM.COM's "a different selection of channels from each pair");
+* the device's distributor allows the service (its ``services`` in the provider file). A service
+  chosen for every box is filtered silently by this rule; one chosen explicitly for a distributor
+  that may not carry it never gets this far, validation rejects the grant;
 * the service's period has not ended at ``at`` (``valid_until`` is exclusive; ``None`` is open);
 * a service whose period has **not started yet** is still sent, with its ``valid_from``: the KMS
   honours the dates itself, so a termed service starts and ends on time without another event
@@ -21,7 +26,7 @@ replay is byte-identical, the reconciler passes the time of its run.
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
@@ -33,10 +38,12 @@ from schemas.records import Product, Service, ServiceState, SubscriptionEvent, S
 
 __all__ = [
     "DesiredClient",
+    "ProductsOf",
     "SubscriptionLike",
     "desired_state",
     "desired_state_of_valid",
     "entitled_products",
+    "service_is_chosen",
     "service_is_current",
 ]
 
@@ -71,6 +78,11 @@ def service_is_current(service: Service, at: datetime) -> bool:
     return at < service.valid_until
 
 
+def service_is_chosen(service: Service, distributor: str) -> bool:
+    """True when ``service`` is meant for the boxes of ``distributor`` (null: for every box)."""
+    return service.distributors is None or distributor in service.distributors
+
+
 def entitled_products(
     state: SubscriptionLike, distributor: str, provider: ProviderConfig, at: datetime
 ) -> list[Product]:
@@ -89,7 +101,8 @@ def entitled_products(
     mapping = provider.products
     periods: dict[str, list[Service]] = {}
     for service in state.services:
-        if not (rule.allows(service.service_code) and service_is_current(service, at)):
+        if not (rule.allows(service.service_code) and service_is_chosen(service, distributor)
+                and service_is_current(service, at)):
             continue
         product_ids = mapping.get(service.service_code)
         if product_ids is None:
@@ -116,15 +129,24 @@ def desired_state(
     return desired_state_of_valid(event, provider, at)
 
 
+#: ``(event, distributor) -> products`` of :func:`entitled_products` at a fixed provider and time; the
+#: reconciler passes a memoised one (a run evaluates the same few combinations thousands of times).
+ProductsOf = Callable[[SubscriptionEvent, str], tuple[Product, ...]]
+
+
 def desired_state_of_valid(
-    event: SubscriptionEvent, provider: ProviderConfig, at: datetime
+    event: SubscriptionEvent, provider: ProviderConfig, at: datetime, *, products_of: ProductsOf | None = None
 ) -> dict[str, DesiredClient]:
     """:func:`desired_state` of an event the caller has just validated (planning validates first and
-    must not pay for it twice)."""
+    must not pay for it twice). ``products_of`` replaces the direct call of :func:`entitled_products`
+    (it must compute the same thing, e.g. memoised)."""
+    if products_of is None:
+        def products_of(e: SubscriptionEvent, distributor: str) -> tuple[Product, ...]:
+            return tuple(entitled_products(e, distributor, provider, at))
     return {
         device.secure_client_id: DesiredClient(
             distributor=device.distributor,
-            products=tuple(entitled_products(event, device.distributor, provider, at)),
+            products=products_of(event, device.distributor),
             chipset=device.stb_serial,
         )
         for device in sorted_devices(event.devices)

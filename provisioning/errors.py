@@ -8,9 +8,10 @@ never rename or reuse one.
 Descriptions name the offending input (a distributor, a secure client, a service code, a limit) but
 never a PIN or a message text (DESIGN.md §5, STYLE.md "never print a payload").
 
-A distributor's service list *filters* what its device receives (DESIGN.md §1, feature 1); it is
-not a reason to reject. So there is deliberately no ``SERVICE_NOT_ALLOWED`` code: a household with
-MAIN ("*") and TWIN1 ([BASIC]) that buys SPORTS gets SPORTS on MAIN only.
+A distributor's service list *filters* what its device receives (DESIGN.md §1, feature 1): a
+household with MAIN ("*") and TWIN1 ([BASIC]) that buys SPORTS for every box gets SPORTS on MAIN
+only. Only a service chosen *explicitly* (``services[].distributors``) for a distributor that may
+not carry it is rejected, with ``SERVICE_NOT_ALLOWED_ON_DISTRIBUTOR``.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ __all__ = [
     "MISSING_TARGET",
     "NO_DEVICES",
     "REQUIRED_DISTRIBUTOR_MISSING",
+    "SERVICE_NOT_ALLOWED_ON_DISTRIBUTOR",
     "TEXT_EMPTY",
     "TEXT_NOT_ENCODABLE",
     "TEXT_TOO_LONG",
@@ -51,6 +53,7 @@ DUPLICATE_DISTRIBUTOR: Final = "DUPLICATE_DISTRIBUTOR"
 REQUIRED_DISTRIBUTOR_MISSING: Final = "REQUIRED_DISTRIBUTOR_MISSING"
 INCONSISTENT_DEVICES: Final = "INCONSISTENT_DEVICES"
 UNMAPPED_SERVICE: Final = "UNMAPPED_SERVICE"
+SERVICE_NOT_ALLOWED_ON_DISTRIBUTOR: Final = "SERVICE_NOT_ALLOWED_ON_DISTRIBUTOR"
 
 # --- requests and communications -------------------------------------------------------------------
 INVALID_PIN: Final = "INVALID_PIN"
@@ -67,13 +70,15 @@ NO_DEVICES: Final = "NO_DEVICES"
 
 #: Every code with its one-line meaning (docs, the Web API's error list, a test keeps it complete).
 ERROR_CODES: Final[dict[str, str]] = {
-    UNKNOWN_DISTRIBUTOR: "a device names a distributor the provider file does not configure",
+    UNKNOWN_DISTRIBUTOR: "a device names a distributor the provider file does not configure, or a service is "
+                         "chosen for a distributor no device of the subscription uses",
     TOO_MANY_VIEWING_POINTS: "the subscription has more devices than max_viewing_points",
     DUPLICATE_SECURE_CLIENT: "the same secure client appears twice among the subscription's devices",
     DUPLICATE_DISTRIBUTOR: "two devices of the subscription use the same distributor",
     REQUIRED_DISTRIBUTOR_MISSING: "a device's distributor requires another that no device uses",
     INCONSISTENT_DEVICES: "added_devices names a card not among devices, or removed_devices repeats one",
     UNMAPPED_SERVICE: "a service of the subscription has no KMS product mapping",
+    SERVICE_NOT_ALLOWED_ON_DISTRIBUTOR: "a service is chosen for a distributor whose services do not include it",
     INVALID_PIN: "a PIN is not exactly four ASCII digits",
     TEXT_EMPTY: "a message text is empty",
     TEXT_TOO_LONG: "a message text exceeds the limit of its text mode",

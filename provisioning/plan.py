@@ -1,9 +1,12 @@
-"""What planning returns: the commands to publish, or why nothing is published.
+"""What planning returns: the commands to publish, and why a part of the input was refused.
 
-A :class:`Plan` holds either commands or a :class:`~provisioning.errors.Rejection`, never both:
-a rejected input plans nothing (DESIGN.md §5). An empty plan without a rejection is a valid answer
-("nothing to send", e.g. a QUERY_CLIENT request). A :class:`Skip` is the third answer of a mail run:
-the input is not ours to handle (another external system) and is neither sent nor rejected.
+A :class:`Plan` holds commands, a :class:`~provisioning.errors.Rejection`, or both: a subscription
+event whose grant is rejected still plans what it takes away (DESIGN.md §5 "Revocation is never
+held back"), so its plan carries the revoking commands *and* the rejection; the translator publishes
+the commands and a REJECTED result. Requests and communications are refused whole (a rejection, no
+commands). An empty plan without a rejection is a valid answer ("nothing to send", e.g. a
+QUERY_CLIENT request). A :class:`Skip` is the third answer of a mail run: the input is not ours to
+handle (another external system) and is neither sent nor rejected.
 """
 
 from __future__ import annotations
@@ -18,14 +21,10 @@ __all__ = ["Plan", "Skip"]
 
 @dataclass(frozen=True, slots=True)
 class Plan:
-    """Commands in the order they must be applied, or the rejection of the whole input."""
+    """Commands in the order they must be applied, and the rejection of what was refused, if any."""
 
     commands: tuple[KmsCommand, ...] = ()
     rejection: Rejection | None = None
-
-    def __post_init__(self) -> None:
-        if self.rejection is not None and self.commands:
-            raise ValueError("a rejected plan carries no commands")
 
     @property
     def rejected(self) -> bool:
@@ -33,6 +32,7 @@ class Plan:
 
     @classmethod
     def reject(cls, rejection: Rejection) -> Plan:
+        """The whole input is refused: nothing is planned."""
         return cls(rejection=rejection)
 
 

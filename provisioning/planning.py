@@ -6,14 +6,22 @@ redelivered event is recognised downstream by its idempotency keys. Every comman
 
 Rules, in order:
 
-1. **Validate** (:func:`~provisioning.validation.validate_subscription`); a violation rejects the
-   whole event and nothing is planned.
-2. **Removed devices** (``removed_devices``, by distributor then card): CLEAR_ENTITLEMENTS, then
-   UNPAIR from the removed box (only when its ``stb_serial`` is known: nothing else was paired).
-3. **Current devices** (by distributor then card): a *new* device gets PAIR (when ``stb_serial`` is
-   given; chipset = ``stb_serial``) and SET_PIN with the provider's default PIN; then every device
-   gets SYNC_ENTITLEMENTS with exactly its entitled products at ``occurred_at`` when the
-   subscription is ACTIVE (so RESUMED restores), else CLEAR_ENTITLEMENTS (SUSPENDED, CANCELLED).
+1. **Validate** (:func:`~provisioning.validation.validate_subscription`); a violation rejects what
+   the event *grants* (steps 3-4 are replaced by step 3r), never what it takes away; the plan then
+   carries its commands and the rejection.
+2. **Removed devices** (``removed_devices``, by distributor then card, each card once):
+   CLEAR_ENTITLEMENTS, then UNPAIR from the removed box (only when its ``stb_serial`` is known:
+   nothing else was paired). Always, valid or not.
+3. **Current devices** of a valid event (by distributor then card): a *new* device gets PAIR (when
+   ``stb_serial`` is given; chipset = ``stb_serial``) and SET_PIN with the provider's default PIN;
+   then every device gets SYNC_ENTITLEMENTS with exactly its entitled products at ``occurred_at``
+   when the subscription is ACTIVE (so RESUMED restores), else CLEAR_ENTITLEMENTS (SUSPENDED,
+   CANCELLED).
+
+3r. **Current devices** of a rejected event: CLEAR_ENTITLEMENTS for each device
+   :func:`~provisioning.revocation.revoked_devices` names (every device of a SUSPENDED or CANCELLED
+   subscription; of an ACTIVE one, those the rules cannot entitle, e.g. a TWIN1 without a MAIN);
+   nothing for the others, which keep their KMS state. A card step 2 cleared is not cleared twice.
 
 A device is **new** when the event is ACTIVATED, or it is in ``added_devices``, or the event is
 DEVICES_CHANGED and a removed device had the same distributor (a swap), or its card is itself in
@@ -25,7 +33,8 @@ card's commands in step 3.
 
 :func:`plan_reset` is the same rule for a reconcile run: absolute commands for the current state,
 keyed by the run id (the event's own keys are already COMPLETED in the executor's ledger, and a
-reset must reach the KMS).
+reset must reach the KMS); a stored state that validation rejects is reset in the revoking
+direction only (step 3r).
 """
 
 from __future__ import annotations
@@ -38,6 +47,7 @@ from provisioning.entitlements import DesiredClient, desired_state_of_valid
 from provisioning.keys import KeySource
 from provisioning.plan import Plan
 from provisioning.provider import ProviderConfig
+from provisioning.revocation import removed_cards, revoked_devices
 from provisioning.validation import sorted_devices, validate_subscription
 from schemas.records import (
     Device,
@@ -63,8 +73,6 @@ def plan_subscription(
 ) -> Plan:
     """The commands that bring the KMS in line with ``event`` (see the module docstring)."""
     rejection = validate_subscription(event, provider)
-    if rejection is not None:
-        return Plan.reject(rejection)
     make = CommandFactory(
         key_source=KeySource.EVENT,
         source_id=event.event_id,
@@ -73,11 +81,17 @@ def plan_subscription(
         subscription_id=event.subscription_id,
         subscription_version=event.version,
     )
+    commands: list[KmsCommand] = []
+    removed = removed_cards(event)
+    for device in removed:
+        commands.extend(removal_commands(make, device))
+    if rejection is not None:
+        cleared = {d.secure_client_id for d in removed}
+        commands.extend(_clear(make, d) for d in revoked_devices(event, provider)
+                        if d.secure_client_id not in cleared)
+        return Plan(tuple(commands), rejection)
     desired = desired_state_of_valid(event, provider, at=event.occurred_at)  # validated above
     fresh = new_devices(event)
-    commands: list[KmsCommand] = []
-    for removed in sorted_devices(event.removed_devices):
-        commands.extend(removal_commands(make, removed))
     for device in sorted_devices(event.devices):
         if device.secure_client_id in fresh:
             commands.extend(_installation(make, device, provider))
@@ -102,11 +116,10 @@ def plan_reset(
     ``secure_client_ids``) gets SYNC_ENTITLEMENTS evaluated at ``at`` (CLEAR_ENTITLEMENTS when the
     subscription is not ACTIVE); cards in ``pair`` whose box is known are PAIRed first. The PIN is
     never reset: a household may have changed it. Keys are ``run:<run_id>:...``; ``created_at`` is
-    ``at``.
+    ``at``. When validation rejects ``event``, only the devices step 3r clears are reset (CLEAR,
+    no PAIR) and the plan carries the rejection.
     """
     rejection = validate_subscription(event, provider)
-    if rejection is not None:
-        return Plan.reject(rejection)
     make = CommandFactory(
         key_source=KeySource.RUN,
         source_id=run_id,
@@ -115,10 +128,14 @@ def plan_reset(
         subscription_id=event.subscription_id,
         subscription_version=event.version,
     )
+    wanted = secure_client_ids
+    if rejection is not None:
+        return Plan(tuple(_clear(make, d) for d in revoked_devices(event, provider)
+                          if wanted is None or d.secure_client_id in wanted), rejection)
     desired = desired_state_of_valid(event, provider, at=at)  # validated above
     commands: list[KmsCommand] = []
     for device in sorted_devices(event.devices):
-        if secure_client_ids is not None and device.secure_client_id not in secure_client_ids:
+        if wanted is not None and device.secure_client_id not in wanted:
             continue
         if device.secure_client_id in pair and device.stb_serial:
             commands.append(_pair(make, device))
@@ -177,4 +194,8 @@ def _entitlements(
     if state is SubscriptionState.ACTIVE:
         return make(Operation.SYNC_ENTITLEMENTS, device.secure_client_id,
                     distributor=device.distributor, products=wanted.products)
+    return _clear(make, device)
+
+
+def _clear(make: CommandFactory, device: Device) -> KmsCommand:
     return make(Operation.CLEAR_ENTITLEMENTS, device.secure_client_id, distributor=device.distributor)

@@ -49,12 +49,12 @@ def plan_repair(
 
     Order: retired cards (removal first, as in real time), then ``plan_reset`` for the current
     cards in ``secure_client_ids`` (PAIR for those in ``pair``), then SET_PIN (default PIN) for the
-    current cards in ``default_pin``. A subscription validation rejects plans nothing.
+    current cards in ``default_pin``. A subscription validation rejects is repaired in the revoking
+    direction only: retired cards, then ``plan_reset``'s clearing; no PIN; the plan carries the
+    rejection.
     """
     reset = plan_reset(event, provider, run_id=run_id, at=at, process_name=process_name, topic=topic,
                        secure_client_ids=frozenset(secure_client_ids), pair=pair)
-    if reset.rejection is not None:
-        return reset
     make = CommandFactory(
         key_source=KeySource.RUN,
         source_id=run_id,
@@ -69,8 +69,8 @@ def plan_repair(
         if device.secure_client_id not in current:
             commands.extend(removal_commands(make, device))
     commands.extend(reset.commands)
-    for device in sorted_devices(event.devices):
+    for device in sorted_devices(event.devices) if reset.rejection is None else ():
         if device.secure_client_id in default_pin:
             commands.append(make(Operation.SET_PIN, device.secure_client_id, distributor=device.distributor,
                                  pin=provider.default_pin))
-    return Plan(tuple(commands))
+    return Plan(tuple(commands), reset.rejection)

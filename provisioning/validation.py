@@ -1,9 +1,10 @@
-"""The rules a subscription must satisfy before anything is planned for it (DESIGN.md §1, §5).
+"""The rules a subscription must satisfy before anything is granted to it (DESIGN.md §1, §5).
 
-:func:`validate_subscription` is the single gate: planning calls it first and rejects the whole event
-on the first violation (nothing is planned), and :func:`~provisioning.entitlements.desired_state`
-refuses a subscription it rejects, so the translator and the reconciler can never disagree about
-what is valid.
+:func:`validate_subscription` is the single gate: planning calls it first and, on the first
+violation, rejects what the event grants (no box is paired, given a PIN or entitlements), while what
+the event takes away is still planned (:mod:`provisioning.revocation`).
+:func:`~provisioning.entitlements.desired_state` refuses a subscription it rejects, so the
+translator and the reconciler can never disagree about what is valid.
 
 Checks, in this order (the first violation is the answer; devices are visited sorted by distributor
 then secure client so the answer does not depend on the order CRM listed them):
@@ -18,7 +19,13 @@ then secure client so the answer does not depend on the order CRM listed them):
 7. ``UNMAPPED_SERVICE``: a service, ACTIVE or not, with no KMS product mapping (a configuration gap
    is reported, not silently ignored). Checked only while the subscription is ACTIVE: a suspension
    or cancellation clears every box whatever the product map says, so a customer who stopped paying
-   stops watching even when the configuration has a gap.
+   stops watching even when the configuration has a gap;
+8. the per-box channel selection (``services[].distributors``) of every ACTIVE service, services by
+   code, the chosen distributors sorted: ``UNKNOWN_DISTRIBUTOR`` when a chosen distributor has no
+   device in the subscription (whether or not the provider configures it),
+   ``SERVICE_NOT_ALLOWED_ON_DISTRIBUTOR`` when the distributor's ``services`` do not include the
+   service. Checked only while the subscription is ACTIVE, like 7: a choice only ever grants, and an
+   INACTIVE service grants nothing whatever its choice says.
 
 Only current ``devices`` are checked for topology; ``removed_devices`` need no distributor rule to
 be cleared and unpaired.
@@ -34,13 +41,14 @@ from provisioning.errors import (
     DUPLICATE_SECURE_CLIENT,
     INCONSISTENT_DEVICES,
     REQUIRED_DISTRIBUTOR_MISSING,
+    SERVICE_NOT_ALLOWED_ON_DISTRIBUTOR,
     TOO_MANY_VIEWING_POINTS,
     UNKNOWN_DISTRIBUTOR,
     UNMAPPED_SERVICE,
     Rejection,
 )
 from provisioning.provider import ProviderConfig
-from schemas.records import Device, SubscriptionEvent, SubscriptionState
+from schemas.records import Device, ServiceState, SubscriptionEvent, SubscriptionState
 
 __all__ = ["device_order", "sorted_devices", "validate_subscription"]
 
@@ -63,7 +71,8 @@ def validate_subscription(event: SubscriptionEvent, provider: ProviderConfig) ->
         or _duplicates(devices)
         or _required_distributor_missing(devices, provider)
         or _inconsistent_added(event, devices)
-        or (_unmapped_service(event, provider) if event.state is SubscriptionState.ACTIVE else None)
+        or (_unmapped_service(event, provider) or _selection(event, devices, provider)
+            if event.state is SubscriptionState.ACTIVE else None)
     )
 
 
@@ -146,4 +155,27 @@ def _unmapped_service(event: SubscriptionEvent, provider: ProviderConfig) -> Rej
     for code in sorted({s.service_code for s in event.services}):
         if code not in provider.products:
             return Rejection(UNMAPPED_SERVICE, f"service {code!r} has no KMS product mapping")
+    return None
+
+
+def _selection(event: SubscriptionEvent, devices: Sequence[Device], provider: ProviderConfig) -> Rejection | None:
+    chosen = [s for s in event.services if s.distributors is not None and s.state is ServiceState.ACTIVE]
+    if not chosen:
+        return None  # fast path: every service is meant for every box (all of schema v1)
+    in_use = {d.distributor for d in devices}
+    for service in sorted(chosen, key=lambda s: s.service_code):
+        for name in sorted(set(service.distributors or ())):
+            rule = provider.rule(name)
+            if name not in in_use or rule is None:
+                return Rejection(
+                    UNKNOWN_DISTRIBUTOR,
+                    f"service {service.service_code!r} is chosen for distributor {name!r}, "
+                    f"which no device of the subscription uses",
+                )
+            if not rule.allows(service.service_code):
+                return Rejection(
+                    SERVICE_NOT_ALLOWED_ON_DISTRIBUTOR,
+                    f"service {service.service_code!r} is chosen for distributor {name}, "
+                    f"which may not carry it",
+                )
     return None

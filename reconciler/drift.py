@@ -25,14 +25,21 @@ entitles it (live products) or pairs it with any box: ``unknown_to_crm`` is set 
 unpaired, like a removed device in real time. A card the KMS holds that no event of the subscription
 ever named cannot be attributed to it and is not looked at.
 
+**A stored state that validation rejects** is compared in the revoking direction only, as planning
+treats a rejected event (DESIGN.md §5): the devices :func:`provisioning.revocation.revoked_devices`
+names must hold nothing (their pairing and PIN are not looked at), retired cards are handled as
+above, and the other devices are not compared (their grant is rejected, they keep their KMS state).
+``rejection`` carries the code, so the run reports it.
+
 The result says which cards need which commands; :func:`provisioning.repair.plan_repair` turns it
 into commands.
 
-**Speed.** A run compares every subscription, so :class:`DesiredStates` computes
-:func:`provisioning.desired_state` for one run time with the entitlement rule memoised:
-``entitled_products`` reads only the subscription state, its services and the distributor, and
-thousands of subscriptions share those, so each combination is evaluated once per run. Validation
-still runs for every subscription. ``test_drift.py`` checks the result equals ``desired_state``.
+**Speed.** A run compares every subscription, so :class:`DesiredStates` evaluates
+:func:`provisioning.entitlements.desired_state_of_valid` for one run time with the entitlement rule
+memoised: ``entitled_products`` reads only the subscription state, its services and the
+distributor, and thousands of subscriptions share those, so each combination is evaluated once per
+run. Validation still runs for every subscription. ``test_drift.py`` checks the result equals
+``desired_state``.
 """
 
 from __future__ import annotations
@@ -42,12 +49,13 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from kms_adapter.port import ClientState
-from provisioning.entitlements import DesiredClient, entitled_products
+from provisioning.entitlements import DesiredClient, desired_state_of_valid, entitled_products
 from provisioning.errors import InvalidSubscription, Rejection
 from provisioning.provider import ProviderConfig
-from provisioning.validation import sorted_devices, validate_subscription
+from provisioning.revocation import revoked_devices
+from provisioning.validation import validate_subscription
 from reconciler.model import StoredSubscription
-from schemas.records import Device, DriftItem, Product, Service, SubscriptionEvent, SubscriptionState
+from schemas.records import Device, DriftItem, Product, SubscriptionEvent, SubscriptionState
 
 __all__ = ["DesiredStates", "SubscriptionDrift", "cards_to_query", "compare"]
 
@@ -61,7 +69,8 @@ class SubscriptionDrift:
     ``resync``: current cards whose entitlements (and pairing, for those in ``pair``) are rewritten;
     ``default_pin``: current cards that get the default PIN; ``retired``: cards CRM no longer has,
     each with ``stb_serial`` = the box the KMS pairs it with (``None``: not paired).
-    ``rejection`` is set when the stored state fails validation; nothing else is then set.
+    ``rejection`` is set when the stored state fails validation; the cards are then only those to
+    clear (``resync``) and ``retired``.
     """
 
     subscription_id: str
@@ -77,6 +86,10 @@ class SubscriptionDrift:
         return bool(self.items)
 
 
+#: What ``entitled_products`` reads of one service: a hashable key (``distributors`` is a list).
+_ServiceKey = tuple[str, str, datetime | None, datetime | None, tuple[str, ...] | None]
+
+
 class DesiredStates:
     """``provisioning.desired_state`` at one time ``at``, the entitlement rule memoised (see above)."""
 
@@ -84,24 +97,29 @@ class DesiredStates:
         self.provider = provider
         self.at = at
         self._max = max_entries
-        self._products: dict[tuple[SubscriptionState, tuple[Service, ...], str], tuple[Product, ...]] = {}
+        self._products: dict[tuple[SubscriptionState, tuple[_ServiceKey, ...], str], tuple[Product, ...]] = {}
 
     def of(self, event: SubscriptionEvent) -> dict[str, DesiredClient]:
         """Secure client → :class:`DesiredClient`; :class:`InvalidSubscription` when validation refuses it."""
         rejection = validate_subscription(event, self.provider)
         if rejection is not None:
             raise InvalidSubscription(rejection)
-        services = tuple(event.services)
-        desired: dict[str, DesiredClient] = {}
-        for device in sorted_devices(event.devices):
-            key = (event.state, services, device.distributor)
-            products = self._products.get(key)
-            if products is None:
-                products = tuple(entitled_products(event, device.distributor, self.provider, self.at))
-                if len(self._products) < self._max:
-                    self._products[key] = products
-            desired[device.secure_client_id] = DesiredClient(device.distributor, products, device.stb_serial)
-        return desired
+        return self.of_valid(event)
+
+    def of_valid(self, event: SubscriptionEvent) -> dict[str, DesiredClient]:
+        """:meth:`of` for an event the caller has just validated."""
+        return desired_state_of_valid(event, self.provider, self.at, products_of=self._memoised)
+
+    def _memoised(self, event: SubscriptionEvent, distributor: str) -> tuple[Product, ...]:
+        services = tuple((s.service_code, s.state.value, s.valid_from, s.valid_until,
+                          None if s.distributors is None else tuple(s.distributors)) for s in event.services)
+        key = (event.state, services, distributor)
+        products = self._products.get(key)
+        if products is None:
+            products = tuple(entitled_products(event, distributor, self.provider, self.at))
+            if len(self._products) < self._max:
+                self._products[key] = products
+        return products
 
 
 def cards_to_query(stored: StoredSubscription) -> list[str]:
@@ -115,17 +133,19 @@ def compare(stored: StoredSubscription, actual: Mapping[str, ClientState], provi
     ``actual`` is taken as unknown to the KMS. Pass one ``desired_states`` for a whole run."""
     event = stored.event
     states = desired_states if desired_states is not None else DesiredStates(provider, at)
-    try:
-        desired = states.of(event)
-    except InvalidSubscription as exc:
-        return SubscriptionDrift(event.subscription_id, rejection=exc.rejection)
+    rejection = validate_subscription(event, provider)
+    if rejection is None:
+        desired = states.of_valid(event)
+    else:  # the revoking direction only: these hold nothing, the others are not compared
+        desired = {d.secure_client_id: DesiredClient(d.distributor, (), None)
+                   for d in revoked_devices(event, provider)}
     items: list[DriftItem] = []
     resync: set[str] = set()
     pair: set[str] = set()
     default_pin: set[str] = set()
     for card, want in desired.items():
         have = actual.get(card) or ClientState(secure_client_id=card, known=False)
-        item = _current_card(event.subscription_id, card, want, have, at)
+        item = _current_card(event.subscription_id, card, want, have, at, pin=rejection is None)
         if item is None:
             continue
         items.append(item)
@@ -136,8 +156,9 @@ def compare(stored: StoredSubscription, actual: Mapping[str, ClientState], provi
         if item.pin:
             default_pin.add(card)
     retired: list[Device] = []
+    current = {d.secure_client_id for d in event.devices}
     for known in stored.retired:
-        if known.secure_client_id in desired:
+        if known.secure_client_id in current:
             continue
         held = actual.get(known.secure_client_id)
         if held is None or not held.known:
@@ -152,13 +173,14 @@ def compare(stored: StoredSubscription, actual: Mapping[str, ClientState], provi
         retired.append(Device(distributor=known.distributor, secure_client_id=known.secure_client_id,
                               stb_serial=held.paired_chipset))
     return SubscriptionDrift(event.subscription_id, tuple(items), frozenset(resync), frozenset(pair),
-                             frozenset(default_pin), tuple(retired))
+                             frozenset(default_pin), tuple(retired), rejection)
 
 
 def _current_card(subscription_id: str, card: str, want: DesiredClient, have: ClientState,
-                  at: datetime) -> DriftItem | None:
+                  at: datetime, *, pin: bool) -> DriftItem | None:
+    """The card's drift; ``pin``: whether a missing PIN counts (not for a card being cleared)."""
     live = _live(have.entitlements, at)
-    if (have.pin_set and (want.chipset is None or have.paired_chipset == want.chipset)
+    if ((have.pin_set or not pin) and (want.chipset is None or have.paired_chipset == want.chipset)
             and _same(want.products, live)):
         return None  # the common case, decided without building sets
     wanted = {p.product_id: p for p in want.products}
@@ -170,11 +192,11 @@ def _current_card(subscription_id: str, card: str, want: DesiredClient, have: Cl
     if want.chipset is not None and have.paired_chipset != want.chipset:
         pairing = f"expected {want.chipset}, found {have.paired_chipset or 'none'}"
     drifted = bool(missing or extra or wrong or pairing)
-    pin = _PIN_MISSING if not have.pin_set and (have.known or drifted) else None
-    if not drifted and pin is None:
+    missing_pin = _PIN_MISSING if pin and not have.pin_set and (have.known or drifted) else None
+    if not drifted and missing_pin is None:
         return None
     return DriftItem(subscription_id=subscription_id, secure_client_id=card, missing_products=missing,
-                     extra_products=extra, wrong_dates=wrong, pairing=pairing, pin=pin)
+                     extra_products=extra, wrong_dates=wrong, pairing=pairing, pin=missing_pin)
 
 
 def _same(wanted: Sequence[Product], held: Sequence[Product]) -> bool:

@@ -10,17 +10,23 @@ One run, for one :class:`~schemas.records.ReconcileRequest`:
 3. **Read the KMS**: each batch's cards (current devices and cards CRM no longer has) are read with
    ``query_clients`` in chunks of ``query_batch``, at most ``query_concurrency`` calls at once.
    Transient KMS errors are retried ``query_attempts`` times; then the batch's subscriptions count as
-   ``failed`` and the run goes on.
+   ``failed`` and the run goes on. A chunk the KMS rejects (a terminal error, such as a card id XML
+   cannot carry) is split in halves and each half queried again, down to the card it rejects: one bad
+   card never fails the good ones, and the subscriptions holding a rejected card count as ``failed``
+   (logged with the code).
 4. **Compare** (:func:`reconciler.drift.compare`): desired state from the same planning code the
-   translator uses, evaluated at the run's start time.
+   translator uses, evaluated at the run's start time. A subscription whose stored state validation
+   rejects is compared, and repaired, in the revoking direction only (its boxes cleared as planning
+   clears them for a rejected event) and is reported with its rejection code, not as ``failed``.
 5. **Repair** (not for previews): each drifted subscription's commands come from
    :func:`provisioning.repair.plan_repair` (``plan_reset`` plus cards CRM no longer has and missing
    PINs), with keys derived from the run id. A repair whose fingerprint matches an unexpired
    expectation of an earlier run is in flight already and is not published again
    (:mod:`reconciler.expectations`). Commands are published to ``kms.commands`` and flushed per
    batch; only then are the batch's expectations recorded.
-6. **Report**: counts (checked, in_sync, drifted, commands_published, failed), the explicitly named
-   subscriptions the store does not hold (``unknown_subscriptions``), drift items capped
+6. **Report**: counts (checked, in_sync, drifted, commands_published, failed, rejected), the
+   explicitly named subscriptions the store does not hold (``unknown_subscriptions``), the rejection
+   code of each rejected subscription (``rejections``, capped at ``item_cap``), drift items capped
    at ``item_cap`` with ``items_omitted``, duration. Metrics: ``kmsbridge_reconcile_drifted_total``
    by run type, and ``kmsbridge_reconcile_last_success_timestamp_seconds`` after a reset run with no
    failure.
@@ -46,7 +52,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from consumers.metrics import RECONCILE_DRIFTED, RECONCILE_LAST_SUCCESS
-from kms_adapter.errors import KmsError
+from kms_adapter.errors import KmsError, KmsRejected
 from kms_adapter.port import ClientState, KmsPort
 from provisioning.provider import ProviderConfig
 from provisioning.repair import plan_repair
@@ -96,6 +102,8 @@ class RunStats:
     pending: int = 0  # drifted, repair already in flight (an earlier run's expectation)
     kms_queries: int = 0
     unknown_subscriptions: list[str] = field(default_factory=list)
+    rejected: int = 0  # subscriptions validation rejects (also counted as in_sync or drifted)
+    rejections: dict[str, str] = field(default_factory=dict)  # subscription → code, the first item_cap
     items: list[DriftItem] = field(default_factory=list)
     items_omitted: int = 0
 
@@ -106,6 +114,7 @@ class _Batch:
     drifts: list[SubscriptionDrift] = field(default_factory=list)
     pending: dict[str, str] = field(default_factory=dict)
     error: str | None = None
+    unreadable: dict[str, str] = field(default_factory=dict)  # subscription → "card: code" the KMS rejected
 
 
 def _utc_now() -> datetime:
@@ -159,13 +168,14 @@ class ResetJob:
         if not request.preview and error is None and stats.failed == 0:
             RECONCILE_LAST_SUCCESS.set(finished.timestamp())
         log.info("reconcile finished run_id=%s type=%s checked=%d in_sync=%d drifted=%d commands_published=%d "
-                 "failed=%d pending=%d kms_queries=%d duration=%.1fs%s", request.run_id, kind, stats.checked,
-                 stats.in_sync, stats.drifted, stats.commands_published, stats.failed, stats.pending,
+                 "failed=%d rejected=%d pending=%d kms_queries=%d duration=%.1fs%s", request.run_id, kind,
+                 stats.checked, stats.in_sync, stats.drifted, stats.commands_published, stats.failed,
+                 stats.rejected, stats.pending,
                  stats.kms_queries, duration, f" error={error}" if error else "")
         return ReconcileReport(
             run_id=request.run_id, preview=request.preview, checked=stats.checked, in_sync=stats.in_sync,
             drifted=stats.drifted, commands_published=stats.commands_published, failed=stats.failed,
-            unknown_subscriptions=stats.unknown_subscriptions,
+            unknown_subscriptions=stats.unknown_subscriptions, rejected=stats.rejected, rejections=stats.rejections,
             items=stats.items, items_omitted=stats.items_omitted, started_at=started, finished_at=finished,
             duration_seconds=round(duration, 3), error=error,
         )
@@ -218,19 +228,42 @@ class ResetJob:
         batch = _Batch(subscriptions)
         cards = list(dict.fromkeys(card for s in subscriptions for card in cards_to_query(s)))
         chunks = [cards[i:i + self.config.query_batch] for i in range(0, len(cards), self.config.query_batch)]
+        rejected: dict[str, str] = {}
         try:
-            answers = await asyncio.gather(*(self._query(chunk, queries, stats) for chunk in chunks))
+            answers = await asyncio.gather(*(self._query_apart(chunk, queries, stats, rejected) for chunk in chunks))
         except KmsError as exc:
             batch.error = f"{type(exc).__name__}: {exc}"
             return batch
         actual: dict[str, ClientState] = {}
         for answer in answers:
             actual.update(answer)
-        batch.drifts = [compare(s, actual, self._provider, desired.at, desired_states=desired) for s in subscriptions]
+        for s in subscriptions:
+            bad = next((card for card in cards_to_query(s) if card in rejected), None)
+            if bad is not None:
+                batch.unreadable[s.event.subscription_id] = f"{bad!r}: {rejected[bad]}"
+        batch.drifts = [SubscriptionDrift(s.event.subscription_id) if s.event.subscription_id in batch.unreadable
+                        else compare(s, actual, self._provider, desired.at, desired_states=desired)
+                        for s in subscriptions]
         if not request.preview:
             batch.pending = await asyncio.to_thread(
                 self._expectations.pending, [s.event.subscription_id for s in subscriptions], self._clock())
         return batch
+
+    async def _query_apart(self, chunk: Sequence[str], queries: asyncio.Semaphore, stats: RunStats,
+                           rejected: dict[str, str]) -> dict[str, ClientState]:
+        """:meth:`_query`; a chunk the KMS rejects is queried again in halves, down to the card it
+        rejects, whose code goes to ``rejected`` (card → code), so the good cards are still read."""
+        try:
+            return await self._query(chunk, queries, stats)
+        except KmsRejected as exc:
+            if len(chunk) == 1:
+                rejected[chunk[0]] = exc.code
+                log.warning("QUERY_CLIENTS rejected secure_client_id=%r code=%s", chunk[0], exc.code)
+                return {}
+        half = len(chunk) // 2
+        left, right = await asyncio.gather(self._query_apart(chunk[:half], queries, stats, rejected),
+                                           self._query_apart(chunk[half:], queries, stats, rejected))
+        return {**left, **right}
 
     async def _query(self, chunk: Sequence[str], queries: asyncio.Semaphore, stats: RunStats,
                      ) -> dict[str, ClientState]:
@@ -265,10 +298,16 @@ class ResetJob:
         for stored, drift in zip(batch.subscriptions, batch.drifts, strict=True):
             sid = stored.event.subscription_id
             stats.checked += 1
-            if drift.rejection is not None:
+            if sid in batch.unreadable:  # the KMS rejected a card of it: it cannot be compared
                 stats.failed += 1
-                log.warning("reconcile cannot plan subscription_id=%s code=%s", sid, drift.rejection.code)
+                log.warning("reconcile cannot read subscription_id=%s card=%s", sid, batch.unreadable[sid])
                 continue
+            if drift.rejection is not None:
+                stats.rejected += 1
+                if len(stats.rejections) < self.config.item_cap:
+                    stats.rejections[sid] = drift.rejection.code
+                log.warning("reconcile rejects subscription_id=%s code=%s (revoking direction only)", sid,
+                            drift.rejection.code)
             if not drift.drifted:
                 stats.in_sync += 1
                 if sid in batch.pending:
@@ -281,9 +320,6 @@ class ResetJob:
             plan = plan_repair(stored.event, self._provider, run_id=request.run_id, at=at,
                                secure_client_ids=drift.resync, pair=drift.pair, default_pin=drift.default_pin,
                                retired=drift.retired, process_name=PROCESS, topic=self.config.commands_topic)
-            if plan.rejection is not None:  # compare() validated already; kept for safety
-                stats.failed += 1
-                continue
             digest = fingerprint(plan.commands)
             if batch.pending.get(sid) == digest:
                 stats.pending += 1

@@ -327,6 +327,10 @@ class ReconcileReport(_Record):
     failed: int = 0
     # named by the run, unknown to the store
     unknown_subscriptions: list[Identifier] = Field(default_factory=list, max_length=MAX_ID_LIST)
+    # Subscriptions whose stored state validation rejects (repaired in the revoking direction only):
+    # their count, and subscription → rejection code of the first ones (capped like ``items``).
+    rejected: int = 0
+    rejections: dict[str, Name] = Field(default_factory=dict, max_length=MAX_REPORT_ITEMS)
     items: list[DriftItem] = Field(default_factory=list, max_length=MAX_REPORT_ITEMS)
     items_omitted: int = 0
     started_at: AwareDatetime

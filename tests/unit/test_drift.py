@@ -171,12 +171,44 @@ def test_a_card_crm_no_longer_has_is_in_sync_once_cleared_or_if_the_kms_forgot_i
     assert not drift_of(in_sync_kms(), retired=(gone,)).drifted
 
 
-def test_a_subscription_that_fails_validation_is_not_compared() -> None:
-    drift = drift_of(in_sync_kms(), event(devices=[TWIN1]))
+def test_an_invalid_subscription_is_compared_in_the_revoking_direction_only() -> None:
+    # TWIN1 without MAIN: its box may not stay entitled; a missing PIN is not a reason to touch it
+    drift = drift_of({"200": held("200", BASIC, "B-2", pin=False)}, event(devices=[TWIN1]))
 
     assert drift.rejection is not None
     assert drift.rejection.code == "REQUIRED_DISTRIBUTOR_MISSING"
+    assert drift.items == (DriftItem(subscription_id="S-1", secure_client_id="200", extra_products=["P100", "P101"]),)
+    assert (drift.resync, drift.pair, drift.default_pin) == (frozenset({"200"}), frozenset(), frozenset())
+    plan = plan_repair(event(devices=[TWIN1]), PROVIDER, run_id="R-1", at=AT, secure_client_ids=drift.resync,
+                       pair=drift.pair, default_pin=drift.default_pin, retired=drift.retired)
+    assert [(c.operation.value, c.secure_client_id) for c in plan.commands] == [("CLEAR_ENTITLEMENTS", "200")]
+    assert plan.rejection == drift.rejection
+
+
+def test_an_invalid_subscription_whose_boxes_hold_nothing_is_in_sync_with_its_rejection() -> None:
+    drift = drift_of({"200": held("200", (), None)}, event(devices=[TWIN1]))
+
+    assert drift.rejection is not None and not drift.drifted
+
+
+def test_an_invalid_subscription_leaves_a_box_that_stands_uncompared() -> None:
+    # MAIN stands on its own; the grant is rejected (KARAOKE has no mapping), so MAIN's missing SPORTS
+    # is not granted by a reset either
+    ev = event(devices=[MAIN], services=[Service(service_code="KARAOKE", state=ServiceState.ACTIVE),
+                                         Service(service_code="SPORTS", state=ServiceState.ACTIVE)])
+    drift = drift_of({"100": held("100", BASIC, "B-1")}, ev)
+
+    assert drift.rejection is not None and drift.rejection.code == "UNMAPPED_SERVICE"
     assert not drift.drifted
+
+
+def test_a_suspended_invalid_subscription_clears_every_box_it_names() -> None:
+    twin9 = Device(distributor="TWIN9", secure_client_id="900")
+    ev = event(state=SubscriptionState.SUSPENDED, devices=[TWIN1, twin9])
+    drift = drift_of({"200": held("200", BASIC, "B-2"), "900": held("900", (SPORTS,), None)}, ev)
+
+    assert drift.rejection is not None and drift.rejection.code == "UNKNOWN_DISTRIBUTOR"
+    assert drift.resync == frozenset({"200", "900"})
 
 
 def test_the_cards_to_query_are_the_current_devices_then_the_retired_ones() -> None:

@@ -63,7 +63,8 @@ def rejection_code(**fields: Any) -> str | None:
     plan = plan_subscription(event(**fields), PROVIDER)
     if plan.rejection is None:
         return None
-    assert plan.commands == ()  # a rejected event plans nothing
+    # a rejected event grants nothing: what it plans only takes away
+    assert {c.operation for c in plan.commands} <= {Operation.CLEAR_ENTITLEMENTS, Operation.UNPAIR}
     return plan.rejection.code
 
 
@@ -448,10 +449,12 @@ def test_reset_of_a_cancelled_subscription_clears_it() -> None:
     assert steps(plan.commands) == [("CLEAR_ENTITLEMENTS", "100")]
 
 
-def test_reset_of_an_invalid_subscription_is_rejected() -> None:
+def test_reset_of_an_invalid_subscription_only_clears_the_box_that_cannot_stand() -> None:
     plan = plan_reset(event(devices=[TWIN1]), PROVIDER, run_id="R-1", at=AT)
 
-    assert plan.commands == ()
+    assert steps(plan.commands) == [("CLEAR_ENTITLEMENTS", TWIN1.secure_client_id)]
+    assert plan.commands[0].idempotency_key == idempotency_key(
+        KeySource.RUN, "R-1", TWIN1.secure_client_id, OP.CLEAR_ENTITLEMENTS)
     assert plan.rejection is not None and plan.rejection.code == errors.REQUIRED_DISTRIBUTOR_MISSING
 
 

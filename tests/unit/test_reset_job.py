@@ -241,13 +241,20 @@ def test_drift_items_are_capped_and_the_rest_counted(world: World) -> None:
     assert REGISTRY.get_sample_value("kmsbridge_reconcile_drifted_total", {"run_type": "preview"}) == before + 10
 
 
-def test_a_subscription_that_fails_validation_counts_as_failed(world: World) -> None:
-    world.seed(3)
+def test_a_subscription_that_fails_validation_is_cleared_and_reported_with_its_code(world: World) -> None:
+    world.seed(3)  # C001 holds BASIC; S-001 now lists it as a TWIN1 box without a MAIN
     world.store.upsert([event(1, version=2, devices=[Device(distributor="TWIN1", secure_client_id="C001")])])
 
     report = world.run()
+    published = [(c.operation.value, c.secure_client_id) for c in world.sink.commands]
+    world.apply_published()
+    second = world.run()
 
-    assert (report.checked, report.in_sync, report.failed, report.drifted) == (3, 2, 1, 0)
+    assert (report.checked, report.in_sync, report.failed, report.drifted) == (3, 2, 0, 1)
+    assert (report.rejected, report.rejections) == (1, {"S-001": "REQUIRED_DISTRIBUTOR_MISSING"})
+    assert report.succeeded
+    assert published == [("CLEAR_ENTITLEMENTS", "C001")]
+    assert (second.in_sync, second.drifted, second.rejected, second.commands_published) == (3, 0, 1, 0)
 
 
 def test_a_reset_run_waits_for_the_lock_and_fails_when_another_run_keeps_it(world: World) -> None:

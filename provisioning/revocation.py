@@ -1,0 +1,76 @@
+"""What an event takes away, planned whatever else is wrong with it (DESIGN.md §5).
+
+"Revocation is never held back": validation (:mod:`provisioning.validation`) may reject what an
+event *grants*, never what it *takes away*. This module names the boxes that hold nothing after an
+event, valid or not, so planning, a reset and drift detection clear the same ones:
+
+* :func:`removed_cards`: every card in ``removed_devices``, once (the first entry in device order
+  when CRM lists a card twice), cleared and unpaired from the box that entry names;
+* :func:`revoked_devices`: the current devices that are cleared even when the grant is rejected:
+
+  - every device of a SUSPENDED or CANCELLED subscription;
+  - of an ACTIVE one, every device whose entitlement the rules cannot establish: a distributor the
+    provider does not configure, a card listed twice, a distributor two devices share (one viewing
+    point each: at least one of them is not paid for), and a device whose required distributor has
+    no standing device (transitively: TWIN2 requiring TWIN1 requiring MAIN falls with MAIN).
+
+  Each card appears once, in device order. A device not named here keeps its KMS state when the
+  grant is rejected: its entitlement is neither granted nor taken.
+
+Pure, like the rest of ``provisioning``.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable
+
+from provisioning.provider import ProviderConfig
+from provisioning.validation import sorted_devices
+from schemas.records import Device, SubscriptionEvent, SubscriptionState
+
+__all__ = ["removed_cards", "revoked_devices"]
+
+
+def removed_cards(event: SubscriptionEvent) -> list[Device]:
+    """``removed_devices`` in device order, each card once."""
+    return _once_per_card(sorted_devices(event.removed_devices))
+
+
+def revoked_devices(event: SubscriptionEvent, provider: ProviderConfig) -> list[Device]:
+    """The current devices cleared whatever validation says (see the module docstring)."""
+    devices = sorted_devices(event.devices)
+    if event.state is not SubscriptionState.ACTIVE:
+        return _once_per_card(devices)
+    cards = Counter(d.secure_client_id for d in devices)
+    shared = Counter(d.distributor for d in devices)
+    standing = _standing_distributors(devices, provider)
+    return _once_per_card(
+        d for d in devices
+        if cards[d.secure_client_id] > 1 or shared[d.distributor] > 1 or d.distributor not in standing
+    )
+
+
+def _standing_distributors(devices: Iterable[Device], provider: ProviderConfig) -> set[str]:
+    """Configured distributors in use whose required distributor (if any) is standing too."""
+    standing = {d.distributor for d in devices if provider.rule(d.distributor) is not None}
+    while True:
+        fallen = {name for name in standing if _requires(provider, name) not in (None, *standing)}
+        if not fallen:
+            return standing
+        standing -= fallen
+
+
+def _requires(provider: ProviderConfig, distributor: str) -> str | None:
+    rule = provider.rule(distributor)
+    return rule.requires if rule is not None else None
+
+
+def _once_per_card(devices: Iterable[Device]) -> list[Device]:
+    seen: set[str] = set()
+    kept: list[Device] = []
+    for device in devices:
+        if device.secure_client_id not in seen:
+            seen.add(device.secure_client_id)
+            kept.append(device)
+    return kept
