@@ -17,6 +17,11 @@ commands one after the other):
    marked for the DLQ with its attempt history. So a degraded KMS never dead-letters anything either.
 5. The outcome goes to the ledger (and the client's version rises) before the result is published.
 
+A database error caused by the command's content (a value too long for its ledger column, a NUL
+byte: :func:`~consumers.dlq.is_content_error`) raises :class:`LedgerRejected` with the result to
+publish: the caller dead-letters the command and never retries it, so a KMS call already made is
+never repeated. Other database errors propagate for the caller to retry (the database is away).
+
 An error the adapter did not map (a bug) counts as transient: the command stays in place instead of
 crashing its task and blocking its partition's offset forever. Before every attempt the caller may
 say the command was abandoned (its partition revoked): it stops at once, recording nothing, and the
@@ -40,6 +45,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from consumers.breaker import Breaker, Diagnosis
+from consumers.dlq import DatabaseRejected, is_content_error
 from consumers.errors import CommandAbandoned
 from consumers.ledger import GroupCommit, Ledger
 from consumers.metrics import KMS_REQUEST_SECONDS, KMS_REQUESTS, KMS_RETRIES
@@ -47,14 +53,15 @@ from kms_adapter.errors import KmsError, KmsRejected
 from kms_adapter.port import KmsPort
 from schemas.records import KmsCommand, KmsResult, Operation, ResultState
 
-__all__ = ["KMS_ERROR", "MAX_HISTORY", "STALE_COMMAND", "TRANSPORT_ERROR", "CommandRunner", "RunOutcome",
-           "full_jitter"]
+__all__ = ["INVALID_COMMAND", "KMS_ERROR", "MAX_HISTORY", "STALE_COMMAND", "TRANSPORT_ERROR", "CommandRunner",
+           "LedgerRejected", "RunOutcome", "full_jitter"]
 
 log = logging.getLogger(__name__)
 
 STALE_COMMAND = "STALE_COMMAND"
 TRANSPORT_ERROR = "TRANSPORT_ERROR"
 KMS_ERROR = "KMS_ERROR"
+INVALID_COMMAND = "INVALID_COMMAND"
 _ABANDON_CHECK_SECONDS = 0.5
 MAX_HISTORY = 20  # attempts kept for the DLQ headers (the newest; the count says how many there were)
 
@@ -67,6 +74,15 @@ class RunOutcome:
     result: KmsResult
     dead_letter: bool = False
     history: tuple[str, ...] = field(default_factory=tuple)
+
+
+class LedgerRejected(DatabaseRejected):
+    """The ledger refused the command's content; ``result`` is what to publish (the KMS's outcome when
+    the call was made, else REJECTED ``INVALID_COMMAND``)."""
+
+    def __init__(self, exc: BaseException, result: KmsResult) -> None:
+        super().__init__(exc)
+        self.result = result
 
 
 def full_jitter(attempt: int, initial: float, cap: float) -> float:
@@ -99,7 +115,15 @@ class CommandRunner:
         true (the partition was revoked) :class:`CommandAbandoned` is raised and nothing is recorded."""
         # step 1: ledger
         guarded = cmd.subscription_version is not None and cmd.secure_client_id != "*"
-        known, applied = self._ledger.lookup(cmd.idempotency_key, cmd.secure_client_id if guarded else None)
+        try:
+            known, applied = self._ledger.lookup(cmd.idempotency_key, cmd.secure_client_id if guarded else None)
+        except Exception as exc:
+            if not is_content_error(exc):
+                raise
+            result = self._result(cmd, ResultState.REJECTED, attempts=0, started=time.monotonic(),
+                                  error_code=INVALID_COMMAND,
+                                  error_description="the ledger refused the command's content")
+            raise LedgerRejected(exc, result) from exc
         if known is not None:
             return RunOutcome(known.model_copy(update={"duplicate": True}))
         # step 2: stale guard
@@ -107,7 +131,7 @@ class CommandRunner:
         if stale is not None:
             result = self._result(cmd, ResultState.REJECTED, attempts=0, started=time.monotonic(),
                                   error_code=STALE_COMMAND, error_description=stale)
-            await self._writes.record(result)
+            await self._record(result)
             log.info("stale command not applied idempotency_key=%s secure_client_id=%s",
                      cmd.idempotency_key, cmd.secure_client_id)
             return RunOutcome(result)
@@ -134,7 +158,7 @@ class CommandRunner:
                     error_code=KMS_ERROR, error_description="the KMS rejected the command",
                     provider_error_code=exc.code, provider_error_description=exc.description,
                 )
-                await self._writes.record(result)
+                await self._record(result)
                 return RunOutcome(result)
             except KmsError as exc:
                 kind = str(getattr(exc, "kind", type(exc).__name__))
@@ -154,7 +178,7 @@ class CommandRunner:
                 result = self._result(cmd, ResultState.COMPLETED, attempts=attempts, started=started,
                                       provider_error_code=outcome[0], provider_error_description=None,
                                       client_info=outcome[1])
-                await self._writes.record(result, version=cmd.subscription_version,
+                await self._record(result, version=cmd.subscription_version,
                                           subscription_id=cmd.subscription_id)
                 return RunOutcome(result)
             # a transient failure
@@ -178,6 +202,18 @@ class CommandRunner:
             if retry_after:
                 delay = max(delay, min(retry_after, self._cap))
             await asyncio.sleep(delay)
+
+    async def _record(self, result: KmsResult, *, version: int | None = None,
+                      subscription_id: str | None = None) -> None:
+        """Step 5: the outcome to the ledger; a refusal of its content is :class:`LedgerRejected`."""
+        try:
+            await self._writes.record(result, version=version, subscription_id=subscription_id)
+        except Exception as exc:
+            if not is_content_error(exc):
+                raise
+            log.error("ledger refused the outcome idempotency_key=%s state=%s error=%s", result.idempotency_key,
+                      result.state.value, type(exc).__name__)
+            raise LedgerRejected(exc, result) from exc
 
     async def _wait_closed(self, cmd: KmsCommand, abandoned: Callable[[], bool] | None) -> None:
         """Wait for the breaker to close, noticing meanwhile (every half second) if the command was
@@ -214,7 +250,7 @@ class CommandRunner:
             cmd, ResultState.REJECTED, attempts=attempts, started=started, error_code=TRANSPORT_ERROR,
             error_description=f"KMS unreachable for this secure client after {attempts} attempts",
         )
-        await self._writes.record(result)
+        await self._record(result)
         log.error("command rejected after %d transient failures idempotency_key=%s secure_client_id=%s",
                   attempts, cmd.idempotency_key, cmd.secure_client_id)
         return RunOutcome(result, dead_letter=True, history=tuple(history))

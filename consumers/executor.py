@@ -14,8 +14,12 @@ Commit protocol (the numbers appear again in the code):
    at most ``max_inflight`` KMS calls run at once across clients.
 5. Run it (:class:`CommandRunner`: ledger, stale guard, retries, breaker), publish its result (and
    DLQ entry, if any); the message is *finished* only when the result is delivered. A failure outside
-   the KMS call (the ledger's database, say) keeps the command and tries it again after a pause, so
-   no task dies leaving an offset unfinished forever.
+   the KMS call (the ledger's database away, say) keeps the command and tries it again after a pause,
+   so no task dies leaving an offset unfinished forever. A database error caused by the command's
+   content (:class:`~consumers.command_runner.LedgerRejected`) is poison instead: the command goes to
+   the DLQ with its result and is never retried, so the KMS is never called twice for it. A result
+   that cannot be published dead-letters its command. DLQ copies go through
+   :class:`~consumers.dlq.DeadLetters` (truncated when too large, any produce error handled).
 6. Before each poll, store the offset below the lowest unfinished message of every partition;
    librdkafka's background commit commits stored offsets only, so nothing past unfinished work is
    ever committed.
@@ -47,21 +51,20 @@ from datetime import timedelta
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
-from consumers.command_runner import CommandRunner, RunOutcome
-from consumers.dlq import HEADER_PREFIX, dlq_headers, screen_size, screen_times
+from consumers.command_runner import CommandRunner, LedgerRejected, RunOutcome
+from consumers.dlq import HEADER_PREFIX, DeadLetters, screen_size, screen_times
 from consumers.errors import CommandAbandoned, FatalKafkaError
 from consumers.health import HealthState
-from consumers.kafka_clients import HangWatchdog, consume_available, is_fatal
+from consumers.kafka_clients import HangWatchdog, consume_available, is_fatal, produce
 from consumers.metrics import (
     COMMANDS_INFLIGHT,
-    DLQ_MESSAGES,
     MESSAGES_CONSUMED,
     MESSAGES_PROCESSED,
     PROCESSING_SECONDS,
 )
 from consumers.offsets import OffsetTracker
 from schemas.codec import Codec
-from schemas.errors import PoisonMessage
+from schemas.errors import PoisonMessage, RecordEncodeError
 from schemas.records import KmsCommand, KmsResult, ResultState
 
 __all__ = ["Executor", "ExecutorConfig"]
@@ -106,6 +109,7 @@ class Executor:
         self.breaker_open = False
         self._tasks: set[asyncio.Task[None]] = set()
         self._watchdog = HangWatchdog("executor")
+        self._dead_letters = DeadLetters(producer, PROCESS)
 
     # --- public ------------------------------------------------------------------------------------
 
@@ -178,9 +182,7 @@ class Executor:
             cmd = self._codec.decode(value, KmsCommand)
             screen_times(cmd, _TIME_FIELDS, self._cfg.max_future_skew)
         except PoisonMessage as exc:
-            log.warning("dead-lettered topic=%s partition=%s offset=%s reason=%s", topic, partition, offset,
-                        exc.reason)
-            self._dead_letter(msg, exc, on_done=finish)
+            self._dead_letters.send(self._cfg.dlq_topic, msg, exc, on_delivered=finish)
             MESSAGES_PROCESSED.labels(PROCESS, topic, "dlq").inc()
             return
         # step 4: chain behind the same secure client
@@ -209,6 +211,9 @@ class Executor:
         def abandoned() -> bool:  # step 7/8: revoked, or shutting down, before the next attempt
             return self._stopping.is_set() or not self._tracker.owns(topic, partition, epoch)
 
+        def finish() -> None:
+            self._tracker.finished(topic, partition, offset, epoch)
+
         failures = 0
         while True:
             try:
@@ -220,6 +225,11 @@ class Executor:
                 log.debug("command abandoned idempotency_key=%s (partition revoked or shutting down)",
                           cmd.idempotency_key)
                 return
+            except LedgerRejected as exc:  # the command's content: poison, never retried (no second KMS call)
+                self._dead_letters.send(self._cfg.dlq_topic, msg, exc)
+                self._publish(RunOutcome(exc.result), msg, finish)
+                MESSAGES_PROCESSED.labels(PROCESS, topic, "dlq").inc()
+                return
             except Exception as exc:  # the ledger's database or a bug: keep the command, try again
                 failures += 1
                 log.warning("command failed outside the KMS call idempotency_key=%s error=%s; retrying",
@@ -227,7 +237,7 @@ class Executor:
                 await asyncio.sleep(min(_RETRY_CAP_SECONDS, 0.1 * 2**failures))
                 if abandoned():
                     return
-        self._publish(outcome, msg, lambda: self._tracker.finished(topic, partition, offset, epoch))
+        self._publish(outcome, msg, finish)
         PROCESSING_SECONDS.labels(PROCESS, topic).observe(time.monotonic() - t0)
         label = "ok" if outcome.result.state is ResultState.COMPLETED else "rejected"
         if outcome.result.duplicate:
@@ -242,32 +252,26 @@ class Executor:
                        (f"{HEADER_PREFIX}attempts", str(result.attempts))]
             trusted += [(f"{HEADER_PREFIX}attempt.{i + 1}", h) for i, h in enumerate(outcome.history)]
             err = RuntimeError(result.error_description or "transport error")
-            self._produce(self._cfg.dlq_topic, msg.key(), msg.value(),
-                          dlq_headers(msg, err, reason="transport_budget", trusted=trusted), None)
-            DLQ_MESSAGES.labels(self._cfg.commands_topic, "transport_budget").inc()
-        self._produce(self._cfg.results_topic, _result_key(result), self._codec.encode(result,
-                      self._cfg.results_topic), None, on_done)
+            self._dead_letters.send(self._cfg.dlq_topic, msg, err, reason="transport_budget", trusted=trusted)
+        try:
+            encoded = self._codec.encode(result, self._cfg.results_topic)
+            self._produce_result(_result_key(result), encoded, on_done)
+        except (KafkaException, RecordEncodeError, ValueError) as exc:
+            # the result cannot be published (a record the codec or the broker refuses): the command is
+            # dead-lettered instead of holding its partition's offset forever
+            log.error("result not publishable idempotency_key=%s error=%s", result.idempotency_key,
+                      type(exc).__name__)
+            self._dead_letters.send(self._cfg.dlq_topic, msg, ResultNotPublished(exc), on_delivered=on_done)
 
-    def _dead_letter(self, msg: Message, exc: PoisonMessage, on_done: OnDone) -> None:
-        DLQ_MESSAGES.labels(msg.topic() or "", exc.reason).inc()
-        self._produce(self._cfg.dlq_topic, msg.key(), msg.value(), dlq_headers(msg, exc), on_done)
-
-    def _produce(self, topic: str, key: bytes | str | None, value: bytes | None,
-                 headers: list[tuple[str, str | bytes | None]] | None, on_done: OnDone | None) -> None:
+    def _produce_result(self, key: str, value: bytes, on_done: OnDone) -> None:
         def delivered(err: KafkaError | None, _msg: Message) -> None:
             if err is not None:
-                log.error("delivery to %s failed (%s); producing again", topic, err)
-                self._produce(topic, key, value, headers, on_done)
+                log.error("delivery to %s failed (%s); producing again", self._cfg.results_topic, err)
+                self._produce_result(key, value, on_done)
                 return
-            if on_done is not None:
-                on_done()
+            on_done()
 
-        while True:
-            try:
-                self._producer.produce(topic, value=value, key=key, headers=headers, on_delivery=delivered)
-                return
-            except BufferError:
-                self._producer.poll(0.05)  # local queue full: serve deliveries, then try again
+        produce(self._producer, self._cfg.results_topic, key, value, on_delivery=delivered)
 
     def _store_offsets(self) -> None:
         offsets = [TopicPartition(t, p, o) for (t, p), o in self._tracker.all_committable().items()
@@ -365,6 +369,15 @@ class Executor:
                  "keeps finished ones from running twice)", left)
         if fatal is not None:
             raise fatal
+
+
+class ResultNotPublished(Exception):
+    """A command's result could not be encoded or produced; only the error's class is kept."""
+
+    reason = "result_not_published"
+
+    def __init__(self, exc: BaseException) -> None:
+        super().__init__(f"the result could not be published ({type(exc).__name__})")
 
 
 def _result_key(result: KmsResult) -> str:

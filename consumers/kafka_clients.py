@@ -10,9 +10,10 @@ idempotence).
 
 Every client gets an ``error_cb`` (:class:`KafkaErrorHandler`). librdkafka retries nearly everything
 by itself, which is right for a broker that is down or restarting, but wrong for credentials the
-broker refuses: the process would spin forever looking healthy. An authentication failure therefore
-raises :class:`~consumers.errors.KafkaAuthenticationFailed` out of the poll, consume or flush call
-that served it, and the process exits non-zero with a message naming the settings to check.
+broker refuses, or for a broker whose certificate we do not trust: the process would spin forever looking
+healthy. An authentication failure therefore raises :class:`~consumers.errors.KafkaAuthenticationFailed`,
+and a failed TLS handshake :class:`~consumers.errors.KafkaTlsFailed`, out of the poll, consume or flush
+call that served it, and the process exits non-zero with a message naming the settings to check.
 """
 
 from __future__ import annotations
@@ -27,19 +28,22 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer
 
-from consumers.errors import FatalKafkaError, KafkaAuthenticationFailed
+from consumers.errors import FatalKafkaError, KafkaAuthenticationFailed, KafkaTlsFailed
 
 KafkaConfig = Mapping[str, str]
 
 __all__ = [
     "AUTHENTICATION_ERRORS",
+    "PRODUCER_MAX_MESSAGE_BYTES",
     "WATCHDOG_EXIT_CODE",
     "HangWatchdog",
     "KafkaErrorHandler",
     "consumer_config",
     "is_fatal",
+    "kafka_error",
     "make_consumer",
     "make_producer",
+    "produce",
     "producer_config",
 ]
 
@@ -48,6 +52,9 @@ log = logging.getLogger(__name__)
 #: librdkafka's local authentication failure and the broker's SASL error code.
 AUTHENTICATION_ERRORS: frozenset[int] = frozenset({KafkaError._AUTHENTICATION, KafkaError.SASL_AUTHENTICATION_FAILED})
 _LOG_EVERY_SECONDS = 10.0
+#: librdkafka's default ``message.max.bytes``: the largest message our producers send.
+PRODUCER_MAX_MESSAGE_BYTES = 1_000_000
+_QUEUE_FULL_POLL_SECONDS = 0.05
 #: Exit status when :class:`HangWatchdog` ends a stuck process (EX_TEMPFAIL: temporary, start it again).
 WATCHDOG_EXIT_CODE = 75
 
@@ -69,6 +76,12 @@ class KafkaErrorHandler:
                 f"Kafka authentication failed for the {self.role} ({err.name()}): {err.str()}. Check the settings "
                 "KMSBRIDGE_KAFKA__SASL_USERNAME and KMSBRIDGE_KAFKA__SASL_PASSWORD (and "
                 "KMSBRIDGE_KAFKA__SASL_MECHANISM, KMSBRIDGE_KAFKA__SECURITY_PROTOCOL)"))
+            return
+        if code == KafkaError._SSL:  # librdkafka raises it for a failed handshake only
+            self._fail(KafkaTlsFailed(
+                f"Kafka TLS handshake failed for the {self.role} ({err.name()}): {err.str()}. Check the setting "
+                "KMSBRIDGE_KAFKA__SSL_CA_LOCATION (the CA that signed the broker's certificate) and that the "
+                "host in KMSBRIDGE_KAFKA__BOOTSTRAP_SERVERS is named in that certificate"))
             return
         if is_fatal(err):
             self._fail(FatalKafkaError(f"fatal Kafka error in the {self.role} ({err.name()}): {err.str()}"))
@@ -204,6 +217,25 @@ def consume_available(consumer: Consumer, max_messages: int, timeout: float) -> 
         return []
     rest = consumer.consume(max_messages - 1, 0) if max_messages > 1 else []
     return [first, *rest]
+
+
+Headers = list[tuple[str, str | bytes | None]]
+
+
+def produce(producer: Producer, topic: str, key: bytes | str | None, value: bytes | None,
+            headers: Headers | None = None, on_delivery: Callable[[KafkaError | None, Message], None] | None = None,
+            ) -> None:
+    """``producer.produce``, waiting while the local queue is full (serving deliveries meanwhile).
+    Any other error (:class:`KafkaException`: too large, fatal, no transaction) is the caller's."""
+    while True:
+        try:
+            if on_delivery is None:
+                producer.produce(topic, value=value, key=key, headers=headers)
+            else:
+                producer.produce(topic, value=value, key=key, headers=headers, on_delivery=on_delivery)
+            return
+        except BufferError:
+            producer.poll(_QUEUE_FULL_POLL_SECONDS)
 
 
 def make_consumer(config: dict[str, Any]) -> Consumer:

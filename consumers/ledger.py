@@ -23,6 +23,7 @@ from sqlalchemy import Column, DateTime, Integer, MetaData, String, Table, Text,
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 
+from consumers.dlq import is_content_error
 from schemas.records import KmsResult
 
 __all__ = ["LEDGER_METADATA", "Entry", "GroupCommit", "Ledger"]
@@ -82,7 +83,9 @@ class GroupCommit:
 
     :meth:`record` returns once its entry is committed, so a caller still publishes a result only
     after its ledger row is durable; commands that finish together (a burst of KMS answers) share
-    one commit instead of paying one each. A failed commit fails every entry of its batch.
+    one commit instead of paying one each. A failed commit fails every entry of its batch, except
+    when the database refused an entry's content (:func:`~consumers.dlq.is_content_error`): then each
+    entry is written alone, so only the entries at fault fail and the others are recorded.
     """
 
     def __init__(self, ledger: Ledger) -> None:
@@ -103,13 +106,32 @@ class GroupCommit:
         try:
             self._ledger.record_many([entry for entry, _ in batch])
         except Exception as exc:
+            if len(batch) > 1 and is_content_error(exc):
+                self._one_by_one(batch)
+                return
             for _, done in batch:
-                if not done.done():
-                    done.set_exception(exc)
+                _settle(done, exc)
             return
         for _, done in batch:
-            if not done.done():
-                done.set_result(None)
+            _settle(done, None)
+
+    def _one_by_one(self, batch: list[tuple[Entry, asyncio.Future[None]]]) -> None:
+        for entry, done in batch:
+            try:
+                self._ledger.record_many([entry])
+            except Exception as exc:
+                _settle(done, exc)
+            else:
+                _settle(done, None)
+
+
+def _settle(done: asyncio.Future[None], exc: BaseException | None) -> None:
+    if done.done():
+        return
+    if exc is None:
+        done.set_result(None)
+    else:
+        done.set_exception(exc)
 
 
 class Ledger:

@@ -27,8 +27,11 @@ broker that is not up yet is waited for, and refused credentials end the process
 
 Input screening (step 3): a tombstone is a counted skip; an oversized value, bytes that do not decode
 (bad magic, unknown fingerprint or schema id, invalid record) and a record dated too far in the future
-go to the DLQ with reason headers; so does a record whose handler fails unexpectedly (a bug), so one
-record cannot stop its partition. Nothing of a screened record reaches ``kms.commands``.
+go to the DLQ with reason headers; so does a record whose handler fails unexpectedly (a bug) and one
+whose output would exceed the producer's message limit, so one record cannot stop its partition.
+Nothing of a screened record reaches ``kms.commands``. DLQ copies go through
+:class:`~consumers.dlq.DeadLetters`: a copy too large for the producer is truncated, and one the broker
+refuses on delivery fails the commit, so the rewound batch produces it truncated.
 """
 
 from __future__ import annotations
@@ -44,11 +47,20 @@ from datetime import timedelta
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
-from consumers.dlq import Oversized, TooFarInFuture, UnexpectedError, dlq_headers, screen_size, screen_times
+from consumers.dlq import (
+    DeadLetters,
+    OutputTooLarge,
+    Oversized,
+    TooFarInFuture,
+    UnexpectedError,
+    screen_output,
+    screen_size,
+    screen_times,
+)
 from consumers.errors import FatalKafkaError
 from consumers.health import HealthState
-from consumers.kafka_clients import HangWatchdog, is_fatal, kafka_error
-from consumers.metrics import DLQ_MESSAGES, MESSAGES_CONSUMED, MESSAGES_PROCESSED, PROCESSING_SECONDS
+from consumers.kafka_clients import HangWatchdog, is_fatal, kafka_error, produce
+from consumers.metrics import MESSAGES_CONSUMED, MESSAGES_PROCESSED, PROCESSING_SECONDS
 from consumers.translation import Translation
 from schemas.codec import Codec
 from schemas.errors import PoisonMessage, SchemaRegistryUnavailable
@@ -89,6 +101,7 @@ class TransactionalTranslator:
         self._stop = threading.Event()
         self._assigned: set[tuple[str, int]] = set()
         self._watchdog = HangWatchdog("translator")
+        self._dead_letters = DeadLetters(producer, PROCESS, transactional=True)
         self.batches_committed = 0
 
     def request_stop(self) -> None:
@@ -176,37 +189,33 @@ class TransactionalTranslator:
             screen_times(record, _TIME_FIELDS, self._cfg.max_future_skew)
             try:
                 translation = handler(record, topic)
-            except (PoisonMessage, SchemaRegistryUnavailable, KafkaException):
+                outputs = self._outputs(translation)
+            except (PoisonMessage, OutputTooLarge, SchemaRegistryUnavailable, KafkaException):
                 raise
             except Exception as exc:  # a bug in planning: dead-letter this record, keep the loop going
                 log.error("handler failed topic=%s partition=%s offset=%s error=%s", topic, msg.partition(),
                           msg.offset(), type(exc).__name__)
                 raise UnexpectedError(exc) from None
-        except (PoisonMessage, UnexpectedError) as exc:
-            DLQ_MESSAGES.labels(topic, exc.reason).inc()
-            self._produce(topic + self._cfg.dlq_suffix, msg.key(), value, dlq_headers(msg, exc))
-            log.warning("dead-lettered topic=%s partition=%s offset=%s reason=%s", topic, msg.partition(),
-                        msg.offset(), exc.reason)
+        except (PoisonMessage, OutputTooLarge, UnexpectedError) as exc:
+            self._dead_letters.send(topic + self._cfg.dlq_suffix, msg, exc)
             return "dlq"
-        for cmd in translation.commands:
-            self._produce(self._cfg.commands_topic, cmd.secure_client_id.encode(),
-                          self._codec.encode(cmd, self._cfg.commands_topic))
-        for result in translation.results:
-            self._produce(self._cfg.results_topic, _result_key(result).encode(),
-                          self._codec.encode(result, self._cfg.results_topic))
-        for run in translation.reconcile:
-            self._produce(self._cfg.reconcile_requests_topic, run.run_id.encode(),
-                          self._codec.encode(run, self._cfg.reconcile_requests_topic))
+        for out_topic, key, encoded in outputs:
+            produce(self._producer, out_topic, key, encoded)
         return translation.outcome
 
-    def _produce(self, topic: str, key: bytes | None, value: bytes,
-                 headers: list[tuple[str, str | bytes | None]] | None = None) -> None:
-        while True:
-            try:
-                self._producer.produce(topic, value=value, key=key, headers=headers)
-                return
-            except BufferError:
-                self._producer.poll(0.05)
+    def _outputs(self, translation: Translation) -> list[tuple[str, bytes, bytes]]:
+        """Every output of ``translation`` encoded, each checked against the producer's limit first, so
+        the record is dead-lettered whole rather than half published (:class:`OutputTooLarge`)."""
+        cfg = self._cfg
+        outputs = [(cfg.commands_topic, cmd.secure_client_id.encode(), self._codec.encode(cmd, cfg.commands_topic))
+                   for cmd in translation.commands]
+        outputs += [(cfg.results_topic, _result_key(result).encode(), self._codec.encode(result, cfg.results_topic))
+                    for result in translation.results]
+        outputs += [(cfg.reconcile_requests_topic, run.run_id.encode(),
+                     self._codec.encode(run, cfg.reconcile_requests_topic)) for run in translation.reconcile]
+        for _topic, key, encoded in outputs:
+            screen_output(key, encoded)
+        return outputs
 
     def _init_transactions(self) -> bool:
         """Register the transactional id (fencing any zombie with the same id); False when stopped first."""

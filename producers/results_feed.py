@@ -12,8 +12,10 @@ partition is *assigned* at an offset fixed when :meth:`OutcomeFeed.start` return
 3. nothing is committed: the feed is a view, it never moves a group's offsets.
 
 Partitions added to a topic after start are not read (restart the process after adding some).
-A record that cannot be decoded is logged (topic, partition, offset) and skipped: this reader does not
-own the topic, so it does not dead-letter.
+A record that cannot be decoded, or that the store cannot take, is logged (topic, partition, offset,
+reason) and skipped, counted in ``kmsbridge_messages_processed_total{outcome="skipped"}`` and
+:attr:`OutcomeFeed.skipped`: this reader does not own the topic, so it does not dead-letter, and no
+record can stop it.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from collections.abc import Sequence
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from consumers.kafka_clients import consume_available
+from consumers.metrics import MESSAGES_CONSUMED, MESSAGES_PROCESSED
 from producers.errors import ProducerError
 from producers.outcomes import OutcomeStore
 from schemas.codec import Codec
@@ -36,6 +39,7 @@ from schemas.records import KmsResult, ReconcileReport, ReconcileRequest, Servic
 __all__ = ["OutcomeFeed", "OutcomeFeedError"]
 
 log = logging.getLogger(__name__)
+PROCESS = "outcome-feed"
 
 _OFFSET_END = -1  # what offsets_for_times answers when no record is that recent
 
@@ -65,6 +69,7 @@ class OutcomeFeed:
         self._caught_up = threading.Event()
         self._last_poll = time.monotonic()
         self.failure: BaseException | None = None
+        self.skipped = 0
 
     # --- lifecycle -----------------------------------------------------------------------------------
 
@@ -165,6 +170,8 @@ class OutcomeFeed:
             if err.code() != KafkaError._PARTITION_EOF:
                 log.warning("outcome feed consumer error: %s", err)
             return
+        topic = msg.topic() or ""
+        MESSAGES_CONSUMED.labels(PROCESS, topic).inc()
         while not self._stop.is_set():
             try:
                 record = self._codec.decode_any(msg.value())
@@ -173,11 +180,24 @@ class OutcomeFeed:
                 log.warning("schema registry unavailable (%s); retrying", exc)
                 self._stop.wait(1.0)
             except PoisonMessage as exc:
-                log.warning("outcome feed skipped an undecodable record topic=%s partition=%s offset=%s reason=%s",
-                            msg.topic(), msg.partition(), msg.offset(), exc.reason)
+                self._skip(msg, exc.reason)
                 return
         else:
             return
+        try:
+            self._apply(record)
+        except Exception as exc:  # a record the store cannot take: skipped, the feed goes on
+            self._skip(msg, f"store_{type(exc).__name__}")
+            return
+        MESSAGES_PROCESSED.labels(PROCESS, topic, "ok").inc()
+
+    def _skip(self, msg: Message, reason: str) -> None:
+        self.skipped += 1
+        MESSAGES_PROCESSED.labels(PROCESS, msg.topic() or "", "skipped").inc()
+        log.warning("outcome feed skipped a record topic=%s partition=%s offset=%s reason=%s", msg.topic(),
+                    msg.partition(), msg.offset(), reason)
+
+    def _apply(self, record: object) -> None:
         if isinstance(record, KmsResult):
             self._store.add_result(record)
         elif isinstance(record, ServiceRequest):

@@ -5,16 +5,19 @@ an event, or applying an older one, changes nothing):
 
 1. Poll a batch (up to ``batch_size`` messages or ``batch_seconds``). Rebalance callbacks run inside
    this call, between batches, when nothing is uncommitted, so a revoke needs no work.
-2. Decode each message. A tombstone is skipped; an undecodable or oversized message is produced to
-   ``<topic>.dlq`` with :func:`consumers.dlq.dlq_headers` and the loop goes on.
+2. Screen and decode each message, as the translator does. A tombstone is skipped; an oversized,
+   undecodable or invalid message and one dated too far in the future go to ``<topic>.dlq``
+   (:class:`consumers.dlq.DeadLetters`) and the loop goes on.
 3. Upsert every decoded event in **one** database transaction
    (:meth:`~reconciler.store.DesiredStateStore.upsert`: newest per subscription, older versions are
-   no-ops).
+   no-ops). When the database refuses the batch because of what a record holds
+   (:func:`consumers.dlq.is_content_error`), each event is upserted alone: the ones the database
+   refuses are poison and go to the DLQ (``database_rejected``), never retried; the others apply.
 4. Flush the producer, so the batch's DLQ copies are delivered before their offsets are committed.
 5. Commit the offsets after the batch **synchronously**, only now that the database transaction
    and the DLQ copies are durable. A crash before this step redelivers the batch (harmless, step 3).
 
-If step 3 or 4 fails (database or broker unreachable) nothing is committed: every assigned partition
+If step 3 or 4 fails otherwise (database or broker unreachable) nothing is committed: every assigned partition
 is rewound to its committed offset and the batch is tried again after ``retry_seconds``. A failed
 step 5 (e.g. the partition was revoked meanwhile) is logged; the new owner re-applies the batch.
 """
@@ -25,28 +28,25 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
+from datetime import timedelta
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 from sqlalchemy.exc import SQLAlchemyError
 
-from consumers.dlq import dlq_headers
+from consumers.dlq import DatabaseRejected, DeadLetters, is_content_error, screen_size, screen_times
 from consumers.health import HealthState
-from consumers.metrics import DLQ_MESSAGES, MESSAGES_CONSUMED, MESSAGES_PROCESSED, PROCESSING_SECONDS
+from consumers.metrics import MESSAGES_CONSUMED, MESSAGES_PROCESSED, PROCESSING_SECONDS
 from reconciler.publish import PublishFailed
-from reconciler.store import DesiredStateStore
+from reconciler.store import DesiredStateStore, UpsertResult
 from schemas.codec import Codec
 from schemas.errors import PoisonMessage, SchemaRegistryUnavailable
 from schemas.records import SubscriptionEvent
 
-__all__ = ["Oversized", "Projector", "ProjectorConfig"]
+__all__ = ["Projector", "ProjectorConfig"]
 
 log = logging.getLogger(__name__)
 PROCESS = "projector"
-
-
-class Oversized(PoisonMessage):
-    def __init__(self, size: int, limit: int) -> None:
-        super().__init__("oversized", f"message of {size} bytes exceeds the limit of {limit} bytes")
+_TIME_FIELDS = ("occurred_at", "created_at")
 
 
 @dataclass(frozen=True)
@@ -56,6 +56,7 @@ class ProjectorConfig:
     batch_size: int = 500
     batch_seconds: float = 0.2
     max_message_bytes: int = 1_000_000
+    max_future_skew: timedelta = timedelta(days=1)
     retry_seconds: float = 1.0
     flush_timeout_seconds: float = 30.0
 
@@ -73,6 +74,7 @@ class Projector:
         self._health = health or HealthState(ttl_seconds=30)
         self._stop = threading.Event()
         self._assigned: set[tuple[str, int]] = set()
+        self._dead_letters = DeadLetters(producer, PROCESS)
         self.batches_committed = 0
         self.events_applied = 0
 
@@ -96,12 +98,13 @@ class Projector:
     def _process_batch(self, msgs: list[Message]) -> None:
         t0 = time.monotonic()
         try:
-            events, outcomes = self._decode(msgs)  # step 2
-            result = self._store.upsert(events)  # step 3
+            decoded, outcomes = self._decode(msgs)  # step 2
+            result = self._upsert(msgs, decoded, outcomes)  # step 3
             self._flush()  # step 4
         except (SQLAlchemyError, PublishFailed, SchemaRegistryUnavailable) as exc:
-            log.warning("projector batch failed (%s: %s); rewinding and retrying in %.1fs",
-                        type(exc).__name__, exc, self._cfg.retry_seconds)
+            # the class only: a database error's text quotes the statement's parameters
+            log.warning("projector batch failed (%s); rewinding and retrying in %.1fs", type(exc).__name__,
+                        self._cfg.retry_seconds)
             self._rewind()
             self._stop.wait(self._cfg.retry_seconds)
             return
@@ -119,35 +122,50 @@ class Projector:
             PROCESSING_SECONDS.labels(PROCESS, topic).observe(elapsed)
         log.debug("projector batch messages=%d applied=%d stale=%d", len(msgs), result.applied, result.stale)
 
-    def _decode(self, msgs: list[Message]) -> tuple[list[SubscriptionEvent], list[str]]:
-        events: list[SubscriptionEvent] = []
+    def _decode(self, msgs: list[Message]) -> tuple[list[tuple[int, SubscriptionEvent]], list[str]]:
+        """The batch's events, each with its index in ``msgs``, and each message's outcome so far."""
+        decoded: list[tuple[int, SubscriptionEvent]] = []
         outcomes: list[str] = []
-        for msg in msgs:
+        for index, msg in enumerate(msgs):
             value = msg.value()
             if value is None:
                 outcomes.append("skipped")
                 continue
             try:
-                if len(value) > self._cfg.max_message_bytes:
-                    raise Oversized(len(value), self._cfg.max_message_bytes)
-                events.append(self._codec.decode(value, SubscriptionEvent))
-                outcomes.append("ok")
+                screen_size(value, self._cfg.max_message_bytes)
+                event = self._codec.decode(value, SubscriptionEvent)
+                screen_times(event, _TIME_FIELDS, self._cfg.max_future_skew)
             except PoisonMessage as exc:
-                topic = msg.topic() or ""
-                DLQ_MESSAGES.labels(topic, exc.reason).inc()
-                self._produce_dlq(msg.key(), value, dlq_headers(msg, exc))
-                log.warning("dead-lettered topic=%s partition=%s offset=%s reason=%s", topic, msg.partition(),
-                            msg.offset(), exc.reason)
+                self._dead_letters.send(self._cfg.dlq_topic, msg, exc)
                 outcomes.append("dlq")
-        return events, outcomes
+                continue
+            decoded.append((index, event))
+            outcomes.append("ok")
+        return decoded, outcomes
 
-    def _produce_dlq(self, key: bytes | None, value: bytes, headers: list[tuple[str, str | bytes | None]]) -> None:
-        while True:
+    def _upsert(self, msgs: list[Message], decoded: list[tuple[int, SubscriptionEvent]],
+                outcomes: list[str]) -> UpsertResult:
+        """Step 3: the batch in one transaction; on a content error, event by event (poison to the DLQ)."""
+        try:
+            return self._store.upsert([event for _, event in decoded])
+        except SQLAlchemyError as exc:
+            if not is_content_error(exc):
+                raise
+            log.warning("the database refused a record of the batch (%s); applying its events one by one",
+                        type(exc).__name__)
+        applied = stale = 0
+        for index, event in decoded:
             try:
-                self._producer.produce(self._cfg.dlq_topic, value=value, key=key, headers=headers)
-                return
-            except BufferError:
-                self._producer.poll(0.05)
+                one = self._store.upsert([event])
+            except SQLAlchemyError as exc:
+                if not is_content_error(exc):
+                    raise
+                self._dead_letters.send(self._cfg.dlq_topic, msgs[index], DatabaseRejected(exc))
+                outcomes[index] = "dlq"
+                continue
+            applied += one.applied
+            stale += one.stale
+        return UpsertResult(applied=applied, stale=stale)
 
     def _flush(self) -> None:
         remaining = self._producer.flush(self._cfg.flush_timeout_seconds)

@@ -2,8 +2,9 @@
 
 Commit protocol, one request at a time (group ``<prefix>-reconciler``):
 
-1. Poll one request. Undecodable input goes to ``<topic>.dlq`` (flushed), its offset is committed,
-   and the loop goes on.
+1. Poll one request. A tombstone is a counted skip; an oversized, undecodable or invalid request and
+   one dated too far in the future go to ``<topic>.dlq`` (:class:`consumers.dlq.DeadLetters`,
+   flushed), its offset is committed, and the loop goes on.
 2. Pause every assigned partition and run the request on the job's event loop (a worker thread),
    while this thread keeps polling: the group membership stays alive however long the run takes
    (no ``max.poll.interval.ms`` to tune) and, paused, nothing else is fetched. Partitions assigned
@@ -26,13 +27,15 @@ import logging
 import threading
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
-from consumers.dlq import dlq_headers
+from consumers.dlq import DeadLetters, screen_size, screen_times
 from consumers.health import HealthState
-from consumers.metrics import DLQ_MESSAGES, MESSAGES_CONSUMED, MESSAGES_PROCESSED
+from consumers.kafka_clients import produce
+from consumers.metrics import MESSAGES_CONSUMED, MESSAGES_PROCESSED
 from reconciler.job import ResetJob, RunInterrupted
 from reconciler.publish import PublishFailed
 from schemas.codec import Codec
@@ -43,6 +46,7 @@ __all__ = ["ReconcileRunner", "RunnerConfig", "run_on_loop"]
 
 log = logging.getLogger(__name__)
 PROCESS = "reconciler"
+_TIME_FIELDS = ("requested_at",)
 
 
 @dataclass(frozen=True)
@@ -52,6 +56,8 @@ class RunnerConfig:
     dlq_topic: str
     poll_seconds: float = 0.5
     flush_timeout_seconds: float = 30.0
+    max_message_bytes: int = 1_000_000
+    max_future_skew: timedelta = timedelta(days=1)
 
 
 class ReconcileRunner:
@@ -70,6 +76,7 @@ class ReconcileRunner:
         self._stop = threading.Event()
         self._busy = False
         self._assigned: set[tuple[str, int]] = set()
+        self._dead_letters = DeadLetters(producer, PROCESS)
         self.runs_completed = 0
 
     def request_stop(self) -> None:
@@ -98,16 +105,15 @@ class ReconcileRunner:
             self._commit(msg)
             return
         try:
+            screen_size(value, self._cfg.max_message_bytes)
             request = self._codec.decode(value, ReconcileRequest)
+            screen_times(request, _TIME_FIELDS, self._cfg.max_future_skew)
         except PoisonMessage as exc:
-            DLQ_MESSAGES.labels(topic, exc.reason).inc()
-            self._produce(self._cfg.dlq_topic, msg.key(), value, dlq_headers(msg, exc))
+            self._dead_letters.send(self._cfg.dlq_topic, msg, exc)
             if self._producer.flush(self._cfg.flush_timeout_seconds):
                 log.error("DLQ copy not delivered; the request stays uncommitted and is read again")
                 self._rewind(msg)
                 return
-            log.warning("dead-lettered topic=%s partition=%s offset=%s reason=%s", topic, msg.partition(),
-                        msg.offset(), exc.reason)
             MESSAGES_PROCESSED.labels(PROCESS, topic, "dlq").inc()
             self._commit(msg)
             return
@@ -148,19 +154,10 @@ class ReconcileRunner:
             self._consumer.resume(self._consumer.assignment())
 
     def _publish_report(self, report: ReconcileReport) -> None:
-        self._produce(self._cfg.reports_topic, report.run_id.encode(),
-                      self._codec.encode(report, self._cfg.reports_topic))
+        produce(self._producer, self._cfg.reports_topic, report.run_id.encode(),
+                self._codec.encode(report, self._cfg.reports_topic))
         if self._producer.flush(self._cfg.flush_timeout_seconds):
             raise PublishFailed(f"report not delivered to {self._cfg.reports_topic}")
-
-    def _produce(self, topic: str, key: bytes | None, value: bytes,
-                 headers: list[tuple[str, str | bytes | None]] | None = None) -> None:
-        while True:
-            try:
-                self._producer.produce(topic, value=value, key=key, headers=headers)
-                return
-            except BufferError:
-                self._producer.poll(0.05)
 
     def _commit(self, msg: Message) -> None:
         try:
