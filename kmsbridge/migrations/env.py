@@ -1,4 +1,4 @@
-"""Alembic environment of kmsbridge: the executor's ledger and the reconciler's tables, one history.
+"""Alembic environment of kmsbridge: the executor's ledger, the reconciler's and the request log's tables, one history.
 
 Run through :func:`kmsbridge.db.upgrade` (which passes an open connection in
 ``config.attributes["connection"]``); ``alembic -c <ini>`` with ``sqlalchemy.url`` works too, for
@@ -12,10 +12,11 @@ from sqlalchemy import create_engine
 from sqlalchemy.engine import Connection
 
 from consumers.ledger import LEDGER_METADATA
+from reconciler.request_log_tables import LOG_METADATA
 from reconciler.tables import DESIRED_METADATA
 
 config = context.config
-target_metadata = [LEDGER_METADATA, DESIRED_METADATA]
+target_metadata = [LEDGER_METADATA, DESIRED_METADATA, LOG_METADATA]
 
 
 def _run(connection: Connection) -> None:

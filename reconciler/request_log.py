@@ -1,0 +1,205 @@
+"""The request-log writer (``kmsbridge run request-log``): six topics → the provisioning request log.
+
+It reads ``crm.subscriptions`` (the events that name a box), ``kms.requests``, ``kms.commands``,
+``kms.results``, ``reconcile.requests`` and ``reconcile.reports`` with its own consumer group and
+writes :mod:`reconciler.request_log_store`. It is its own process, not a part of the projector: it
+reads five topics the projector does not, it writes several rows per command where the projector
+writes one per subscription, and a slow or unavailable log database must hold back neither the
+desired state reset runs read nor the provisioning itself (it only observes: nothing waits on it but
+the support tools). It also enforces the retention (:attr:`RequestLogConfig.retention_days`).
+
+Commit protocol, at-least-once (correct because every write is idempotent, see the store):
+
+1. Poll a batch (up to ``batch_size`` messages or ``batch_seconds``).
+2. Decode each message with the record type of its topic. A tombstone is skipped; a message that
+   does not decode is **skipped and counted** (outcome ``skipped``), not dead-lettered: the consumer
+   that owns the topic dead-letters it already, and a second DLQ copy would be replayed twice.
+3. Write the batch in one database transaction (:meth:`RequestLog.write`).
+4. Commit the offsets after the batch synchronously. A crash before this step re-reads the batch,
+   which changes nothing (step 3 is idempotent).
+
+If step 3 fails (database unreachable) nothing is committed: every assigned partition is rewound to
+its committed offset and the batch is tried again after ``retry_seconds``.
+
+Every ``purge_interval_seconds`` the writer deletes the rows older than the retention (in chunks).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
+from pydantic import BaseModel
+from sqlalchemy.exc import SQLAlchemyError
+
+from consumers.health import HealthState
+from consumers.metrics import MESSAGES_CONSUMED, MESSAGES_PROCESSED, PROCESSING_SECONDS
+
+# the projector's batch helpers: the same at-least-once batch protocol, one copy of them
+from reconciler.projector import _is_eof_or_error, _positions_after
+from reconciler.request_log_store import LogBatch, RequestLog
+from schemas.codec import Codec
+from schemas.errors import PoisonMessage, SchemaRegistryUnavailable
+from schemas.records import (
+    KmsCommand,
+    KmsResult,
+    ReconcileReport,
+    ReconcileRequest,
+    ServiceRequest,
+    SubscriptionEvent,
+)
+
+__all__ = ["PROCESS", "RequestLogConfig", "RequestLogWriter"]
+
+log = logging.getLogger(__name__)
+PROCESS = "request-log"
+
+_RECORDS: dict[str, type[BaseModel]] = {
+    "subscriptions": SubscriptionEvent, "requests": ServiceRequest, "commands": KmsCommand, "results": KmsResult,
+    "reconcile_requests": ReconcileRequest, "reconcile_reports": ReconcileReport}
+
+
+@dataclass(frozen=True)
+class RequestLogConfig:
+    #: logical name (a key of :data:`_RECORDS`) -> topic
+    topics: dict[str, str]
+    batch_size: int = 2000
+    batch_seconds: float = 0.2
+    retry_seconds: float = 1.0
+    retention_days: float = 90.0
+    purge_interval_seconds: float = 3600.0
+
+
+class RequestLogWriter:
+    """The consume loop of the commit protocol above. ``run()`` blocks until :meth:`request_stop`."""
+
+    def __init__(self, consumer: Consumer, codec: Codec, store: RequestLog, config: RequestLogConfig,
+                 health: HealthState | None = None) -> None:
+        unknown = set(config.topics) - set(_RECORDS)
+        if unknown:
+            raise ValueError(f"unknown request-log inputs: {sorted(unknown)}")
+        self._consumer = consumer
+        self._codec = codec
+        self._store = store
+        self._cfg = config
+        self._types: dict[str, type[BaseModel]] = {topic: _RECORDS[name] for name, topic in config.topics.items()}
+        self._health = health or HealthState(ttl_seconds=30)
+        self._stop = threading.Event()
+        self._assigned: set[tuple[str, int]] = set()
+        self._next_purge = 0.0
+        self.records_written = 0
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    def run(self) -> None:
+        self._consumer.subscribe(sorted(self._types), on_assign=self._on_assign, on_revoke=self._on_revoke,
+                                 on_lost=self._on_revoke)
+        try:
+            while not self._stop.is_set():
+                msgs = self._consumer.consume(self._cfg.batch_size, self._cfg.batch_seconds)  # step 1
+                self._health.polled()
+                msgs = [m for m in msgs if not _is_eof_or_error(m)]
+                if msgs:
+                    self._process_batch(msgs)
+                self._purge_when_due()
+        finally:
+            self._consumer.close()
+
+    def _process_batch(self, msgs: list[Message]) -> None:
+        t0 = time.monotonic()
+        try:
+            batch, outcomes = self._decode(msgs)  # step 2
+            self._store.write(batch)  # step 3
+        except (SQLAlchemyError, SchemaRegistryUnavailable) as exc:
+            log.warning("request-log batch failed (%s: %s); rewinding and retrying in %.1fs",
+                        type(exc).__name__, exc, self._cfg.retry_seconds)
+            self._rewind()
+            self._stop.wait(self._cfg.retry_seconds)
+            return
+        try:
+            self._consumer.commit(offsets=_positions_after(msgs), asynchronous=False)  # step 4
+        except KafkaException as exc:
+            log.warning("offset commit failed (%s); the batch will be written again (harmless)", exc)
+        self.records_written += len(batch)
+        elapsed = (time.monotonic() - t0) / len(msgs)
+        for msg, outcome in zip(msgs, outcomes, strict=True):
+            topic = msg.topic() or ""
+            MESSAGES_CONSUMED.labels(PROCESS, topic).inc()
+            MESSAGES_PROCESSED.labels(PROCESS, topic, outcome).inc()
+            PROCESSING_SECONDS.labels(PROCESS, topic).observe(elapsed)
+
+    def _decode(self, msgs: list[Message]) -> tuple[LogBatch, list[str]]:
+        batch = LogBatch()
+        outcomes: list[str] = []
+        for msg in msgs:
+            value = msg.value()
+            record_type = self._types.get(msg.topic() or "")
+            if value is None or record_type is None:
+                outcomes.append("skipped")
+                continue
+            try:
+                record: BaseModel = self._codec.decode(value, record_type)
+            except PoisonMessage as exc:
+                log.info("request-log skipped an undecodable record topic=%s partition=%s offset=%s reason=%s",
+                         msg.topic(), msg.partition(), msg.offset(), exc.reason)
+                outcomes.append("skipped")
+                continue
+            _add(batch, record, _timestamp(msg))
+            outcomes.append("ok")
+        return batch, outcomes
+
+    def _purge_when_due(self) -> None:
+        now = time.monotonic()
+        if now < self._next_purge:
+            return
+        self._next_purge = now + self._cfg.purge_interval_seconds
+        before = datetime.now(UTC) - timedelta(days=self._cfg.retention_days)
+        try:
+            deleted = self._store.purge(before)
+        except SQLAlchemyError as exc:
+            log.warning("request-log retention purge failed (%s); trying again later", type(exc).__name__)
+            return
+        if deleted:
+            log.info("request-log retention deleted=%d older_than=%s", deleted, before.isoformat())
+
+    def _rewind(self) -> None:
+        parts = [TopicPartition(t, p) for t, p in self._assigned]
+        if not parts:
+            return
+        for tp in self._consumer.committed(parts, timeout=10):
+            self._consumer.seek(tp if tp.offset >= 0 else TopicPartition(tp.topic, tp.partition, -2))
+
+    def _on_assign(self, consumer: Consumer, parts: list[TopicPartition]) -> None:
+        self._assigned.update((tp.topic, tp.partition) for tp in parts)
+        self._health.assigned = bool(self._assigned)
+
+    def _on_revoke(self, consumer: Consumer, parts: list[TopicPartition]) -> None:
+        # nothing to commit: every written batch was committed synchronously (step 4)
+        for tp in parts:
+            self._assigned.discard((tp.topic, tp.partition))
+        self._health.assigned = bool(self._assigned)
+
+
+def _add(batch: LogBatch, record: object, seen_at: datetime) -> None:
+    if isinstance(record, KmsCommand):
+        batch.commands.append(record)
+    elif isinstance(record, KmsResult):
+        batch.results.append(record)
+    elif isinstance(record, SubscriptionEvent):
+        batch.events.append(record)
+    elif isinstance(record, ServiceRequest):
+        batch.requests.append(record)
+    elif isinstance(record, ReconcileRequest):
+        batch.runs.append((record, seen_at))
+    elif isinstance(record, ReconcileReport):
+        batch.reports.append(record)
+
+
+def _timestamp(msg: Message) -> datetime:
+    kind, millis = msg.timestamp()
+    return datetime.fromtimestamp(millis / 1000, UTC) if kind and millis > 0 else datetime.now(UTC)
