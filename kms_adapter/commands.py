@@ -1,12 +1,14 @@
 """What a mutating :class:`~schemas.records.KmsCommand` asks of the KMS, checked once for every adapter.
 
-Both the SOAP client and the in-memory fake turn a command into :class:`CommandFields` here, so they
-accept and refuse exactly the same commands.
+Both the SOAP client and the in-memory fake turn a command into :class:`CommandFields` here, and
+check the cards of a query with :func:`check_xml_safe`, so they accept and refuse exactly the same
+commands and queries.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from schemas.records import KmsCommand, Product
@@ -14,7 +16,7 @@ from schemas.records import KmsCommand, Product
 from .errors import KmsRejected
 from .port import MUTATING_OPERATIONS
 
-__all__ = ["GLOBAL_OPERATIONS", "CommandFields", "command_fields"]
+__all__ = ["GLOBAL_OPERATIONS", "CommandFields", "check_xml_safe", "command_fields"]
 
 # Characters XML 1.0 cannot carry (C0 controls but tab/CR/LF, lone surrogates, U+FFFE/U+FFFF).
 _NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
@@ -81,10 +83,21 @@ def command_fields(command: KmsCommand) -> CommandFields:
         text=text,
         text_mode=text_mode,
     )
-    named = [("idempotency key", fields.idempotency_key), ("secure client id", fields.card),
-             ("chipset", fields.chipset), ("pin", fields.pin), ("message text", fields.text),
-             *(("product id", p.product_id) for p in fields.products)]
+    check_xml_safe(op, [("idempotency key", fields.idempotency_key), ("secure client id", fields.card),
+                        ("chipset", fields.chipset), ("pin", fields.pin), ("message text", fields.text),
+                        *(("product id", p.product_id) for p in fields.products)])
+    return fields
+
+
+def check_xml_safe(operation: str, named: Iterable[tuple[str, str | None]]) -> None:
+    """Raise terminal ``KmsRejected("INVALID_COMMAND")`` for the first value XML cannot carry.
+
+    ``named`` pairs a description (``"secure client id"``) with a value; ``None`` values are skipped.
+    The records refuse such values at the edge already (:mod:`schemas.limits`); this keeps a value
+    that got past them (a row stored before the limits) from ever reaching lxml, whose ``ValueError``
+    would otherwise escape the adapter. The message names the value's role, never the value.
+    """
     for name, value in named:
         if value is not None and _NOT_XML.search(value):
-            raise KmsRejected("INVALID_COMMAND", f"the {name} holds characters XML cannot carry", operation=op)
-    return fields
+            raise KmsRejected("INVALID_COMMAND", f"the {name} holds characters XML cannot carry",
+                              operation=operation)

@@ -25,7 +25,7 @@ from typing import Any
 
 from schemas.records import KmsCommand, Product
 
-from .commands import command_fields
+from .commands import check_xml_safe, command_fields
 from .errors import KmsRejected
 from .port import ClientState, KmsOutcome
 from .simulator.state import BUSINESS_ERRORS, SimulatorState
@@ -137,6 +137,7 @@ class InMemoryKms:
         self.calls.append(KmsCall("query_client", secure_client_id=secure_client_id,
                                   sections=tuple(sections)))
         await self._before_call()
+        check_xml_safe("QUERY_CLIENT", [("secure client id", secure_client_id)])
         self._raise_card_error(secure_client_id, "QUERY_CLIENT")
         answer, result = self.state.query(secure_client_id, sections)
         if not answer.ok:
@@ -146,6 +147,7 @@ class InMemoryKms:
     async def query_clients(self, secure_client_ids: Sequence[str]) -> dict[str, ClientState]:
         self.calls.append(KmsCall("query_clients", secure_client_ids=tuple(secure_client_ids)))
         await self._before_call()
+        check_xml_safe("QUERY_CLIENTS", (("secure client id", card) for card in secure_client_ids))
         return {
             s.card: ClientState(
                 secure_client_id=s.card,

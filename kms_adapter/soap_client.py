@@ -36,9 +36,17 @@ HTTP 500 with a SOAP ``Client`` fault                  ``KmsRejected("SOAP_CLIEN
 SOAP fault in an HTTP 200 (non-conforming server)      ``Client``: ``KmsRejected``, else ``soap_fault``
 HTTP 400 / 413 / 422                                   ``KmsRejected("HTTP_<status>")``
 any other unexpected status (404, 405, ...)            ``KmsUnavailable(kind="http_<status>")``
-response that is not the WSDL's XML                    ``KmsUnavailable(kind="bad_response")``
+response that is not the WSDL's XML, or holds a DTD   ``KmsUnavailable(kind="bad_response")``
+(zeep's ``EntitiesForbidden``, a value no record holds)
 ``resultCode`` other than ``OK``                       ``KmsRejected(code, resultText)``
+a value XML cannot carry (checked before the call)     ``KmsRejected("INVALID_COMMAND")``
+any other exception before the KMS answered            ``KmsRejected("INVALID_COMMAND")``
+any other exception after the KMS answered             ``KmsUnavailable(kind="bad_response")``
 =====================================================  ======================================
+
+So nothing but our error types leaves the adapter: an exception of lxml, zeep or pydantic is ours
+(the request could not be written: terminal) until the KMS answered and theirs (transient) after.
+:data:`_ANSWERED` tells the two apart: the HTTP layer sets it when an answer arrived.
 
 An unexpected status other than 400/413/422 (e.g. 404 from a wrong endpoint setting) is treated as
 transient so commands wait for an operator instead of being rejected.
@@ -61,15 +69,16 @@ import logging
 import ssl
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from contextvars import ContextVar
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import httpx
 from lxml import etree
 from pydantic import SecretStr
 from zeep import AsyncClient, Settings
-from zeep.exceptions import Fault
+from zeep.exceptions import DTDForbidden, EntitiesForbidden, ExternalReferenceForbidden, Fault
 from zeep.exceptions import TransportError as ZeepTransportError
 from zeep.exceptions import ValidationError as ZeepValidationError
 from zeep.exceptions import XMLSyntaxError as ZeepXMLSyntaxError
@@ -79,7 +88,7 @@ from zeep.xsd.types.builtins import DateTime as XsdDateTime
 
 from schemas.records import KmsCommand, Product
 
-from .commands import _NOT_XML, CommandFields, command_fields
+from .commands import CommandFields, check_xml_safe, command_fields
 from .errors import KmsAuthError, KmsError, KmsRejected, KmsUnavailable
 from .port import QUERY_SECTIONS, ClientState, KmsOutcome
 from .wsdl import NAMESPACE, SOAP_OPERATION_OF, WSDL_PATH
@@ -91,6 +100,13 @@ log = logging.getLogger(__name__)
 _BINDING = f"{{{NAMESPACE}}}IrdetoKmsBinding"
 _REJECTED_STATUSES = frozenset({400, 413, 422})
 _SOAP_ENV = "http://schemas.xmlsoap.org/soap/envelope/"
+_T = TypeVar("_T")
+
+#: Set when the KMS answered the current call (per task: concurrent calls do not see each other's).
+_ANSWERED: ContextVar[bool] = ContextVar("kms_answered", default=False)
+#: What zeep and lxml raise for an answer that is not the WSDL's XML (zeep refuses entity declarations).
+_NOT_THE_WSDLS_XML = (ZeepTransportError, ZeepXMLSyntaxError, etree.XMLSyntaxError, DTDForbidden,
+                      EntitiesForbidden, ExternalReferenceForbidden)
 
 
 def _parse_retry_after(value: str | None) -> float | None:
@@ -141,9 +157,11 @@ class _ConnectionSlots:
         async with self._free:
             client = self._idle.pop() if self._idle else self.new()
             try:
-                return await client.post(address, content=content, headers=headers)
+                response = await client.post(address, content=content, headers=headers)
             finally:
                 self._idle.append(client)
+            _ANSWERED.set(True)
+            return response
 
     async def aclose(self) -> None:
         clients, self._all, self._idle = self._all, [], []
@@ -260,12 +278,16 @@ class _LeanHttp:
         # Waiting for a connection is our own back-pressure, not a KMS failure: no timeout here.
         async with self._free:
             conn = self._checkout()
+            answer = None
             if conn is not None:
                 try:
-                    return await self._exchange(conn, request, op, reused=True)
+                    answer = await self._exchange(conn, request, op, reused=True)
                 except _Stale:
                     conn.close()  # closed by the server while idle: once more on a fresh connection
-            return await self._exchange(await self._connect(op), request, op, reused=False)
+            if answer is None:
+                answer = await self._exchange(await self._connect(op), request, op, reused=False)
+        _ANSWERED.set(True)
+        return answer
 
     def _checkout(self) -> _Connection | None:
         now = time.monotonic()
@@ -463,6 +485,8 @@ def _answer(content: bytes, soap_op: str) -> etree._Element:
     except etree.XMLSyntaxError as exc:
         raise KmsUnavailable("bad_response", f"KMS call {soap_op} answered something that is "
                              "not the WSDL's XML") from exc
+    if root.getroottree().docinfo.internalDTD is not None:  # SOAP 1.1 forbids a DTD (zeep: EntitiesForbidden)
+        raise KmsUnavailable("bad_response", f"KMS call {soap_op} answered XML with a DTD")
     body = root.find(_BODY)
     answer = None if body is None else next((el for el in body if isinstance(el.tag, str)), None)
     if answer is not None and answer.tag == _FAULT:
@@ -647,12 +671,8 @@ class SoapKmsClient:
 
     async def execute(self, command: KmsCommand) -> KmsOutcome:
         operation = command.operation.value
-        if self._http is not None:
-            code, text, duplicate = await self._execute_fast(command)
-        else:
-            soap_op, kwargs = self._request(command)
-            result = await self._call(soap_op, kwargs)
-            code, text, duplicate = result.resultCode or "", result.resultText or "", bool(result.duplicate)
+        code, text, duplicate = await _guarded(SOAP_OPERATION_OF.get(operation, operation),
+                                               lambda: self._execute(command))
         if code != "OK":
             log.info("kms rejected operation=%s secure_client_id=%s idempotency_key=%s code=%s",
                      operation, command.secure_client_id, command.idempotency_key, code)
@@ -661,16 +681,19 @@ class SoapKmsClient:
                   operation, command.secure_client_id, command.idempotency_key, duplicate)
         return KmsOutcome(provider_code=code, provider_text=text, duplicate=duplicate)
 
+    async def _execute(self, command: KmsCommand) -> tuple[str, str, bool]:
+        if self._http is not None:
+            return await self._execute_fast(command)
+        soap_op, kwargs = self._request(command)
+        result = await self._call(soap_op, kwargs)
+        return result.resultCode or "", result.resultText or "", bool(result.duplicate)
+
     async def _execute_fast(self, command: KmsCommand) -> tuple[str, str, bool]:
         """The lean path of a mutating call: template envelope, lean HTTP, lxml answer."""
         assert self._http is not None
         f = command_fields(command)
         soap_op = SOAP_OPERATION_OF[f.operation]
-        try:
-            body = self._envelopes.build(soap_op, f)
-        except ZeepValidationError as exc:
-            raise KmsRejected("INVALID_COMMAND", f"request for {soap_op} does not match the WSDL",
-                              operation=soap_op) from exc
+        body = self._envelopes.build(soap_op, f)
         status, headers, content = await self._http.post(body, self._envelopes.actions[soap_op], soap_op)
         retry_after = headers.get(b"retry-after")
         _raise_for_status(status, retry_after.decode("latin-1") if retry_after is not None else None, content,
@@ -686,26 +709,32 @@ class SoapKmsClient:
             raise KmsRejected("INVALID_SECTION",
                               f"unknown section {unknown[0]!r}; known: {', '.join(QUERY_SECTIONS)}",
                               operation="QUERY_CLIENT")
-        result = await self._call(
-            "queryClient",
-            {"operatorTag": self._operator_tag, "card": secure_client_id, "section": wanted},
-        )
-        if (result.resultCode or "") != "OK":
-            raise KmsRejected(result.resultCode or "", result.resultText or "", operation="QUERY_CLIENT")
-        return {
-            section.name: {entry.key: entry.value or "" for entry in (section.entry or [])}
-            for section in (result.section or [])
-        }
+        check_xml_safe("QUERY_CLIENT", [("secure client id", secure_client_id)])
+
+        async def call() -> dict[str, dict[str, str]]:
+            result = await self._call(
+                "queryClient",
+                {"operatorTag": self._operator_tag, "card": secure_client_id, "section": wanted},
+            )
+            if (result.resultCode or "") != "OK":
+                raise KmsRejected(result.resultCode or "", result.resultText or "", operation="QUERY_CLIENT")
+            return {
+                section.name: {entry.key: entry.value or "" for entry in (section.entry or [])}
+                for section in (result.section or [])
+            }
+
+        return await _guarded("queryClient", call)
 
     async def query_clients(self, secure_client_ids: Sequence[str]) -> dict[str, ClientState]:
+        """Raises ``KmsRejected("INVALID_COMMAND")`` for the whole call when one card holds characters
+        XML cannot carry (nothing is sent); the reconciler then splits the batch to check the others."""
         ids = list(dict.fromkeys(secure_client_ids))  # de-duplicated, order kept
+        check_xml_safe("QUERY_CLIENTS", (("secure client id", card) for card in ids))
         out: dict[str, ClientState] = {}
+        query = self._query_clients_fast if self._http is not None else self._query_clients_zeep
         for start in range(0, len(ids), self._query_batch_size):
             batch = ids[start:start + self._query_batch_size]
-            if self._http is not None and not any(_NOT_XML.search(card) for card in batch):
-                states = await self._query_clients_fast(batch)
-            else:
-                states = await self._query_clients_zeep(batch)
+            states = await _guarded("queryClients", lambda: query(batch))  # noqa: B023 (awaited at once)
             for state in states:
                 out[state.secure_client_id] = state
         return out
@@ -742,6 +771,9 @@ class SoapKmsClient:
 
     async def ping(self) -> None:
         """An empty batch query: proves reachability, the endpoint and the token, costs nothing."""
+        await _guarded("queryClients", self._ping)
+
+    async def _ping(self) -> None:
         if self._http is not None:  # reachability, endpoint and token: the answer's resultCode is not asked
             body = _query_clients_envelope(self._envelopes.tag, [])
             status, headers, content = await self._http.post(body, self._envelopes.actions["queryClients"],
@@ -784,20 +816,37 @@ class SoapKmsClient:
         return SOAP_OPERATION_OF[f.operation], kwargs
 
     async def _call(self, soap_op: str, kwargs: dict[str, Any]) -> Any:
-        operation = getattr(self._service, soap_op)
-        try:
-            return await operation(**kwargs)
-        except KmsError:
-            raise
-        except Fault as exc:
-            code = str(exc.code or "")
-            if code.endswith("Client"):
-                raise KmsRejected("SOAP_CLIENT_FAULT", str(exc.message or ""), operation=soap_op) from exc
-            raise KmsUnavailable("soap_fault", f"KMS call {soap_op} answered a SOAP fault ({code})") from exc
-        except ZeepValidationError as exc:
-            # Our request does not fit the WSDL (a required value is missing): a bad command, terminal.
+        """One call through zeep; its exceptions are mapped by :func:`_guarded`, which wraps every call."""
+        return await getattr(self._service, soap_op)(**kwargs)
+
+
+async def _guarded(soap_op: str, call: Callable[[], Awaitable[_T]]) -> _T:
+    """``call()`` with every exception turned into one of ours (the table in the module docstring).
+
+    Messages name the operation and the exception's type, never its text: lxml and zeep quote
+    values (a PIN, a message text) in theirs.
+    """
+    token = _ANSWERED.set(False)
+    try:
+        return await call()
+    except KmsError:
+        raise
+    except Fault as exc:
+        code = str(exc.code or "")
+        if code.endswith("Client"):
+            raise KmsRejected("SOAP_CLIENT_FAULT", str(exc.message or "")[:200], operation=soap_op) from exc
+        raise KmsUnavailable("soap_fault", f"KMS call {soap_op} answered a SOAP fault ({code})") from exc
+    except _NOT_THE_WSDLS_XML as exc:
+        raise KmsUnavailable("bad_response", f"KMS call {soap_op} answered something that is "
+                             "not the WSDL's XML") from exc
+    except Exception as exc:
+        if _ANSWERED.get():
+            raise KmsUnavailable("bad_response", f"KMS call {soap_op} answered something no record can hold"
+                                 f" ({type(exc).__name__})") from exc
+        if isinstance(exc, ZeepValidationError):  # a required value is missing: a bad command, terminal
             raise KmsRejected("INVALID_COMMAND", f"request for {soap_op} does not match the WSDL",
                               operation=soap_op) from exc
-        except (ZeepTransportError, ZeepXMLSyntaxError, etree.XMLSyntaxError) as exc:
-            raise KmsUnavailable("bad_response", f"KMS call {soap_op} answered something that is "
-                                 "not the WSDL's XML") from exc
+        raise KmsRejected("INVALID_COMMAND", f"request for {soap_op} cannot be written ({type(exc).__name__})",
+                          operation=soap_op) from exc
+    finally:
+        _ANSWERED.reset(token)
