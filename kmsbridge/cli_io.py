@@ -12,7 +12,7 @@ import click
 from confluent_kafka import Consumer, KafkaError, Producer
 
 from kmsbridge.cli_common import EXIT_FAILED, cli_settings, fail
-from kmsbridge.settings import Settings
+from kmsbridge.settings import Settings, SettingsError
 from producers.topics import create_topics
 from schemas.codec import Codec
 from schemas.errors import PoisonMessage
@@ -61,7 +61,12 @@ def produce_cmd(kind: str, file_: Path) -> None:
     except JsonLinesError as exc:
         fail(f"{file_}: nothing sent\n{exc}")
     topic = settings.topic(logical)
-    codec = Codec(registry_url=settings.schema_registry_url)
+    from kmsbridge.wiring import build_codec
+
+    try:
+        codec = build_codec(settings, pins="ring" if model is ServiceRequest else "none")
+    except SettingsError as exc:
+        fail(str(exc))
     producer = Producer({**settings.kafka_config(), "enable.idempotence": True, "linger.ms": 20})
     errors: list[str] = []
 
@@ -118,7 +123,9 @@ def tail_cmd(topic: str, as_json: bool, max_: int | None, timeout: float) -> Non
     settings = cli_settings(logging=False)
     if settings.topic_prefix and not topic.startswith(settings.topic_prefix):
         topic = settings.topic_prefix + topic
-    codec = Codec(registry_url=settings.schema_registry_url)
+    from kmsbridge.wiring import build_codec
+
+    codec = build_codec(settings, pins="masked")  # a sealed PIN shows as a mask, without a key
     consumer = tail_consumer(settings, topic)
     seen = 0
     last = time.monotonic()

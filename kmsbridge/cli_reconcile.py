@@ -146,7 +146,9 @@ def reconcile_cmd(created_from: str | None, created_to: str | None, types: tuple
     request = ReconcileRequest(run_id=str(uuid.uuid4()), created_from=start, created_to=end,
                                subscription_types=list(types), subscription_ids=list(subscriptions),
                                preview=preview, requested_by="cli", requested_at=datetime.now(UTC))
-    codec = Codec(registry_url=settings.schema_registry_url)
+    from kmsbridge.wiring import build_codec
+
+    codec = build_codec(settings, pins="none")
     waiter = ReportWaiter(settings, codec) if wait else None  # end offsets taken before producing
     try:
         publish_request(settings, codec, request)

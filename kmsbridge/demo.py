@@ -20,7 +20,7 @@ from confluent_kafka import Consumer, Producer
 
 from kmsbridge.cli_io import record_key
 from kmsbridge.settings import Settings
-from schemas.codec import Codec
+from kmsbridge.wiring import build_codec
 from schemas.records import (
     Device,
     EventType,
@@ -53,7 +53,7 @@ class Demo:
         self.settings = settings
         self.sim = simulator_url.rstrip("/")
         self.http = httpx.Client(headers={"Authorization": f"Bearer {token}"}, timeout=10)
-        self.codec = Codec(registry_url=settings.schema_registry_url)
+        self.codec = build_codec(settings)
         self.producer = Producer({**settings.kafka_config(), "enable.idempotence": True, "linger.ms": 5})
         self.results = Consumer({**settings.kafka_config(), "group.id": f"kmsbridge-demo-{uuid.uuid4().hex[:8]}",
                                  "auto.offset.reset": "latest", "enable.auto.commit": False,

@@ -20,8 +20,9 @@ from typing import Any, TypeVar
 from confluent_kafka import Consumer, Producer
 
 from kmsbridge.settings import Settings, load_settings
+from kmsbridge.stack import write_pin_keys
+from kmsbridge.wiring import build_codec
 from producers.topics import create_topics
-from schemas.codec import Codec
 from schemas.records import KmsResult
 
 __all__ = ["Pipeline", "wait_until"]
@@ -69,10 +70,11 @@ class Pipeline:
         self.token_file = self.workdir / "kms.token"
         self.token_file.write_text(self.token)
         self.token_file.chmod(0o600)
+        self.pin_keys_file = write_pin_keys(self.workdir / "pin-keys.json")
         if self.database_url is None:
             self.database_url = f"sqlite:///{self.workdir / 'kmsbridge.db'}"
         self.settings = load_settings(**self._overrides())
-        self.codec = Codec()
+        self.codec = build_codec(self.settings)
         create_topics(self.settings.kafka_config(), self.settings.all_topics(), self.partitions, 1)
 
     # --- settings for in-process and subprocess runs ----------------------------------------------
@@ -85,6 +87,7 @@ class Pipeline:
             "KMSBRIDGE_GROUP_PREFIX": f"{self.prefix}kmsbridge",
             "KMSBRIDGE_KMS__ENDPOINT": f"{self.simulator_url.rstrip('/')}/kms",
             "KMSBRIDGE_KMS__TOKEN_FILE": str(self.token_file),
+            "KMSBRIDGE_PIN_KEYS__FILE": str(self.pin_keys_file),
             "KMSBRIDGE_DATABASE_URL": str(self.database_url),
             "KMSBRIDGE_PROVIDER_FILE": str(self.provider_file),
             "KMSBRIDGE_TOPICS__PARTITIONS": str(self.partitions),

@@ -2,29 +2,38 @@
 
 One place turns them into librdkafka's dotted keys (:meth:`KafkaSettings.librdkafka`). Secrets are
 ``SecretStr`` (``repr()`` never shows them); they come from the environment or from ``*_FILE``
-settings that name a mounted secret file. A bad setting stops start-up with a message naming it
-(:func:`load_settings`).
+settings that name a mounted secret file. URLs that may hold credentials (the database, the Schema
+Registry) are :class:`SecretUrl`: ``repr()`` and ``str()`` show them with the password masked. A
+bad setting stops start-up with a message naming it (:func:`load_settings`), never quoting a value.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from kmsbridge.settings_request_log import RequestLogSettings
+from schemas.pin_seal import PinKeyError, PinKeyRing
 
 __all__ = [
     "ApiSettings",
     "ExecutorSettings",
     "KafkaSettings",
     "KmsSettings",
+    "PinKeySettings",
+    "SecretUrl",
     "Settings",
     "SettingsError",
     "TextLimitSettings",
     "TopicSettings",
     "load_settings",
+    "mask_url",
 ]
 
 ENV_PREFIX = "KMSBRIDGE_"
@@ -32,6 +41,38 @@ ENV_PREFIX = "KMSBRIDGE_"
 
 class SettingsError(Exception):
     """A setting is missing or invalid; the message names the environment variable."""
+
+
+#: Words that make a pass-through Kafka key (dotted, lower case) a secret: passwords, private keys and
+#: their passphrases, OAuth client secrets and the OAUTHBEARER config (it may hold a client secret),
+#: tokens and JAAS configs. ``ssl.certificate.pem`` and ``ssl.ca.pem`` are public and stay plain.
+SECRET_KAFKA_KEY_WORDS = ("password", "secret", "passphrase", "private", "key.pem", "oauthbearer.config",
+                          "token", "credential", "jaas")
+_SECRET_QUERY_WORDS = ("password", "passwd", "pwd", "secret", "token", "key", "auth", "credential")
+_MASK = "***"
+
+
+def mask_url(url: str) -> str:
+    """``url`` with its password and secret-looking query values masked (what logs and reprs show)."""
+    try:
+        parts = urlsplit(url)
+        netloc = parts.netloc
+        if "@" in netloc:
+            userinfo, host = netloc.rsplit("@", 1)
+            user = userinfo.split(":", 1)[0]
+            netloc = f"{user}:{_MASK}@{host}" if ":" in userinfo else f"{_MASK}@{host}"
+        query = urlencode([(k, _MASK if any(w in k.lower() for w in _SECRET_QUERY_WORDS) else v)
+                           for k, v in parse_qsl(parts.query, keep_blank_values=True)], safe="*")
+        return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
+    except ValueError:
+        return _MASK
+
+
+class SecretUrl(SecretStr):
+    """A URL that may hold credentials: shown with :func:`mask_url`, revealed only by ``get_secret_value``."""
+
+    def _display(self) -> str:
+        return mask_url(self.get_secret_value())
 
 
 class KafkaSettings(BaseModel):
@@ -52,10 +93,11 @@ class KafkaSettings(BaseModel):
 
     @model_validator(mode="after")
     def _hide_passthrough_secrets(self) -> KafkaSettings:
-        # pass-through keys such as ssl.keystore.password or sasl.oauthbearer.client.secret are secrets too
+        # pass-through keys such as ssl.key.pem or sasl.oauthbearer.config are secrets too
         extra = self.model_extra or {}
         for name, value in extra.items():
-            if isinstance(value, str) and any(word in name.lower() for word in ("password", "secret")):
+            dotted = name.lower().replace("_", ".")
+            if isinstance(value, str) and any(word in dotted for word in SECRET_KAFKA_KEY_WORDS):
                 extra[name] = SecretStr(value)
         return self
 
@@ -111,6 +153,44 @@ class KmsSettings(BaseModel):
         return str(self.ca_file) if self.ca_file else True
 
 
+class PinKeySettings(BaseModel):
+    """The keys that seal PINs on Kafka (:mod:`schemas.pin_seal`): base64 AES-256 keys by key id.
+
+    ``file`` names a mounted JSON file ``{"current": "<key id>", "keys": {"<key id>": "<base64>"}}``;
+    ``keys`` (JSON in ``KMSBRIDGE_PIN_KEYS__KEYS``) and ``current`` may give them directly, and add
+    to / override the file's. New records are sealed with ``current``; every key opens what it sealed.
+    """
+
+    current: str | None = None
+    keys: dict[str, SecretStr] = Field(default_factory=dict)
+    file: Path | None = None
+
+    def ring(self) -> PinKeyRing:
+        """The key ring; a missing or bad key stops start-up with a message naming the setting."""
+        current, keys = self.current, {k: v.get_secret_value() for k, v in self.keys.items()}
+        if self.file is not None:
+            name = f"{ENV_PREFIX}PIN_KEYS__FILE"
+            try:
+                data = json.loads(self.file.read_text(encoding="utf-8"))
+            except OSError as exc:
+                raise SettingsError(f"{name}: cannot read {self.file}: {exc.strerror}") from None
+            except ValueError:
+                raise SettingsError(f"{name}: {self.file} is not JSON") from None
+            if not isinstance(data, dict) or not isinstance(data.get("keys"), dict):
+                raise SettingsError(f'{name}: {self.file} must hold {{"current": id, "keys": {{id: base64}}}}')
+            keys = {**{str(k): str(v) for k, v in data["keys"].items()}, **keys}
+            current = current or (str(data["current"]) if data.get("current") is not None else None)
+        if not keys or current is None:
+            raise SettingsError(
+                f"{ENV_PREFIX}PIN_KEYS__FILE (or {ENV_PREFIX}PIN_KEYS__KEYS with {ENV_PREFIX}PIN_KEYS__CURRENT)"
+                " is required: this process reads or writes PINs on kms.requests / kms.commands"
+            )
+        try:
+            return PinKeyRing.from_base64(keys, current)
+        except PinKeyError as exc:
+            raise SettingsError(f"{ENV_PREFIX}PIN_KEYS: {exc}") from None
+
+
 class ExecutorSettings(BaseModel):
     max_inflight: int = Field(default=64, ge=1, description="KMS calls in flight at once")
     max_buffered: int = Field(default=2000, ge=1, description="commands taken from Kafka, not yet done")
@@ -153,14 +233,16 @@ class Settings(BaseSettings):
     group_instance_id: str | None = Field(
         default=None, description="static membership id; defaults to $POD_NAME when set"
     )
-    database_url: str = "sqlite:///var/kmsbridge.db"
-    schema_registry_url: str | None = None
+    database_url: SecretUrl = SecretUrl("sqlite:///var/kmsbridge.db")
+    schema_registry_url: SecretUrl | None = None
+    pin_keys: PinKeySettings = Field(default_factory=PinKeySettings)
     provider_file: Path = Path("provider.yaml")
     kms: KmsSettings = Field(default_factory=KmsSettings)
     translator: TranslatorSettings = Field(default_factory=TranslatorSettings)
     executor: ExecutorSettings = Field(default_factory=ExecutorSettings)
     text_limits: TextLimitSettings = Field(default_factory=TextLimitSettings)
     api: ApiSettings = Field(default_factory=ApiSettings)
+    request_log: RequestLogSettings = Field(default_factory=RequestLogSettings)
     metrics_port: int = Field(default=0, ge=0, le=65535, description="0 = no metrics server")
     health_ttl_seconds: float = Field(default=30.0, gt=0)
     lag_interval_seconds: float = Field(default=15.0, gt=0, description="refresh of the consumer lag gauges")
@@ -171,8 +253,8 @@ class Settings(BaseSettings):
 
     @field_validator("database_url")
     @classmethod
-    def _db_url(cls, value: str) -> str:
-        if "://" not in value:
+    def _db_url(cls, value: SecretUrl) -> SecretUrl:
+        if "://" not in value.get_secret_value():
             raise ValueError("must be an SQLAlchemy URL such as sqlite:///var/kmsbridge.db")
         return value
 

@@ -24,10 +24,11 @@ import httpx
 import psutil
 
 from kmsbridge import local_broker
+from schemas.pin_seal import generate_key
 
 __all__ = ["PROCESSES", "StackState", "available_processes", "down", "load_state", "stack_dir", "status", "up"]
 
-PROCESSES = ("translator", "executor", "projector", "reconciler", "api")
+PROCESSES = ("translator", "executor", "projector", "reconciler", "api", "request-log")
 
 
 def available_processes() -> tuple[str, ...]:
@@ -55,6 +56,7 @@ class StackState:
     api_url: str = ""
     token_file: str = ""
     api_key_file: str = ""
+    pin_keys_file: str = ""
     provider_file: str = ""
     database_url: str = ""
     logs: str = ""
@@ -93,11 +95,18 @@ def _alive(pid: int | None) -> bool:
         return False
 
 
-def _secret_file(path: Path) -> Path:
+def _secret_file(path: Path, make: Callable[[], str] = lambda: secrets.token_urlsafe(24)) -> Path:
+    """``path``, created with ``make()`` and mode 0600 unless it exists (a restarted stack keeps it)."""
     if not path.exists():
-        path.write_text(secrets.token_urlsafe(24))
-        path.chmod(0o600)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(make())
     return path
+
+
+def write_pin_keys(path: Path) -> Path:
+    """A PIN key file (``KMSBRIDGE_PIN_KEYS__FILE``) with one fresh key, unless ``path`` exists."""
+    return _secret_file(path, lambda: json.dumps({"current": "local-1", "keys": {"local-1": generate_key()}}))
 
 
 def _spawn(args: list[str], env: dict[str, str], log_file: Path) -> int:
@@ -129,6 +138,7 @@ def process_env(state: StackState, base: dict[str, str] | None = None) -> dict[s
         "KMSBRIDGE_KMS__ENDPOINT": state.simulator_url + "/kms",
         "KMSBRIDGE_KMS__TOKEN_FILE": state.token_file,
         "KMSBRIDGE_API__API_KEYS_FILE": state.api_key_file,
+        "KMSBRIDGE_PIN_KEYS__FILE": state.pin_keys_file,
         "KMSBRIDGE_PROVIDER_FILE": state.provider_file,
         "KMSBRIDGE_DATABASE_URL": state.database_url,
     })
@@ -146,6 +156,7 @@ def up(*, provider_file: Path, processes: tuple[str, ...] | None = None,
     state.database_url = state.database_url or f"sqlite:///{folder / 'kmsbridge.db'}"
     state.token_file = str(_secret_file(folder / "kms.token"))
     state.api_key_file = str(_secret_file(folder / "api.key"))
+    state.pin_keys_file = str(write_pin_keys(folder / "pin-keys.json"))
 
     # 1. the broker, unless bootstrap servers are configured
     configured = os.environ.get("KMSBRIDGE_KAFKA__BOOTSTRAP_SERVERS")

@@ -9,6 +9,7 @@ import signal
 import socket
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Literal
 
 from sqlalchemy import create_engine
 from sqlalchemy.engine import Engine
@@ -23,10 +24,11 @@ from consumers.ledger import Ledger
 from consumers.translation import DeviceDirectory, HandlerContext, build_handlers
 from consumers.translator import TransactionalTranslator, TranslatorConfig
 from kms_adapter.soap_client import SoapKmsClient
-from kmsbridge.settings import Settings, SettingsError
+from kmsbridge.settings import Settings, SettingsError, mask_url
 from provisioning.provider import ProviderConfig, ProviderConfigError, load_provider
 from provisioning.text import TextLimits
 from schemas.codec import Codec
+from schemas.pin_seal import MASKED_PINS
 
 __all__ = [
     "ExecutorApp",
@@ -43,12 +45,22 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 
-def build_codec(settings: Settings) -> Codec:
-    return Codec(registry_url=settings.schema_registry_url)
+def build_codec(settings: Settings, *, pins: Literal["ring", "masked", "none"] = "ring") -> Codec:
+    """The process's codec.
+
+    ``pins="ring"``: the process reads or writes PIN-bearing records (kms.requests, kms.commands: the
+    translator, executor, reconciler, Web API and the CLI verbs that send requests), so it needs the
+    PIN key ring and does not start without one (the error names the setting). ``"masked"``: it shows
+    records to people (``tail``) and reads every sealed PIN as a mask, without a key. ``"none"``: it
+    touches no PIN (the projector, reconcile requests and reports).
+    """
+    registry = settings.schema_registry_url
+    cipher = settings.pin_keys.ring() if pins == "ring" else MASKED_PINS if pins == "masked" else None
+    return Codec(registry_url=registry.get_secret_value() if registry is not None else None, pins=cipher)
 
 
 def engine_for(settings: Settings) -> Engine:
-    url = settings.database_url
+    url = settings.database_url.get_secret_value()
     if url.startswith("sqlite:///"):
         path = url.removeprefix("sqlite:///")
         if path and path != ":memory:":
@@ -112,6 +124,7 @@ def build_translator(settings: Settings, *, only: list[str] | None = None,
                      directory: DeviceDirectory | None = None, group_suffix: str = "",
                      health: HealthState | None = None) -> TransactionalTranslator:
     provider = load_provider_or_exit(settings)
+    codec = build_codec(settings)
     kafka = settings.kafka_config()
     names = only or ["subscriptions", "communications", "requests"]
     inputs = {settings.topic(n): n for n in names}
@@ -128,7 +141,7 @@ def build_translator(settings: Settings, *, only: list[str] | None = None,
         directory = DesiredStateStore(engine)
     ctx = HandlerContext(provider=provider, limits=text_limits(settings), directory=directory)
     return TransactionalTranslator(
-        consumer, producer, build_codec(settings), build_handlers(ctx),
+        consumer, producer, codec, build_handlers(ctx),
         TranslatorConfig(inputs=inputs, commands_topic=settings.topic("commands"),
                          results_topic=settings.topic("results"), dlq_suffix=settings.topics.dlq_suffix,
                          reconcile_requests_topic=settings.topic("reconcile_requests"),
@@ -176,6 +189,7 @@ class ExecutorApp:
 def build_executor(settings: Settings, health: HealthState | None = None) -> ExecutorApp:
     """Must be called inside the event loop that will run it (the breaker binds to it)."""
     provider = load_provider_or_exit(settings)
+    codec = build_codec(settings)
     kafka = settings.kafka_config()
     engine = engine_for(settings)
     migrate(engine)
@@ -194,7 +208,7 @@ def build_executor(settings: Settings, health: HealthState | None = None) -> Exe
                                              prefetch_kbytes=ex_cfg.prefetch_kbytes))
     producer = make_producer(producer_config(kafka))
     commands = settings.topic("commands")
-    executor = Executor(consumer, producer, build_codec(settings), runner,
+    executor = Executor(consumer, producer, codec, runner,
                         ExecutorConfig(commands_topic=commands, results_topic=settings.topic("results"),
                                        dlq_topic=settings.dlq(commands), max_inflight=ex_cfg.max_inflight,
                                        max_buffered=ex_cfg.max_buffered,
@@ -216,7 +230,7 @@ async def _executor_main(settings: Settings) -> None:
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, app.executor.request_stop)
     loop.add_signal_handler(signal.SIGINT, app.executor.request_stop)
-    log.info("executor started kms=%s", settings.kms.endpoint)
+    log.info("executor started kms=%s", mask_url(settings.kms.endpoint))
     lag = start_lag_monitor(settings, "executor", settings.group_id("executor"), [settings.topic("commands")])
     try:
         await app.run()

@@ -21,7 +21,7 @@ from consumers.kafka_clients import consumer_config, make_consumer, make_produce
 from kms_adapter.port import KmsPort
 from kms_adapter.soap_client import SoapKmsClient
 from kmsbridge.db import upgrade
-from kmsbridge.settings import Settings
+from kmsbridge.settings import Settings, mask_url
 from kmsbridge.wiring import build_codec, engine_for, load_provider_or_exit, start_health
 from reconciler.expectations import Expectations
 from reconciler.job import JobConfig, ResetJob
@@ -63,7 +63,7 @@ def build_projector(settings: Settings, health: HealthState | None = None,
     config["enable.auto.commit"] = False  # offsets are committed synchronously after the DB commit
     topic = settings.topic("subscriptions")
     return Projector(
-        make_consumer(config), make_producer(producer_config(kafka)), build_codec(settings), store,
+        make_consumer(config), make_producer(producer_config(kafka)), build_codec(settings, pins="none"), store,
         ProjectorConfig(topic=topic, dlq_topic=settings.dlq(topic), max_message_bytes=settings.max_message_bytes),
         health=health,
     )
@@ -74,8 +74,7 @@ def run_projector(settings: Settings) -> None:
     projector = build_projector(settings, health)
     signal.signal(signal.SIGTERM, lambda *_: projector.request_stop())
     signal.signal(signal.SIGINT, lambda *_: projector.request_stop())
-    log.info("projector started topic=%s database=%s", settings.topic("subscriptions"),
-             settings.database_url.split("@")[-1])
+    log.info("projector started topic=%s database=%s", settings.topic("subscriptions"), settings.database_url)
     try:
         projector.run()
     finally:
@@ -156,7 +155,8 @@ def run_reconciler(settings: Settings) -> None:
     app = build_reconciler(settings, health)
     signal.signal(signal.SIGTERM, lambda *_: app.runner.request_stop())
     signal.signal(signal.SIGINT, lambda *_: app.runner.request_stop())
-    log.info("reconciler started requests=%s kms=%s", settings.topic("reconcile_requests"), settings.kms.endpoint)
+    log.info("reconciler started requests=%s kms=%s", settings.topic("reconcile_requests"),
+             mask_url(settings.kms.endpoint))
     try:
         app.run()
     finally:

@@ -18,6 +18,12 @@ defaults get them) and validated by its pydantic model. Anything that can never 
 Speed: schemas are parsed once per process, writer headers and reader plans are cached per record
 type and writer schema, and reading the current schema skips resolution altogether.
 
+PINs are sealed (:mod:`schemas.pin_seal`): a record type listed in :data:`SEALED_PIN_CONTEXT`
+writes its PIN as ``pin_sealed`` (AES-GCM under the codec's key ring) and ``pin`` as null, in the
+compiled writer and in fastavro's alike; reading opens ``pin_sealed`` back into the model's ``pin``
+(a clear ``pin`` written before v2 of those schemas is still read). A codec without a key ring
+writes and reads every record that carries no PIN.
+
 Times travel as ``timestamp-millis``: sub-millisecond parts are dropped on the wire.
 """
 
@@ -55,11 +61,13 @@ from schemas.errors import (
     WrongRecordType,
     describe_validation_error,
 )
+from schemas.pin_seal import PinCipher, PinKeyError, SealedPin, UnreadablePin
 from schemas.records import RECORD_TYPES, record_to_dict
 
 __all__ = [
     "CONFLUENT_MAGIC",
     "SCHEMA_DIR",
+    "SEALED_PIN_CONTEXT",
     "SINGLE_OBJECT_MAGIC",
     "Codec",
     "ShippedSchema",
@@ -78,6 +86,16 @@ _SINGLE_OBJECT_HEADER = len(SINGLE_OBJECT_MAGIC) + 8
 _CONFLUENT_HEADER = len(CONFLUENT_MAGIC) + 4
 _NAME_BY_TYPE: dict[type[BaseModel], str] = {cls: name for name, cls in RECORD_TYPES.items()}
 
+#: Record types whose ``pin`` is sealed on the wire, and the field whose value, with the type's
+#: name, is the AES-GCM associated data (a sealed PIN opens only in the record it was sealed for).
+SEALED_PIN_CONTEXT: dict[str, str] = {"ServiceRequest": "request_id", "KmsCommand": "idempotency_key"}
+_PIN = "pin"
+_PIN_SEALED = "pin_sealed"
+
+
+def _pin_context(name: str, record_id: str) -> bytes:
+    return f"{name}\x00{record_id}".encode()
+
 
 # --- shipped schemas ----------------------------------------------------------------------------
 
@@ -91,6 +109,7 @@ class ShippedSchema:
     raw: dict[str, Any]  # the JSON as written
     parsed: dict[str, Any]  # fastavro's parsed form, what the reader and writer take
     fingerprint: bytes  # 8 bytes, little-endian CRC-64-AVRO of the Parsing Canonical Form
+    seals_pin: bool = False  # has a pin_sealed field: its writers never write a clear pin
 
 
 def schema_fingerprint(schema: dict[str, Any] | str) -> bytes:
@@ -107,7 +126,8 @@ def schema_fingerprint(schema: dict[str, Any] | str) -> bytes:
 def _ship(raw: dict[str, Any], source: str) -> ShippedSchema:
     name = str(raw["name"]).rsplit(".", 1)[-1]
     parsed = cast(dict[str, Any], parse_schema(raw))
-    return ShippedSchema(name, source, raw, parsed, schema_fingerprint(raw))
+    seals_pin = any(field.get("name") == _PIN_SEALED for field in raw.get("fields", []))
+    return ShippedSchema(name, source, raw, parsed, schema_fingerprint(raw), seals_pin)
 
 
 @functools.cache
@@ -322,6 +342,11 @@ def _gen_write(src: _Source, schema: Any, value: str, named: dict[str, Any], ind
         src.emit(ind, f"{size} = len({raw})")
         src.emit(ind, f"out += _SMALL_LONGS[{size}] if {size} < 64 else _long({size})")
         src.emit(ind, f"out += {raw}")
+    elif kind == "bytes":
+        size = src.var("n")
+        src.emit(ind, f"{size} = len({value})")
+        src.emit(ind, f"out += _SMALL_LONGS[{size}] if {size} < 64 else _long({size})")
+        src.emit(ind, f"out += {value}")
     elif kind in ("long", "int"):
         src.emit(ind, f"out += _SMALL_LONGS[{value}] if {value}.__class__ is int and -64 <= {value} < 64 "
                       f"else _long({value})")
@@ -357,12 +382,20 @@ def _gen_write(src: _Source, schema: Any, value: str, named: dict[str, Any], ind
         _gen_write(src, schema["values"], item, named, ind + 2)
         src.emit(ind, "out += b'\\x00'")
     elif kind == "record":
-        for fld in schema["fields"]:
-            attr = src.var("f")
-            src.emit(ind, f"{attr} = {value}.{fld['name']}")
-            _gen_write(src, fld["type"], attr, named, ind)
+        _gen_write_fields(src, schema["fields"], value, named, ind)
     else:
         raise _Unsupported(kind)
+
+
+def _gen_write_fields(src: _Source, fields: list[dict[str, Any]], value: str, named: dict[str, Any], ind: int,
+                      wire: dict[str, str] | None = None) -> None:
+    """Each field of a record, read as an attribute of ``value`` unless ``wire`` gives its expression."""
+    for fld in fields:
+        attr = src.var("f")
+        name = fld["name"]
+        source = wire[name] if wire and name in wire else f"{value}.{name}"
+        src.emit(ind, f"{attr} = {source}")
+        _gen_write(src, fld["type"], attr, named, ind)
 
 
 def _emit_read_long(src: _Source, ind: int, into: str) -> None:
@@ -386,6 +419,14 @@ def _gen_read(src: _Source, schema: Any, target: str, named: dict[str, Any], ind
         src.emit(ind, f"if {length} < 0 or {end} > size:")
         src.emit(ind + 1, "raise EOFError")
         src.emit(ind, f"{target} = data[p:{end}].decode()")
+        src.emit(ind, f"p = {end}")
+    elif kind == "bytes":
+        length, end = src.var("n"), src.var("e")
+        _emit_read_long(src, ind, length)
+        src.emit(ind, f"{end} = p + {length}")
+        src.emit(ind, f"if {length} < 0 or {end} > size:")
+        src.emit(ind + 1, "raise EOFError")
+        src.emit(ind, f"{target} = data[p:{end}]")
         src.emit(ind, f"p = {end}")
     elif kind in ("long", "int"):
         _emit_read_long(src, ind, target)
@@ -453,8 +494,9 @@ def _gen_read(src: _Source, schema: Any, target: str, named: dict[str, Any], ind
 def _compile(schema: dict[str, Any], reader: bool) -> Callable[..., Any] | None:
     """A function specialised for ``schema`` (parsed), or None when it uses what is not compiled.
 
-    Writer: ``write(record) -> bytes`` reading the record's attributes (no ``model_dump``) and writing
-    fastavro's bytes; reader: ``read(data, p) -> (dict, end)`` returning what ``schemaless_reader``
+    Writer: ``write(record, sealed) -> bytes`` reading the record's attributes (no ``model_dump``) and
+    writing fastavro's bytes; in a schema with ``pin_sealed`` that field is ``sealed`` and ``pin`` is
+    null, whatever the record holds; reader: ``read(data, p) -> (dict, end)`` returning what ``schemaless_reader``
     returns. fastavro stays the reference: any error in a compiled function sends the call down the
     fastavro path, which then succeeds or raises its usual, classified error.
     """
@@ -468,9 +510,14 @@ def _compile(schema: dict[str, Any], reader: bool) -> Callable[..., Any] | None:
             head = "def compiled(data, p):"
         else:
             src.emit(1, "out = bytearray()")
-            _gen_write(src, schema, "record", named, 1)
+            if _kind(schema) != "record":
+                raise _Unsupported("top level is not a record")
+            fields = schema["fields"]
+            sealing = any(fld["name"] == _PIN_SEALED for fld in fields)
+            wire = {_PIN: "None", _PIN_SEALED: "sealed"} if sealing else {}
+            _gen_write_fields(src, fields, "record", named, 1, wire)
             src.emit(1, "return bytes(out)")
-            head = "def compiled(record):"
+            head = "def compiled(record, sealed):"
     except (_Unsupported, KeyError):
         return None
     scope: dict[str, Any] = {
@@ -502,10 +549,15 @@ class Codec:
     """Encodes records to Kafka values and decodes them back; one per process, shared by threads.
 
     ``registry_url`` switches writing to the Confluent framing; ``registry_config`` holds the other
-    ``SchemaRegistryClient`` settings (``basic.auth.user.info``, ``ssl.ca.location``, ...).
+    ``SchemaRegistryClient`` settings (``basic.auth.user.info``, ``ssl.ca.location``, ...). ``pins``
+    seals and opens PINs (a :class:`~schemas.pin_seal.PinKeyRing`, or ``MASKED_PINS`` to show records
+    without a key); without it, writing a PIN raises ``RecordEncodeError`` and reading a sealed one
+    raises ``UnreadablePin``.
     """
 
-    def __init__(self, registry_url: str | None = None, registry_config: dict[str, Any] | None = None) -> None:
+    def __init__(self, registry_url: str | None = None, registry_config: dict[str, Any] | None = None,
+                 *, pins: PinCipher | None = None) -> None:
+        self._pins = pins
         self._current, self._by_fingerprint = _catalog()
         self._registry: SchemaRegistryClient | None = None
         if registry_url:
@@ -538,17 +590,23 @@ class Codec:
         header = self._headers.get((topic, cls))
         if header is None:
             header = self._header(topic, cls)
-        schema = self._current[_NAME_BY_TYPE[cls]]
+        name = _NAME_BY_TYPE[cls]
+        schema = self._current[name]
+        sealed = self._seal(name, record) if name in SEALED_PIN_CONTEXT else None
         fast = _compiled(schema, reader=False)
         if fast is not None:
             try:
-                return header + fast(record)
+                return header + fast(record, sealed)
             except Exception:  # fastavro below writes it, or says what does not fit
                 pass
         out = BytesIO()
         out.write(header)
+        value = _to_avro(record)
+        if name in SEALED_PIN_CONTEXT:
+            value[_PIN] = None
+            value[_PIN_SEALED] = sealed._asdict() if sealed is not None else None
         try:
-            schemaless_writer(out, schema.parsed, _to_avro(record))
+            schemaless_writer(out, schema.parsed, value)
         except (TypeError, ValueError, KeyError, AttributeError, OverflowError) as exc:
             # The message of exc may quote a value; keep it in the chain, out of our sentence.
             raise RecordEncodeError(
@@ -556,6 +614,21 @@ class Codec:
                 " schema disagree"
             ) from exc
         return out.getvalue()
+
+    def _seal(self, name: str, record: BaseModel) -> SealedPin | None:
+        pin = getattr(record, _PIN)
+        if pin is None:
+            return None
+        if self._pins is None:
+            raise RecordEncodeError(
+                f"a {name} with a PIN cannot be written without a PIN key ring (KMSBRIDGE_PIN_KEYS__FILE or"
+                " KMSBRIDGE_PIN_KEYS__KEYS with KMSBRIDGE_PIN_KEYS__CURRENT)"
+            )
+        clear = pin.get_secret_value() if isinstance(pin, SecretStr) else str(pin)
+        try:
+            return self._pins.seal(clear, _pin_context(name, getattr(record, SEALED_PIN_CONTEXT[name])))
+        except PinKeyError as exc:
+            raise RecordEncodeError(f"a {name} with a PIN cannot be written: {exc}") from None
 
     def encode_many(self, records: Iterable[BaseModel], topic: str) -> list[bytes]:
         """``encode`` of each record, in order."""
@@ -711,9 +784,8 @@ class Codec:
         self._plans[(writer.fingerprint, expected)] = reader
         return reader
 
-    @staticmethod
     def _read(
-        data: bytes, offset: int, writer: ShippedSchema, reader: dict[str, Any] | None, expected: type[R]
+        self, data: bytes, offset: int, writer: ShippedSchema, reader: dict[str, Any] | None, expected: type[R]
     ) -> R:
         # ``from None`` below: the causes (UnicodeDecodeError, ValidationError) quote payload bytes
         # and field values, PINs included, and must not reach a log through the traceback.
@@ -724,14 +796,11 @@ class Codec:
             except Exception:  # fastavro below reads it, or classifies what is wrong with it
                 end = -1
             if end == len(data):
-                try:
-                    return expected.model_validate(value)
-                except ValidationError as exc:
-                    raise InvalidRecord(f"{writer.name} is invalid: {describe_validation_error(exc)}") from None
+                return self._validate(value, writer, expected)
         stream = BytesIO(data)
         stream.seek(offset)
         try:
-            value = schemaless_reader(stream, writer.parsed, reader)
+            value = cast(dict[str, Any], schemaless_reader(stream, writer.parsed, reader))
         except EOFError:
             raise TruncatedMessage(
                 f"{writer.name} body ends early: the message of {len(data)} bytes is cut short"
@@ -753,7 +822,30 @@ class Codec:
                 f"{left} bytes left after the {writer.name} body; the bytes do not match {writer.source}",
                 reason="corrupt",
             )
+        return self._validate(value, writer, expected)
+
+    def _validate(self, value: dict[str, Any], writer: ShippedSchema, expected: type[R]) -> R:
+        """The ``expected`` record of a decoded ``value``, its sealed PIN opened into ``pin``."""
+        if writer.name in SEALED_PIN_CONTEXT:
+            self._open(value, writer)
         try:
             return expected.model_validate(value)
         except ValidationError as exc:
             raise InvalidRecord(f"{writer.name} is invalid: {describe_validation_error(exc)}") from None
+
+    def _open(self, value: dict[str, Any], writer: ShippedSchema) -> None:
+        sealed = value.pop(_PIN_SEALED, None)
+        if writer.seals_pin and value.get(_PIN) is not None:
+            raise InvalidRecord(f"{writer.name} carries a clear PIN, which {writer.source} never writes")
+        if sealed is None:
+            return  # no PIN, or a clear one written before PINs were sealed
+        record_id = value.get(SEALED_PIN_CONTEXT[writer.name])
+        if not isinstance(record_id, str):
+            raise InvalidRecord(f"{writer.name} has a sealed PIN but no {SEALED_PIN_CONTEXT[writer.name]}")
+        if self._pins is None:
+            raise UnreadablePin(
+                f"{writer.name} {record_id!r} has a sealed PIN and this process has no PIN key ring"
+                " (KMSBRIDGE_PIN_KEYS__FILE or KMSBRIDGE_PIN_KEYS__KEYS)"
+            )
+        pin = self._pins.open(SealedPin(**sealed), _pin_context(writer.name, record_id))
+        value[_PIN] = pin

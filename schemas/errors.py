@@ -46,6 +46,7 @@ PoisonReason = Literal[
     "invalid_record",
     "oversized",
     "future_timestamp",
+    "sealed_pin",
 ]
 
 

@@ -10,8 +10,9 @@ import pytest
 from fastavro import parse_schema, schemaless_writer
 from pydantic import BaseModel
 
-from schemas.codec import Codec, history_schemas, load_schema, schema_fingerprint
+from schemas.codec import SEALED_PIN_CONTEXT, Codec, history_schemas, load_schema, schema_fingerprint
 from schemas.errors import PoisonMessage, SchemaRegistryUnavailable
+from schemas.pin_seal import PinKeyRing
 from schemas.records import (
     RECORD_TYPES,
     KmsCommand,
@@ -26,6 +27,17 @@ if TYPE_CHECKING:
 
 NAMES = sorted(RECORD_TYPES)
 TOPIC = "crm.subscriptions"
+RING = PinKeyRing({"unit-1": bytes(range(32))}, "unit-1")
+
+
+def _wire_dict(name: str, record: BaseModel) -> dict[str, Any]:
+    """What the codec must write for ``record``: ``record_to_dict``, with a PIN sealed under RING."""
+    value = record_to_dict(record)
+    if name in SEALED_PIN_CONTEXT:
+        pin, value["pin"] = value["pin"], None
+        context = f"{name}\x00{value[SEALED_PIN_CONTEXT[name]]}".encode()
+        value["pin_sealed"] = RING.seal(pin, context)._asdict() if pin is not None else None
+    return value
 
 
 def _avro_body(schema: dict[str, Any], value: dict[str, Any]) -> bytes:
@@ -45,7 +57,7 @@ def _confluent(schema_id: int, schema: dict[str, Any], value: dict[str, Any]) ->
 
 def _poison(data: bytes | None, expected: type[BaseModel], codec: Codec | None = None) -> PoisonMessage:
     with pytest.raises(PoisonMessage) as caught:
-        (codec or Codec()).decode(data, expected)
+        (codec or Codec(pins=RING)).decode(data, expected)
     assert caught.value.retryable is False
     return caught.value
 
@@ -64,18 +76,18 @@ def test_every_record_round_trips_in_single_object_encoding(
     name: str, sample_records: dict[str, BaseModel]
 ) -> None:
     record = sample_records[name]
-    data = Codec().encode(record, TOPIC)
+    data = Codec(pins=RING).encode(record, TOPIC)
 
     assert data[:2] == b"\xc3\x01"
     assert data[2:10] == schema_fingerprint(load_schema(name))
-    assert Codec().decode(data, RECORD_TYPES[name]) == record
+    assert Codec(pins=RING).decode(data, RECORD_TYPES[name]) == record
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_codec_writes_the_same_body_as_record_to_dict(name: str, sample_records: dict[str, BaseModel]) -> None:
-    # The codec's fast dump must not drift from record_to_dict, the reference (secrets included).
+    # The codec's fast dump must not drift from record_to_dict, the reference (PINs sealed).
     record = sample_records[name]
-    assert Codec().encode(record, TOPIC)[10:] == _avro_body(load_schema(name), record_to_dict(record))
+    assert Codec(pins=RING).encode(record, TOPIC)[10:] == _avro_body(load_schema(name), _wire_dict(name, record))
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -83,13 +95,13 @@ def test_decode_any_returns_the_record_type_its_writer_schema_names(
     name: str, sample_records: dict[str, BaseModel]
 ) -> None:
     record = sample_records[name]
-    decoded = Codec().decode_any(Codec().encode(record, TOPIC))
+    decoded = Codec(pins=RING).decode_any(Codec(pins=RING).encode(record, TOPIC))
     assert type(decoded) is RECORD_TYPES[name]
     assert decoded == record
 
 
 def test_pin_survives_the_avro_round_trip(sample_records: dict[str, BaseModel]) -> None:
-    codec = Codec()
+    codec = Codec(pins=RING)
     request = codec.decode(codec.encode(sample_records["ServiceRequest"], "kms.requests"), ServiceRequest)
     command = codec.decode(codec.encode(sample_records["KmsCommand"], "kms.commands"), KmsCommand)
     assert request.pin is not None and request.pin.get_secret_value() == "4711"
@@ -100,7 +112,7 @@ def test_many_helpers_keep_order(sample_records: dict[str, BaseModel]) -> None:
     event = sample_records["SubscriptionEvent"]
     assert isinstance(event, SubscriptionEvent)
     events = [event.model_copy(update={"version": v}) for v in range(5)]
-    codec = Codec()
+    codec = Codec(pins=RING)
     decoded = codec.decode_many(codec.encode_many(events, TOPIC), SubscriptionEvent)
     assert [e.version for e in decoded] == [0, 1, 2, 3, 4]
 
@@ -119,7 +131,7 @@ def test_subscription_event_written_with_v0_reads_with_no_added_devices(
 ) -> None:
     data = _single_object(history_schemas("SubscriptionEvent")["v0"], _v0_event(sample_records))
 
-    event = Codec().decode(data, SubscriptionEvent)
+    event = Codec(pins=RING).decode(data, SubscriptionEvent)
 
     assert event.added_devices == []
     assert event.devices == sample_records["SubscriptionEvent"].devices  # type: ignore[attr-defined]
@@ -132,7 +144,7 @@ def test_subscription_event_written_with_v0_through_the_registry_reads_with_no_a
     schema_id = schema_registry.register(f"{TOPIC}-value", json.dumps(v0))
     data = _confluent(schema_id, v0, _v0_event(sample_records))
 
-    event = Codec(schema_registry.url).decode(data, SubscriptionEvent)
+    event = Codec(schema_registry.url, pins=RING).decode(data, SubscriptionEvent)
 
     assert event.added_devices == []
     assert event.version == 3
@@ -146,20 +158,20 @@ def test_every_record_round_trips_in_confluent_framing(
     name: str, schema_registry: FakeSchemaRegistry, sample_records: dict[str, BaseModel]
 ) -> None:
     record = sample_records[name]
-    data = Codec(schema_registry.url).encode(record, "some.topic")
+    data = Codec(schema_registry.url, pins=RING).encode(record, "some.topic")
 
     schema_id = int.from_bytes(data[1:5], "big")
     assert data[0] == 0
     assert schema_registry.subjects == {"some.topic-value": [schema_id]}
     # A fresh codec (as in another process) must fetch the writer schema by id to read it.
-    assert Codec(schema_registry.url).decode(data, RECORD_TYPES[name]) == record
+    assert Codec(schema_registry.url, pins=RING).decode(data, RECORD_TYPES[name]) == record
     assert schema_registry.count("GET", f"/schemas/ids/{schema_id}") == 1
 
 
 def test_schema_id_is_registered_once_per_topic_and_record_type(
     schema_registry: FakeSchemaRegistry, sample_records: dict[str, BaseModel]
 ) -> None:
-    codec = Codec(schema_registry.url)
+    codec = Codec(schema_registry.url, pins=RING)
     for _ in range(3):
         codec.encode(sample_records["KmsCommand"], "kms.commands")
         codec.encode(sample_records["KmsResult"], "kms.results")
@@ -172,17 +184,17 @@ def test_registry_codec_reads_single_object_messages_too(
     schema_registry: FakeSchemaRegistry, sample_records: dict[str, BaseModel]
 ) -> None:
     record = sample_records["KmsResult"]
-    data = Codec().encode(record, "kms.results")
-    assert Codec(schema_registry.url).decode(data, KmsResult) == record
+    data = Codec(pins=RING).encode(record, "kms.results")
+    assert Codec(schema_registry.url, pins=RING).decode(data, KmsResult) == record
     assert schema_registry.requests == []
 
 
 def test_unreachable_registry_is_retryable_not_poison(
     schema_registry: FakeSchemaRegistry, sample_records: dict[str, BaseModel]
 ) -> None:
-    data = Codec(schema_registry.url).encode(sample_records["KmsResult"], "kms.results")
+    data = Codec(schema_registry.url, pins=RING).encode(sample_records["KmsResult"], "kms.results")
     schema_registry.fail_with = 503
-    reader = Codec(schema_registry.url, {"max.retries": 0})
+    reader = Codec(schema_registry.url, {"max.retries": 0}, pins=RING)
 
     with pytest.raises(SchemaRegistryUnavailable) as caught:
         reader.decode(data, KmsResult)
@@ -199,7 +211,7 @@ def test_empty_value_is_poison(data: bytes | None) -> None:
 
 
 def test_body_cut_short_is_truncated(sample_records: dict[str, BaseModel]) -> None:
-    data = Codec().encode(sample_records["SubscriptionEvent"], TOPIC)
+    data = Codec(pins=RING).encode(sample_records["SubscriptionEvent"], TOPIC)
     error = _poison(data[:-3], SubscriptionEvent)
     assert error.reason == "truncated"
 
@@ -210,7 +222,7 @@ def test_header_cut_short_is_truncated(data: bytes) -> None:
 
 
 def test_unknown_fingerprint_is_poison(sample_records: dict[str, BaseModel]) -> None:
-    data = bytearray(Codec().encode(sample_records["SubscriptionEvent"], TOPIC))
+    data = bytearray(Codec(pins=RING).encode(sample_records["SubscriptionEvent"], TOPIC))
     data[2:10] = bytes(8)
     error = _poison(bytes(data), SubscriptionEvent)
     assert error.reason == "unknown_fingerprint"
@@ -224,7 +236,7 @@ def test_confluent_framing_without_a_registry_is_an_unknown_schema_id() -> None:
 
 
 def test_schema_id_the_registry_does_not_know_is_poison(schema_registry: FakeSchemaRegistry) -> None:
-    error = _poison(b"\x00\x00\x00\x03\xe7" + b"\x02", SubscriptionEvent, Codec(schema_registry.url))
+    error = _poison(b"\x00\x00\x00\x03\xe7" + b"\x02", SubscriptionEvent, Codec(schema_registry.url, pins=RING))
     assert error.reason == "unknown_schema_id"
     assert "999" in str(error)
 
@@ -245,23 +257,23 @@ def test_record_breaking_its_model_is_invalid_and_names_the_field(sample_records
 
 
 def test_invalid_record_message_never_quotes_the_pin(sample_records: dict[str, BaseModel]) -> None:
-    value = record_to_dict(sample_records["ServiceRequest"])
+    value = record_to_dict(sample_records["ServiceRequest"])  # a clear PIN, as v1 writers wrote it
     value["request_id"] = ""
-    error = _poison(_single_object(load_schema("ServiceRequest"), value), ServiceRequest)
+    error = _poison(_single_object(history_schemas("ServiceRequest")["v1"], value), ServiceRequest)
     assert error.reason == "invalid_record"
     assert "request_id" in str(error)
     assert "4711" not in str(error) and error.__cause__ is None
 
 
 def test_record_of_another_type_is_poison(sample_records: dict[str, BaseModel]) -> None:
-    data = Codec().encode(sample_records["KmsResult"], "kms.results")
+    data = Codec(pins=RING).encode(sample_records["KmsResult"], "kms.results")
     error = _poison(data, SubscriptionEvent)
     assert error.reason == "wrong_record_type"
     assert "KmsResult" in str(error)
 
 
 def test_bytes_after_the_record_are_corrupt(sample_records: dict[str, BaseModel]) -> None:
-    data = Codec().encode(sample_records["KmsResult"], "kms.results")
+    data = Codec(pins=RING).encode(sample_records["KmsResult"], "kms.results")
     assert _poison(data + b"\x00", KmsResult).reason == "corrupt"
 
 
@@ -273,7 +285,7 @@ def test_writer_schema_incompatible_with_the_current_one_is_poison(
     value = record_to_dict(sample_records["SubscriptionEvent"]) | {"version": "three"}
     schema_id = schema_registry.register(f"{TOPIC}-value", json.dumps(bad))
 
-    error = _poison(_confluent(schema_id, bad, value), SubscriptionEvent, Codec(schema_registry.url))
+    error = _poison(_confluent(schema_id, bad, value), SubscriptionEvent, Codec(schema_registry.url, pins=RING))
 
     assert error.reason == "incompatible_schema"
     assert "SubscriptionEvent.version" in str(error)
