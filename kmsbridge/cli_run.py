@@ -21,6 +21,7 @@ PROCESS_RUNNERS: dict[str, tuple[str, str]] = {
     "projector": ("kmsbridge.wiring_reconciler", "run_projector"),
     "reconciler": ("kmsbridge.wiring_reconciler", "run_reconciler"),
     "api": ("kmsbridge.wiring_api", "run_api"),
+    "request-log": ("kmsbridge.wiring_request_log", "run_request_log"),
 }
 
 
@@ -39,7 +40,7 @@ def resolve_runner(process: str) -> Callable[..., Any] | None:
 @click.command("run")
 @click.argument("process", type=click.Choice(sorted(PROCESS_RUNNERS)))
 def run_cmd(process: str) -> None:
-    """Run one process (translator, executor, projector, reconciler, api) until SIGTERM."""
+    """Run one process (translator, executor, projector, reconciler, api, request-log) until SIGTERM."""
     settings = cli_settings()
     runner = resolve_runner(process)
     if runner is None:
