@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsError as PydanticSettingsError
 
 from kmsbridge.settings_request_log import RequestLogSettings
 from schemas.pin_seal import PinKeyError, PinKeyRing
@@ -307,3 +309,7 @@ def load_settings(**overrides: Any) -> Settings:
             path = "__".join(str(p) for p in err["loc"]).upper()
             problems.append(f"{ENV_PREFIX}{path}: {err['msg']}")
         raise SettingsError("invalid settings: " + "; ".join(problems)) from None
+    except PydanticSettingsError as exc:  # a value that is not the JSON a list or map setting needs
+        found = re.search(r'field "(\w+)"', str(exc))
+        name = f"{ENV_PREFIX}{found.group(1).upper()}" if found else "a setting"
+        raise SettingsError(f"invalid settings: {name}: cannot be parsed (a list or map takes JSON)") from None
