@@ -4,8 +4,10 @@
 event *grants*, never what it *takes away*. This module names the boxes that hold nothing after an
 event, valid or not, so planning, a reset and drift detection clear the same ones:
 
-* :func:`removed_cards`: every card in ``removed_devices``, once (the first entry in device order
-  when CRM lists a card twice), cleared and unpaired from the box that entry names;
+* :func:`removed_cards`: every card in ``removed_devices``, once, cleared and unpaired from the box
+  its entry names (when CRM lists a card twice: the first entry in device order that names a box; a
+  second box of the same card is left to the next reset run, which unpairs the card from the box the
+  KMS reports);
 * :func:`revoked_devices`: the current devices that are cleared even when the grant is rejected:
 
   - every device of a SUSPENDED or CANCELLED subscription;
@@ -33,8 +35,10 @@ __all__ = ["removed_cards", "revoked_devices"]
 
 
 def removed_cards(event: SubscriptionEvent) -> list[Device]:
-    """``removed_devices`` in device order, each card once."""
-    return _once_per_card(sorted_devices(event.removed_devices))
+    """``removed_devices`` in device order, each card once (an entry naming a box preferred)."""
+    ordered = sorted_devices(event.removed_devices)
+    boxed = {d.secure_client_id: d for d in reversed(ordered) if d.stb_serial}  # the first that names a box
+    return [boxed.get(d.secure_client_id, d) for d in _once_per_card(ordered)]
 
 
 def revoked_devices(event: SubscriptionEvent, provider: ProviderConfig) -> list[Device]:

@@ -245,6 +245,11 @@ def test_the_run_memo_of_desired_states_equals_provisioning_desired_state() -> N
               devices=[MAIN]),
         event(devices=[Device(distributor="MAIN", secure_client_id="900", stb_serial="B-9"), TWIN1]),
         event(services=[Service(service_code="SPORTS", state=ServiceState.INACTIVE)]),
+        # per-box selection: the same codes and states, chosen for different boxes
+        event(services=[Service(service_code="BASIC", state=ServiceState.ACTIVE),
+                        Service(service_code="SPORTS", state=ServiceState.ACTIVE, distributors=["MAIN"])]),
+        event(services=[Service(service_code="BASIC", state=ServiceState.ACTIVE, distributors=["TWIN1"]),
+                        Service(service_code="SPORTS", state=ServiceState.ACTIVE, distributors=["MAIN"])]),
     ]
     states = DesiredStates(PROVIDER, AT)
 
