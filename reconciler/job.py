@@ -13,7 +13,8 @@ One run, for one :class:`~schemas.records.ReconcileRequest`:
    ``failed`` and the run goes on. A chunk the KMS rejects (a terminal error, such as a card id XML
    cannot carry) is split in halves and each half queried again, down to the card it rejects: one bad
    card never fails the good ones, and the subscriptions holding a rejected card count as ``failed``
-   (logged with the code).
+   (logged with the code). So does a subscription whose stored event fails the record limits (a row
+   written before them, :attr:`~reconciler.model.StoredSubscription.invalid`); it is not queried.
 4. **Compare** (:func:`reconciler.drift.compare`): desired state from the same planning code the
    translator uses, evaluated at the run's start time. A subscription whose stored state validation
    rejects is compared, and repaired, in the revoking direction only (its boxes cleared as planning
@@ -114,7 +115,7 @@ class _Batch:
     drifts: list[SubscriptionDrift] = field(default_factory=list)
     pending: dict[str, str] = field(default_factory=dict)
     error: str | None = None
-    unreadable: dict[str, str] = field(default_factory=dict)  # subscription → "card: code" the KMS rejected
+    unreadable: dict[str, str] = field(default_factory=dict)  # subscription → why it cannot be compared
 
 
 def _utc_now() -> datetime:
@@ -226,7 +227,9 @@ class ResetJob:
                      queries: asyncio.Semaphore, desired: DesiredStates, stats: RunStats) -> _Batch:
         """Steps 3-4 for one batch: read the KMS, compare."""
         batch = _Batch(subscriptions)
-        cards = list(dict.fromkeys(card for s in subscriptions for card in cards_to_query(s)))
+        batch.unreadable = {s.event.subscription_id: f"stored state invalid: {s.invalid}"
+                            for s in subscriptions if s.invalid is not None}
+        cards = list(dict.fromkeys(card for s in subscriptions if s.invalid is None for card in cards_to_query(s)))
         chunks = [cards[i:i + self.config.query_batch] for i in range(0, len(cards), self.config.query_batch)]
         rejected: dict[str, str] = {}
         try:
@@ -240,7 +243,7 @@ class ResetJob:
         for s in subscriptions:
             bad = next((card for card in cards_to_query(s) if card in rejected), None)
             if bad is not None:
-                batch.unreadable[s.event.subscription_id] = f"{bad!r}: {rejected[bad]}"
+                batch.unreadable[s.event.subscription_id] = f"card {bad!r} rejected: {rejected[bad]}"
         batch.drifts = [SubscriptionDrift(s.event.subscription_id) if s.event.subscription_id in batch.unreadable
                         else compare(s, actual, self._provider, desired.at, desired_states=desired)
                         for s in subscriptions]
@@ -298,9 +301,9 @@ class ResetJob:
         for stored, drift in zip(batch.subscriptions, batch.drifts, strict=True):
             sid = stored.event.subscription_id
             stats.checked += 1
-            if sid in batch.unreadable:  # the KMS rejected a card of it: it cannot be compared
+            if sid in batch.unreadable:  # its stored state is invalid, or the KMS rejected a card of it
                 stats.failed += 1
-                log.warning("reconcile cannot read subscription_id=%s card=%s", sid, batch.unreadable[sid])
+                log.warning("reconcile cannot compare subscription_id=%r: %s", sid, batch.unreadable[sid])
                 continue
             if drift.rejection is not None:
                 stats.rejected += 1

@@ -34,6 +34,9 @@ class StoredSubscription:
 
     event: SubscriptionEvent
     retired: tuple[KnownCard, ...] = ()
+    #: Why the stored event fails the record limits (a row written before them): ``event`` then
+    #: holds only the subscription id, and a reset run counts the subscription as failed.
+    invalid: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -32,12 +32,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from pydantic import ValidationError
 from sqlalchemy import ColumnElement, Select, bindparam, false, func, select, true, tuple_, update
 from sqlalchemy.engine import Connection, Engine
 
 from reconciler.dialect import insert_missing, upsert_statement
 from reconciler.model import KnownCard, Selection, StoredSubscription
 from reconciler.tables import DESIRED_METADATA, UtcDateTime, cards_table, subscriptions_table
+from schemas.errors import describe_validation_error
 from schemas.records import Device, SubscriptionEvent
 
 __all__ = [
@@ -210,9 +212,9 @@ class DesiredStateStore:
                 rows = conn.execute(_after(base, after)).all()
                 if not rows:
                     return
-                events = [SubscriptionEvent.model_validate_json(row.event_json) for row in rows]
-                retired = self._retired(conn, [e.subscription_id for e in events])
-            yield [StoredSubscription(e, retired.get(e.subscription_id, ())) for e in events]
+                parsed = [_parse_stored(row.subscription_id, row.event_json) for row in rows]
+                retired = self._retired(conn, [e.subscription_id for e, invalid in parsed if invalid is None])
+            yield [StoredSubscription(e, retired.get(e.subscription_id, ()), invalid) for e, invalid in parsed]
             if len(rows) < batch:
                 return
             after = (rows[-1].created_at, rows[-1].subscription_id)
@@ -240,6 +242,15 @@ class DesiredStateStore:
             out.setdefault(row.subscription_id, []).append(
                 KnownCard(row.secure_client_id, row.distributor, row.stb_serial))
         return {sub: tuple(cards) for sub, cards in out.items()}
+
+
+def _parse_stored(subscription_id: str, event_json: str) -> tuple[SubscriptionEvent, str | None]:
+    """A stored event, or (for a row that fails the record limits) a stand-in holding only the
+    subscription id and why, so one such row never stops a reset run."""
+    try:
+        return SubscriptionEvent.model_validate_json(event_json), None
+    except ValidationError as exc:
+        return SubscriptionEvent.model_construct(subscription_id=subscription_id), describe_validation_error(exc)
 
 
 def _filters(selection: Selection) -> list[ColumnElement[bool]]:

@@ -1,7 +1,7 @@
 """One bad card never fails a reset run's batch of good ones (the QUERY_CLIENTS path of reconciler/job.py).
 
-The bad card is a row of the desired-state cards table written before the record limits existed
-(inserted with SQL, as such a row sits in a database today), or a card the KMS itself rejects.
+The bad card is a row of the desired-state tables written before the record limits existed
+(written with SQL, as such a row sits in a database today), or a card the KMS itself rejects.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from sqlalchemy import insert
+from sqlalchemy import insert, update
 
 from kms_adapter.errors import KmsRejected
 from kms_adapter.fake import InMemoryKms
@@ -26,7 +26,7 @@ from reconciler.job import JobConfig, ResetJob
 from reconciler.lock import RunLock
 from reconciler.publish import CollectingSink
 from reconciler.store import DesiredStateStore
-from reconciler.tables import cards_table
+from reconciler.tables import cards_table, subscriptions_table
 from schemas.records import (
     Device,
     EventType,
@@ -127,3 +127,20 @@ def test_the_split_asks_the_kms_a_number_of_times_logarithmic_in_the_batch(tmp_p
 
     # 12 cards, one bad: the batch, then two halves at each of the ceil(log2 12) = 4 levels at most.
     assert 1 < kms.queries <= 1 + 2 * 4
+
+
+def test_a_stored_event_that_fails_the_limits_fails_its_subscription_and_the_others_are_checked(
+        tmp_path: Path) -> None:
+    kms = InMemoryKms()
+    job, store, sink = seeded(tmp_path, kms)
+    stored = store.get("S-003")
+    assert stored is not None
+    bad = stored.model_dump_json().replace('"C003"', '"C\\u000b3"')  # its device, as stored before the limits
+    with store.engine.begin() as conn:
+        conn.execute(update(subscriptions_table).where(subscriptions_table.c.subscription_id == "S-003")
+                     .values(event_json=bad))
+
+    report = run(job)
+
+    assert_only_the_bad_subscription_failed(report, sink)
+    assert not any("C\x0b3" in (c.secure_client_ids or ()) for c in kms.calls if c.method == "query_clients")
