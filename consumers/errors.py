@@ -7,6 +7,7 @@ __all__ = [
     "ConsumerError",
     "FatalKafkaError",
     "KafkaAuthenticationFailed",
+    "KafkaTlsFailed",
     "TransactionAborted",
 ]
 
@@ -31,6 +32,11 @@ class FatalKafkaError(ConsumerError):
 class KafkaAuthenticationFailed(FatalKafkaError):
     """The broker refused our credentials. librdkafka would retry forever, so a wrong password would
     look like a hung process; we fail closed instead, naming the settings to check."""
+
+
+class KafkaTlsFailed(FatalKafkaError):
+    """The TLS handshake with the broker failed (its certificate is not signed by the CA we trust, names
+    another host, or has expired). No retry makes it succeed; we fail closed, naming the settings."""
 
 
 class CommandAbandoned(ConsumerError):
