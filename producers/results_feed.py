@@ -28,7 +28,7 @@ from collections.abc import Sequence
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
-from consumers.kafka_clients import consume_available
+from consumers.kafka_clients import KafkaErrorHandler, consume_available
 from consumers.metrics import MESSAGES_CONSUMED, MESSAGES_PROCESSED
 from producers.errors import ProducerError
 from producers.outcomes import OutcomeStore
@@ -55,7 +55,8 @@ class OutcomeFeed:
                  *, history_seconds: float = 0.0, timeout: float = 10.0, name: str = "outcomes") -> None:
         self._config = {**kafka_config, "group.id": f"kmsbridge-{name}-{uuid.uuid4().hex[:12]}",
                         "enable.auto.commit": False, "isolation.level": "read_committed",
-                        "auto.offset.reset": "latest", "enable.partition.eof": False}
+                        "auto.offset.reset": "latest", "enable.partition.eof": False,
+                        "error_cb": KafkaErrorHandler(f"outcome feed ({name})")}
         self._codec = codec
         self._store = store
         self._topics = list(topics)
@@ -81,7 +82,10 @@ class OutcomeFeed:
             starts = self._start_offsets(consumer, parts)
             consumer.assign(starts)
         except KafkaException as exc:
-            consumer.close()
+            try:
+                consumer.poll(0)  # serves the error callback: refused credentials or an untrusted broker raise
+            finally:
+                consumer.close()
             raise OutcomeFeedError(f"starting the outcome feed on {self._topics}: {exc}") from exc
         except OutcomeFeedError:
             consumer.close()
