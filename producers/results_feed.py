@@ -12,7 +12,7 @@ partition is *assigned* at an offset fixed when :meth:`OutcomeFeed.start` return
 3. nothing is committed: the feed is a view, it never moves a group's offsets.
 
 Partitions added to a topic after start are not read (restart the process after adding some).
-A record that cannot be decoded, or that the store cannot take, is logged (topic, partition, offset,
+A record that is oversized, cannot be decoded, or that the store cannot take, is logged (topic, partition, offset,
 reason) and skipped, counted in ``kmsbridge_messages_processed_total{outcome="skipped"}`` and
 :attr:`OutcomeFeed.skipped`: this reader does not own the topic, so it does not dead-letter, and no
 record can stop it.
@@ -28,6 +28,7 @@ from collections.abc import Sequence
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
+from consumers.dlq import screen_size
 from consumers.kafka_clients import KafkaErrorHandler, consume_available
 from consumers.metrics import MESSAGES_CONSUMED, MESSAGES_PROCESSED
 from producers.errors import ProducerError
@@ -52,7 +53,8 @@ class OutcomeFeed:
     """Reads ``topics`` into ``store`` in a daemon thread (see the module docstring)."""
 
     def __init__(self, kafka_config: dict[str, str], codec: Codec, store: OutcomeStore, topics: Sequence[str],
-                 *, history_seconds: float = 0.0, timeout: float = 10.0, name: str = "outcomes") -> None:
+                 *, history_seconds: float = 0.0, timeout: float = 10.0, name: str = "outcomes",
+                 max_message_bytes: int = 1_000_000) -> None:
         self._config = {**kafka_config, "group.id": f"kmsbridge-{name}-{uuid.uuid4().hex[:12]}",
                         "enable.auto.commit": False, "isolation.level": "read_committed",
                         "auto.offset.reset": "latest", "enable.partition.eof": False,
@@ -63,6 +65,7 @@ class OutcomeFeed:
         self._history = history_seconds
         self._timeout = timeout
         self._name = name
+        self._max_bytes = max_message_bytes
         self._consumer: Consumer | None = None
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
@@ -178,7 +181,10 @@ class OutcomeFeed:
         MESSAGES_CONSUMED.labels(PROCESS, topic).inc()
         while not self._stop.is_set():
             try:
-                record = self._codec.decode_any(msg.value())
+                value = msg.value()
+                if value is not None:
+                    screen_size(value, self._max_bytes)
+                record = self._codec.decode_any(value)
                 break
             except SchemaRegistryUnavailable as exc:  # the message may be fine: try again shortly
                 log.warning("schema registry unavailable (%s); retrying", exc)
