@@ -1,0 +1,283 @@
+"""The provisioning request log end to end: real broker, real simulator, SQLite and PostgreSQL.
+
+Issue 15's "done when": every command of a stream of events, service requests and a reset run appears
+once in the log with the state of its result on ``kms.results``; filters return exactly the matching
+rows; a box's history lists its events, commands and results in order; a dead letter that is now
+valid is provisioned once by a replay, a second replay does nothing and a dry run produces nothing.
+Every process is built as ``kmsbridge run`` builds it and runs in a thread.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+from confluent_kafka import Consumer, TopicPartition
+from pg import new_database, postgres_url  # noqa: F401 (the session fixture)
+from pydantic import SecretStr
+from test_reconciler import _in_thread, run, start_projector, start_reconciler
+
+from kms_adapter.simulator.testing import SimulatorHandle
+from kmsbridge.cli import main as cli_main
+from kmsbridge.db import upgrade
+from kmsbridge.pipeline_harness import Pipeline, wait_until
+from kmsbridge.testing import RunningProcess, start_executor, start_translator
+from kmsbridge.wiring import engine_for
+from kmsbridge.wiring_request_log import build_request_log_writer
+from reconciler.request_log_store import LogFilter, RequestLog
+from schemas.records import (
+    Device,
+    EventType,
+    KmsCommand,
+    KmsResult,
+    RequestType,
+    Service,
+    ServiceRequest,
+    ServiceState,
+    SubscriptionEvent,
+)
+
+pytestmark = pytest.mark.integration
+
+CREATED = datetime(2026, 1, 10, 9, 0, tzinfo=UTC)
+MAIN = Device(distributor="MAIN", secure_client_id="9100001", stb_serial="STB-1")
+TWIN = Device(distributor="TWIN1", secure_client_id="9100002", stb_serial="STB-2")
+OTHER = Device(distributor="MAIN", secure_client_id="9100011", stb_serial="STB-3")
+LONELY_TWIN = Device(distributor="TWIN1", secure_client_id="9100021", stb_serial="STB-4")
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'kmsbridge.db'}"
+    return new_database(request.getfixturevalue("postgres_url"))
+
+
+@pytest.fixture
+def pipeline(kafka_bootstrap: str, kms_simulator: SimulatorHandle, tmp_path: Path,
+             database_url: str) -> Iterator[Pipeline]:
+    pipe = Pipeline(kafka_bootstrap, kms_simulator.url, kms_simulator.token, tmp_path / "work",
+                    database_url=database_url)
+    engine = engine_for(pipe.settings)
+    upgrade(engine)
+    engine.dispose()
+    yield pipe
+    pipe.close()
+
+
+@pytest.fixture
+def sqlite_pipeline(kafka_bootstrap: str, kms_simulator: SimulatorHandle, tmp_path: Path) -> Iterator[Pipeline]:
+    pipe = Pipeline(kafka_bootstrap, kms_simulator.url, kms_simulator.token, tmp_path / "work")
+    yield pipe
+    pipe.close()
+
+
+@pytest.fixture
+def log(pipeline: Pipeline) -> Iterator[RequestLog]:
+    engine = engine_for(pipeline.settings)
+    yield RequestLog(engine)
+    engine.dispose()
+
+
+def start_request_log(pipeline: Pipeline) -> RunningProcess:
+    writer = build_request_log_writer(pipeline.settings)
+    return _in_thread("request-log", writer.run, writer.request_stop, writer)
+
+
+@pytest.fixture
+def processes(pipeline: Pipeline) -> Iterator[dict[str, RunningProcess]]:
+    started: dict[str, RunningProcess] = {}
+    try:
+        started["projector"] = start_projector(pipeline)
+        started["reconciler"] = start_reconciler(pipeline)
+        started["translator"] = start_translator(pipeline.settings)
+        started["executor"] = start_executor(pipeline.settings)
+        started["request-log"] = start_request_log(pipeline)
+        yield started
+    finally:
+        for proc in reversed(list(started.values())):
+            proc.stop()
+
+
+def _now_ms(ahead: timedelta = timedelta(0)) -> datetime:
+    now = datetime.now(UTC) + ahead
+    return now.replace(microsecond=now.microsecond // 1000 * 1000)
+
+
+def event(sub: str, version: int, devices: list[Device], services: tuple[str, ...] = ("BASIC",), *,
+          event_type: EventType = EventType.UPDATED, occurred: timedelta = timedelta(0)) -> SubscriptionEvent:
+    return SubscriptionEvent(
+        event_id=str(uuid.uuid4()), event_type=event_type, occurred_at=_now_ms(occurred), subscription_id=sub,
+        account_id=f"A-{sub}", subscription_type="RESIDENTIAL", created_at=CREATED, version=version,
+        state="ACTIVE", services=[Service(service_code=s, state=ServiceState.ACTIVE) for s in services],
+        devices=devices)
+
+
+def service_request(type_: RequestType, card: str, *, process: str, pin: str | None = None) -> ServiceRequest:
+    return ServiceRequest(request_id=f"R-{uuid.uuid4().hex[:10]}", type=type_, secure_client_id=card,
+                          pin=SecretStr(pin) if pin else None, process_name=process, requested_by="agent-7",
+                          requested_at=_now_ms())
+
+
+def on_topic(pipeline: Pipeline, logical: str, kind: type, until: Any) -> list[Any]:
+    return [r for r in pipeline.read(logical, lambda got: until([r for r in got if isinstance(r, kind)]), timeout=60)
+            if isinstance(r, kind)]
+
+
+def test_every_command_of_events_requests_and_a_reset_run_is_logged_once_with_its_final_state(
+        pipeline: Pipeline, processes: dict[str, RunningProcess], log: RequestLog,
+        kms_simulator: SimulatorHandle) -> None:
+    sim = kms_simulator
+    activation = event("S-1", 1, [MAIN, TWIN], ("BASIC", "SPORTS"), event_type=EventType.ACTIVATED)
+    pipeline.produce("subscriptions", [
+        activation, event("S-2", 1, [OTHER], event_type=EventType.ACTIVATED),
+        event("S-3", 1, [LONELY_TWIN], event_type=EventType.ACTIVATED),  # TWIN1 without MAIN: rejected
+    ])
+    wait_until("S-1 and S-2 provisioned", lambda: all((sim.client_state(d.secure_client_id) or {}).get(
+        "paired_chipset") == d.stb_serial for d in (MAIN, TWIN, OTHER)))
+    change = event("S-1", 2, [MAIN, TWIN], ("BASIC",), event_type=EventType.SERVICES_CHANGED)
+    pin = service_request(RequestType.SET_PIN, MAIN.secure_client_id, process="api", pin="4321")
+    bad_pin = service_request(RequestType.SET_PIN, MAIN.secure_client_id, process="api", pin="12")
+    refresh = service_request(RequestType.REAUTHORISE_SECTOR, OTHER.secure_client_id, process="cli")
+    pipeline.produce("subscriptions", [change])
+    pipeline.produce("requests", [pin, bad_pin, refresh])
+    wait_until("the PIN set", lambda: (sim.client_state(MAIN.secure_client_id) or {}).get("pin") == "4321")
+    sim.set_state({"secure_clients": {OTHER.secure_client_id: {"entitlements": []}}})  # drift for a reset
+    report = run(pipeline, subscription_ids=["S-2"])
+    assert report.commands_published >= 1
+
+    commands: list[KmsCommand] = on_topic(pipeline, "commands", KmsCommand, lambda got: any(
+        c.source.run_id == report.run_id for c in got))
+    keys = {c.idempotency_key for c in commands}
+    results: list[KmsResult] = on_topic(pipeline, "results", KmsResult, lambda got: keys <= {
+        r.idempotency_key for r in got})
+    final = {r.idempotency_key: r.state.value for r in results if not r.duplicate}
+
+    def logged() -> dict[str, dict[str, Any]]:
+        out: dict[str, dict[str, Any]] = {}
+        cursor = None
+        while True:
+            page = log.search(LogFilter(), limit=200, cursor=cursor)
+            for entry in page.entries:
+                assert entry["entry_key"] not in out, "an entry appears twice"
+                out[entry["entry_key"]] = entry
+            if page.next_cursor is None:
+                return out
+            cursor = page.next_cursor
+
+    wait_until("the log caught up", lambda: all(logged().get(k, {}).get("state") == s for k, s in final.items())
+               and logged().get(f"@run:{report.run_id}", {}).get("state") == "COMPLETED", timeout=60)
+    rows = logged()
+    assert {k for k, e in rows.items() if e["kind"] == "COMMAND"} == keys  # every command once, nothing else
+    assert {k: rows[k]["state"] for k in final} == final
+    by_key = {c.idempotency_key: c for c in commands}
+    for key, cmd in by_key.items():
+        entry = rows[key]
+        assert (entry["operation"], entry["secure_client_id"], entry["subscription_id"], entry["process_name"]) == (
+            cmd.operation.value, cmd.secure_client_id, cmd.subscription_id, cmd.source.process_name)
+    sources = {rows[k]["source_kind"] for k in keys}
+    assert sources == {"event", "request", "reset"}
+    rejections = [e for e in rows.values() if e["kind"] == "REJECTION"]
+    assert {(e["source_kind"], e["state"]) for e in rejections} == {("event", "REJECTED"), ("request", "REJECTED")}
+    assert rows[f"@request:{pin.request_id}"]["state"] == "COMPLETED"
+    assert rows[f"@request:{bad_pin.request_id}"]["state"] == "REJECTED"
+    assert rows[f"@request:{refresh.request_id}"]["state"] == "COMPLETED"
+    assert "4321" not in json.dumps(rows)
+
+    # filters return exactly the matching rows
+    def matching(**where: Any) -> set[str]:
+        return {k for k, e in rows.items() if all(e[c] == v for c, v in where.items())}
+
+    def search(where: LogFilter) -> set[str]:
+        return {e["entry_key"] for e in log.search(where, limit=1000).entries}
+
+    assert search(LogFilter(secure_client_id=MAIN.secure_client_id)) == matching(secure_client_id=MAIN.secure_client_id)
+    assert search(LogFilter(subscription_id="S-2")) == matching(subscription_id="S-2")
+    assert search(LogFilter(state="REJECTED")) == matching(state="REJECTED")
+    assert search(LogFilter(process_name="cli")) == matching(process_name="cli")
+    assert f"@request:{refresh.request_id}" in matching(process_name="cli")
+    assert search(LogFilter(operation="SET_PIN", kind="COMMAND")) == matching(operation="SET_PIN", kind="COMMAND")
+    assert len(search(LogFilter(operation="SET_PIN", kind="COMMAND"))) >= 3  # two new boxes and the request
+
+    # a box's history: its events, commands and results, oldest first, each result after its command
+    timeline = log.history(MAIN.secure_client_id)
+    assert [i.detail["event_id"] for i in timeline if i.what == "event"] == [activation.event_id, change.event_id]
+    assert [i.at for i in timeline] == sorted(i.at for i in timeline)
+    position = {(i.what, i.detail.get("entry_key")): n for n, i in enumerate(timeline)}
+    mine = {k for k, c in by_key.items() if c.secure_client_id == MAIN.secure_client_id}
+    assert mine and all(position[("command", k)] < position[("result", k)] for k in mine)
+    activated_at = next(n for n, i in enumerate(timeline) if i.detail.get("event_id") == activation.event_id)
+    assert all(position[("command", k)] > activated_at for k in mine)
+
+
+def end_offsets(pipeline: Pipeline, logical: str) -> list[int]:
+    topic = pipeline.settings.topic(logical)
+    consumer = Consumer({"bootstrap.servers": pipeline.bootstrap, "group.id": f"offsets-{uuid.uuid4().hex}"})
+    try:
+        return [consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
+                for p in range(pipeline.partitions)]
+    finally:
+        consumer.close()
+
+
+def test_a_dead_letter_valid_now_is_provisioned_once_by_replay_and_replaying_again_does_nothing(
+        sqlite_pipeline: Pipeline, kms_simulator: SimulatorHandle) -> None:
+    pipeline = sqlite_pipeline
+    sim = kms_simulator
+    env = {**pipeline.env(), "KMSBRIDGE_STACK_DIR": str(pipeline.workdir / "no-stack")}
+    dlq = pipeline.settings.dlq(pipeline.settings.topic("subscriptions"))
+    # a translator that allows one minute of clock skew dead-letters an event stamped an hour ahead
+    strict = start_translator(pipeline.settings_with(max_future_skew_seconds=60.0))
+    ahead = event("S-9", 1, [MAIN], event_type=EventType.ACTIVATED, occurred=timedelta(hours=1))
+    try:
+        pipeline.produce("subscriptions", [ahead])
+        pipeline.read(dlq, lambda got: len(got) >= 1, decode=False)
+    finally:
+        strict.stop()
+    listed = CliRunner().invoke(cli_main, ["dlq", "list", dlq, "--json"], env=env)
+    assert listed.exit_code == 0, listed.output
+    letters = [json.loads(line) for line in listed.output.splitlines()]
+    assert [(d["original_topic"], d["error_class"], d["replayed"]) for d in letters] == [
+        (pipeline.settings.topic("subscriptions"), "TooFarInFuture", False)]
+    assert ahead.event_id not in listed.output and "S-9" not in listed.output  # no payload
+
+    translator = start_translator(pipeline.settings)  # the default skew (one day) accepts it
+    executor = start_executor(pipeline.settings)
+    try:
+        before = end_offsets(pipeline, "subscriptions")
+        dry = CliRunner().invoke(cli_main, ["dlq", "replay", dlq, "--dry-run"], env=env)
+        assert dry.exit_code == 0, dry.output
+        assert "dry run: 1 would be replayed" in dry.output
+        assert end_offsets(pipeline, "subscriptions") == before  # a dry run produces nothing
+
+        filtered = CliRunner().invoke(cli_main, ["dlq", "replay", dlq, "--error-class", "Oversized"], env=env)
+        assert "replayed 0" in filtered.output and "1 filtered out" in filtered.output
+
+        done = CliRunner().invoke(cli_main, ["dlq", "replay", dlq, "--since", "2020-01-01T00:00:00Z"], env=env)
+        assert done.exit_code == 0, done.output
+        assert "replayed 1 to" in done.output
+        wait_until("the replayed event provisioned", lambda: (sim.client_state(MAIN.secure_client_id) or {}).get(
+            "paired_chipset") == "STB-1")
+        again = CliRunner().invoke(cli_main, ["dlq", "replay", dlq], env=env)
+        assert again.exit_code == 0, again.output
+        assert "replayed 0" in again.output and "1 replayed before" in again.output
+        assert sum(end_offsets(pipeline, "subscriptions")) == sum(before) + 1  # one record, replayed once
+        applied = [a for a in sim.audit() if a["idempotency_key"].startswith(f"ev:{ahead.event_id}:")]
+        assert applied and len({a["idempotency_key"] for a in applied}) == len(applied)  # each key once
+    finally:
+        executor.stop()
+        translator.stop()
+
+
+def test_replay_refuses_a_topic_that_is_no_input_of_kmsbridge(sqlite_pipeline: Pipeline) -> None:
+    pipeline = sqlite_pipeline
+    env = {**pipeline.env(), "KMSBRIDGE_STACK_DIR": str(pipeline.workdir / "no-stack")}
+    for topic in (pipeline.settings.topic("results") + ".dlq", pipeline.settings.topic("subscriptions")):
+        got = CliRunner().invoke(cli_main, ["dlq", "replay", topic], env=env)
+        assert got.exit_code == 2, got.output
