@@ -134,6 +134,9 @@ def test_the_same_batch_twice_changes_nothing_and_a_duplicate_delivery_keeps_the
     row = rows(store)[cmd.idempotency_key]
     assert (row["state"], row["executed_at"], row["error_code"], row["duplicate"]) == (
         "COMPLETED", T0 + timedelta(seconds=1), None, True)
+    marked = rows(store)
+    store.write(batch)  # the first delivery read again (a replay) leaves the duplicate mark
+    assert rows(store) == marked
 
 
 def test_a_request_settles_by_the_web_api_rule_and_its_outcome_is_read_back(store: RequestLog) -> None:
