@@ -57,7 +57,7 @@ def produce_cmd(kind: str, file_: Path) -> None:
     logical, model = KINDS[kind]
     records: list[Any]
     try:
-        records = parse_jsonl(file_.read_text().splitlines(), model)
+        records = parse_jsonl(file_.read_text(encoding="utf-8"), model)
     except JsonLinesError as exc:
         fail(f"{file_}: nothing sent\n{exc}")
     topic = settings.topic(logical)

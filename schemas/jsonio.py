@@ -28,11 +28,16 @@ R = TypeVar("R", bound=BaseModel)
 MASK = "****"
 
 
-def parse_jsonl(lines: Iterable[str], model: type[R]) -> list[R]:
+def parse_jsonl(lines: str | Iterable[str], model: type[R]) -> list[R]:
     """Every non-blank line as a ``model``; raises ``JsonLinesError`` naming each bad line and field.
 
-    Line numbers count every line read, blank ones included, as an editor shows them.
+    ``lines`` is the text of a file or its lines. A text is split at ``\n`` only: JSON Lines ends a
+    line there, while ``str.splitlines`` also breaks at characters a JSON string may hold as they are
+    (U+2028, U+0085, ...). Line numbers count every line read, blank ones included, as an editor
+    shows them.
     """
+    if isinstance(lines, str):
+        lines = lines.split("\n")
     records: list[R] = []
     problems: list[str] = []
     for number, line in enumerate(lines, start=1):

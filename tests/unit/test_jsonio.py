@@ -74,7 +74,8 @@ def test_json_is_one_line_with_iso_times_and_enum_names(sample_records: dict[str
     assert value["created_at"] == "2026-11-25T09:00:00Z"
     assert value["event_type"] == "SERVICES_CHANGED"
     assert value["services"][1] == {"service_code": "SPORTS", "state": "INACTIVE",
-                                    "valid_from": "2026-11-25T00:00:00Z", "valid_until": "2026-11-25T23:59:00.999Z"}
+                                    "valid_from": "2026-11-25T00:00:00Z", "valid_until": "2026-11-25T23:59:00.999Z",
+                                    "distributors": None}
 
 
 @pytest.mark.parametrize("name", ["SubscriptionEvent", "CommunicationEvent", "KmsResult", "ReconcileReport"])
