@@ -221,6 +221,20 @@ class ApiSettings(BaseModel):
     api_keys: list[SecretStr] = Field(default_factory=list)
     api_keys_file: Path | None = None
     wait_seconds: float = Field(default=10.0, gt=0, description="bound of process_immediately")
+    max_body_bytes: int = Field(default=1_048_576, ge=1024, description="longest request body; 413 beyond")
+    rate_limit: str = Field(default="300/minute", description="requests per API key (limits' notation); 429 beyond")
+    read_timeout_seconds: float = Field(default=10.0, gt=0, description="longest time to receive a whole request")
+    docs: Literal["off", "key", "open"] = Field(
+        default="off", description="/openapi.json: not served, behind the API key, or open with /docs and /redoc"
+    )
+
+    @field_validator("rate_limit")
+    @classmethod
+    def _rate_limit(cls, value: str) -> str:
+        from limits import parse  # the notation the Web API's limiter reads
+
+        parse(value)  # ValueError names the value, e.g. "couldn't parse rate limit string '5 a second'"
+        return value
 
 
 class Settings(BaseSettings):

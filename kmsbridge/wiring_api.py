@@ -10,7 +10,9 @@
    restarted one knows them again); ``/readyz`` is 200 once it caught up;
 3. serves the app with uvicorn on ``KMSBRIDGE_API__HOST``/``KMSBRIDGE_API__PORT`` (and, when
    ``KMSBRIDGE_METRICS_PORT`` is set, ``/healthz``, ``/readyz`` and ``/metrics`` on that port too, which
-   is where the Helm chart's probes look);
+   is where the Helm chart's probes look), over the protocol of :mod:`producers.api.server`, which
+   closes a connection that does not deliver a whole request within
+   ``KMSBRIDGE_API__READ_TIMEOUT_SECONDS``;
 4. on SIGTERM uvicorn stops taking requests and finishes those in flight (bounded by
    ``KMSBRIDGE_SHUTDOWN_GRACE_SECONDS``); then the feed stops and the producer is flushed.
 """
@@ -32,6 +34,7 @@ from kmsbridge.settings import Settings, SettingsError
 from kmsbridge.wiring import build_codec, load_provider_or_exit, text_limits
 from producers.api import create_app
 from producers.api.auth import NO_KEYS_MESSAGE
+from producers.api.server import protocol_with_read_timeout
 from producers.outcomes import DeviceDirectory, OutcomeStore, planning_expectation
 from producers.requests import KafkaRequestPublisher
 from producers.results_feed import OutcomeFeed
@@ -171,6 +174,7 @@ def run_api(settings: Settings) -> None:
         raise SettingsError(str(exc)) from exc
     config = uvicorn.Config(process.app, host=settings.api.host, port=settings.api.port, log_config=None,
                             access_log=False, lifespan="on",
+                            http=protocol_with_read_timeout(settings.api.read_timeout_seconds),
                             timeout_graceful_shutdown=int(settings.shutdown_grace_seconds))
     log.info("web api started host=%s port=%s", settings.api.host, settings.api.port)
     try:

@@ -3,7 +3,19 @@
 Everything the app talks to is passed in, so unit tests build it with fakes and ``kmsbridge run api``
 (:mod:`kmsbridge.wiring_api`) with Kafka, the outcome feed and the SOAP client. Besides the ``/v1``
 routes the app serves, without authentication: ``/healthz`` (the outcome reader is alive), ``/readyz``
-(it has caught up), ``/metrics`` (Prometheus text) and ``/openapi.json``.
+(it has caught up) and ``/metrics`` (Prometheus text).
+
+Limits, each a setting of ``KMSBRIDGE_API__*``:
+
+* ``MAX_BODY_BYTES``: a longer body is a 413 before it is parsed (FastAPI's ``max_body_size``: a
+  ``Content-Length`` over the limit is refused unread, a chunked body is counted as it arrives);
+* ``RATE_LIMIT``: requests per API key (:mod:`producers.api.ratelimit`), 429 beyond;
+* ``READ_TIMEOUT_SECONDS``: the server's bound on receiving a request (:mod:`producers.api.server`);
+* ``DOCS``: ``off`` (default) serves no ``/openapi.json``, ``/docs`` or ``/redoc``; ``key`` serves
+  ``/openapi.json`` to API-key holders only; ``open`` serves all three to anyone.
+
+Metric labels come from closed sets: the method is one of :data:`METHODS` or ``OTHER``, the route is
+the route's template (never a raw path) or ``unmatched``.
 
 The app owns ``kms`` from then on: it closes it when it shuts down.
 """
@@ -14,9 +26,9 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Any, Protocol
+from typing import Annotated, Any, Literal, Protocol
 
-from fastapi import FastAPI, Request, Response
+from fastapi import Depends, FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import Counter, Histogram, make_asgi_app
@@ -27,10 +39,11 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from kms_adapter.port import KmsPort
 from producers.api.auth import ApiKeyAuth
 from producers.api.deps import AlwaysReady, ApiServices, OutcomeSource, Probe
+from producers.api.ratelimit import KeyRateLimit, limited_caller
 from producers.api.routes import router
 from producers.requests import RequestPublisher
 
-__all__ = ["API_REQUESTS", "API_REQUEST_SECONDS", "ApiConfig", "create_app", "validation_error"]
+__all__ = ["API_REQUESTS", "API_REQUEST_SECONDS", "METHODS", "ApiConfig", "create_app", "validation_error"]
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +54,9 @@ API_REQUEST_SECONDS = Histogram("kmsbridge_api_request_seconds", "Web API reques
                                 buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
 
 
+#: The HTTP methods a metric label may name; any other is counted as ``OTHER``.
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
 #: Routes that are not FastAPI routes (they do not record themselves in the scope); no ids in them.
 _STATIC_PATHS = frozenset({"/metrics", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"})
 
@@ -48,6 +64,15 @@ _STATIC_PATHS = frozenset({"/metrics", "/openapi.json", "/docs", "/docs/oauth2-r
 class _ApiSection(Protocol):
     @property
     def wait_seconds(self) -> float: ...
+
+    @property
+    def max_body_bytes(self) -> int: ...
+
+    @property
+    def rate_limit(self) -> str: ...
+
+    @property
+    def docs(self) -> Literal["off", "key", "open"]: ...
 
 
 class ApiConfig(Protocol):
@@ -86,10 +111,14 @@ def create_app(settings: ApiConfig, publisher: RequestPublisher, outcomes: Outco
         yield
         await kms.aclose()
 
+    open_docs = settings.api.docs == "open"
     app = FastAPI(title="kmsbridge Web API", version="1", lifespan=lifespan,
                   description="PIN set/reset, re-authorisation, query, messages and resets for an Irdeto KMS. "
-                              "Every write accepts ?process_immediately=true to wait for the outcome.")
+                              "Every write accepts ?process_immediately=true to wait for the outcome.",
+                  max_body_size=settings.api.max_body_bytes, openapi_url="/openapi.json" if open_docs else None,
+                  docs_url="/docs" if open_docs else None, redoc_url="/redoc" if open_docs else None)
     app.state.auth = auth
+    app.state.rate_limit = KeyRateLimit(settings.api.rate_limit)
     app.state.services = ApiServices(publisher=publisher, outcomes=outcomes, kms=kms,
                                      wait_seconds=settings.api.wait_seconds, probe=probe or AlwaysReady())
     app.add_exception_handler(RequestValidationError, validation_error)
@@ -104,6 +133,11 @@ def create_app(settings: ApiConfig, publisher: RequestPublisher, outcomes: Outco
     def readyz(request: Request) -> PlainTextResponse:
         ok = request.app.state.services.probe.ready()
         return PlainTextResponse("ready\n" if ok else "not ready\n", status_code=200 if ok else 503)
+
+    if settings.api.docs == "key":
+        @app.get("/openapi.json", include_in_schema=False)
+        def openapi(request: Request, _caller: Annotated[str, Depends(limited_caller)]) -> JSONResponse:
+            return JSONResponse(request.app.openapi())
 
     # a route, not a mount: a mount at /metrics would redirect /metrics to /metrics/
     app.router.routes.append(Route("/metrics", _Asgi(make_asgi_app()), methods=["GET"], include_in_schema=False))
@@ -122,10 +156,11 @@ async def _observe(request: Request, call_next: Callable[[Request], Awaitable[Re
     finally:
         elapsed = time.monotonic() - started
         route = _route_template(request.scope)
-        API_REQUESTS.labels(request.method, route, str(status)).inc()
-        API_REQUEST_SECONDS.labels(request.method, route).observe(elapsed)
+        method = request.method if request.method in METHODS else "OTHER"
+        API_REQUESTS.labels(method, route, str(status)).inc()
+        API_REQUEST_SECONDS.labels(method, route).observe(elapsed)
         if route not in ("/healthz", "/readyz", "/metrics"):
-            log.info("api method=%s route=%s status=%s ms=%.1f", request.method, route, status, elapsed * 1000)
+            log.info("api method=%s route=%s status=%s ms=%.1f", method, route, status, elapsed * 1000)
 
 
 def _route_template(scope: Scope) -> str:

@@ -4,6 +4,9 @@ Validation errors are 422 with ``loc`` naming the field; the error list never ca
 (see :func:`producers.api.app.validation_error`), so a bad PIN is not echoed. The PIN is a ``SecretStr``
 and no response model has a PIN field.
 
+Ids, names, texts and lists obey the shared limits of :mod:`schemas.limits` (the records' own rule),
+and booleans must be JSON booleans: ``"all": 0`` is a 422, not ``false``.
+
 Only what is wrong on its face is a 422 (a PIN that is not four ASCII digits, a missing or double
 target, an unknown kind or text mode). Whether a text fits its text mode and length limit is the
 pipeline's decision (the same ``validate_text`` for the API, the CLI and mail runs): such a request is
@@ -14,18 +17,30 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    StrictBool,
+    field_validator,
+    model_validator,
+)
 
 from producers.outcomes import Outcome, RequestState
 from provisioning.pin import PIN_RULE, is_valid_pin
+from schemas.limits import MAX_ID_LIST, Identifier, Name, Text
 from schemas.records import KmsResult, MessageKind, ReconcileReport, TextMode
 
 __all__ = [
-    "MAX_TEXT_CHARS",
     "ClientInfo",
+    "ErrorBody",
     "ErrorView",
+    "KmsErrorBody",
     "MessageBody",
     "PinBody",
     "ReconcileRunBody",
@@ -36,9 +51,14 @@ __all__ = [
     "outcome_view",
 ]
 
-#: A sanity bound on request bodies, far above every text-mode limit; the limits themselves are
-#: settings enforced by the pipeline (a longer text there is REJECTED ``TEXT_TOO_LONG``).
-MAX_TEXT_CHARS = 65_536
+def _iso_text(value: Any) -> Any:
+    if value is not None and not isinstance(value, str):
+        raise ValueError("must be an ISO 8601 date-time with a zone, as a string")
+    return value
+
+
+#: A date-time given as ISO 8601 text with a zone (pydantic alone would take a number as epoch seconds).
+Timestamp = Annotated[AwareDatetime, BeforeValidator(_iso_text)]
 
 
 class _Body(BaseModel):
@@ -64,7 +84,7 @@ class PinBody(_Body):
 
     pin: SecretStr | None = Field(default=None, description=f"the new parental PIN; {PIN_RULE}; never echoed",
                                   json_schema_extra={"format": "password", "pattern": "^[0-9]{4}$"})
-    default: bool = Field(default=False, description="reset to the provider's default PIN (0001 when none)")
+    default: StrictBool = Field(default=False, description="reset to the provider's default PIN (0001 when none)")
 
     @field_validator("pin")
     @classmethod
@@ -85,12 +105,12 @@ class PinBody(_Body):
 class MessageBody(_Body):
     """A Mail or on-screen Message to exactly one target: a secure client, a subscription or everyone."""
 
-    secure_client_id: str | None = Field(default=None, min_length=1)
-    subscription_id: str | None = Field(default=None, min_length=1)
-    all: bool = Field(default=False, description="every subscriber (the KMS's global operation)")
+    secure_client_id: Identifier | None = None
+    subscription_id: Identifier | None = None
+    all: StrictBool = Field(default=False, description="every subscriber (the KMS's global operation)")
     kind: MessageKind = Field(description="MAIL (set-top box mailbox) or MESSAGE (on-screen display)")
     text_mode: TextMode = Field(description="ANSI (Windows-1252), UNICODE, or RAW (hexadecimal bytes)")
-    text: str = Field(max_length=MAX_TEXT_CHARS, description="the text; never logged")
+    text: Text = Field(description="the text; never logged")
 
     @field_validator("kind", "text_mode", mode="before")
     @classmethod
@@ -110,11 +130,11 @@ class MessageBody(_Body):
 class ReconcileRunBody(_Body):
     """A reset run (or its preview) over the subscriptions created in a period and of some types."""
 
-    created_from: AwareDatetime | None = None
-    created_to: AwareDatetime | None = None
-    subscription_types: list[str] = Field(default_factory=list)
-    subscription_ids: list[str] = Field(default_factory=list)
-    preview: bool = Field(default=False, description="report what would be reset, send nothing")
+    created_from: Timestamp | None = None
+    created_to: Timestamp | None = None
+    subscription_types: list[Name] = Field(default_factory=list, max_length=MAX_ID_LIST)
+    subscription_ids: list[Identifier] = Field(default_factory=list, max_length=MAX_ID_LIST)
+    preview: StrictBool = Field(default=False, description="report what would be reset, send nothing")
 
 
 class ResultView(BaseModel):
@@ -142,6 +162,18 @@ class ResultView(BaseModel):
 class ErrorView(BaseModel):
     code: str
     description: str
+
+
+class ErrorBody(BaseModel):
+    """An error answer (401, 404, 413, 429, 503, ...): what went wrong in words, never an internal message."""
+
+    detail: str
+
+
+class KmsErrorBody(BaseModel):
+    """The KMS refused a query: its business error code and description."""
+
+    detail: ErrorView
 
 
 class ReportView(BaseModel):

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
@@ -77,9 +78,10 @@ class ApiUnderTest:
 
 
 def build(keys: list[str] | None = None, *, wait_seconds: float = 2.0, kms: InMemoryKms | None = None,
-          api_keys_file: Path | None = None) -> ApiUnderTest:
+          api_keys_file: Path | None = None, **api: Any) -> ApiUnderTest:
+    """The app over fakes; ``api``: further :class:`ApiSettings` (``rate_limit``, ``docs``, ...)."""
     settings = Settings(api=ApiSettings(api_keys=[SecretStr(k) for k in (keys if keys is not None else [KEY])],
-                                        api_keys_file=api_keys_file, wait_seconds=wait_seconds))
+                                        api_keys_file=api_keys_file, wait_seconds=wait_seconds, **api))
     publisher = FakePublisher()
     store = OutcomeStore(planning_expectation(PROVIDER, TextLimits()))
     fake_kms = kms or InMemoryKms()

@@ -94,7 +94,7 @@ def test_run_api_refuses_to_start_without_a_key_and_names_both_settings() -> Non
     assert "KMSBRIDGE_API__API_KEYS_FILE" in str(raised.value)
 
 
-def test_probes_metrics_and_openapi_need_no_key() -> None:
+def test_probes_and_metrics_need_no_key() -> None:
     api = build()
 
     assert api.client.get("/healthz").status_code == 200
@@ -102,8 +102,7 @@ def test_probes_metrics_and_openapi_need_no_key() -> None:
     metrics = api.client.get("/metrics", follow_redirects=False)
     assert metrics.status_code == 200
     assert "kmsbridge_api_requests_total" in metrics.text
-    openapi = api.client.get("/openapi.json").json()
-    assert openapi["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
+    assert api.app.openapi()["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
 
 
 def test_a_rejected_key_is_not_logged(caplog: pytest.LogCaptureFixture) -> None:

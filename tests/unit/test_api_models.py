@@ -337,7 +337,7 @@ def test_a_reconcile_run_whose_report_has_an_error_is_rejected(api: ApiUnderTest
 
 
 def test_the_openapi_document_lists_every_route() -> None:
-    paths = build().client.get("/openapi.json").json()["paths"]
+    paths = build().app.openapi()["paths"]
 
     client = "/v1/secure-clients/{secure_client_id}"
     assert set(paths) == {f"{client}/pin", f"{client}/reauthorise", client, "/v1/messages",
