@@ -65,6 +65,10 @@ def _forms(pin: str) -> list[bytes]:
     return [pin.encode("ascii"), pin.encode("utf-16-le"), pin.encode("utf-16-be")]
 
 
+def _bytes(data: str | bytes | None) -> bytes:
+    return data.encode() if isinstance(data, str) else data or b""
+
+
 def _card(n: int) -> str:
     return f"88000000{n:02d}"
 
@@ -135,12 +139,13 @@ def _raw_records(pipeline: Pipeline) -> dict[str, list[bytes]]:
                 while not at_end:  # the end is the partition EOF: transaction markers hold offsets too
                     assert datetime.now(UTC) < deadline, f"reading {topic}[{partition}] stalled below {high}"
                     for msg in consumer.consume(500, 0.5):
-                        if msg.error():
-                            at_end = at_end or msg.error().code() == KafkaError._PARTITION_EOF
+                        error = msg.error()
+                        if error is not None:
+                            at_end = at_end or error.code() == KafkaError._PARTITION_EOF
                             continue
-                        chunks += [msg.key() or b"", msg.value() or b""]
-                        for name, value in msg.headers() or []:
-                            chunks += [name.encode(), value or b""]
+                        chunks += [_bytes(msg.key()), _bytes(msg.value())]
+                        for name, value in list(msg.headers() or []):
+                            chunks += [_bytes(name), _bytes(value)]
     finally:
         consumer.close()
     return out

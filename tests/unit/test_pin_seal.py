@@ -34,7 +34,8 @@ def _with_pin(sample_records: dict[str, BaseModel], name: str, pin: str = CANARY
 
 def _body(data: bytes, name: str) -> dict[str, Any]:
     """The Avro body as a foreign reader sees it: fastavro with the current schema, no codec."""
-    value: dict[str, Any] = schemaless_reader(BytesIO(data[10:]), parse_schema(load_schema(name)), None)
+    value = schemaless_reader(BytesIO(data[10:]), parse_schema(load_schema(name)), None)
+    assert isinstance(value, dict)
     return value
 
 
