@@ -1,0 +1,133 @@
+"""A record whose content the database refuses is poison (issue 13, item 1), on PostgreSQL.
+
+Records that break a column's width fail validation at decode (``schemas.limits``), so these tests use
+what still reaches the database: a command whose ``subscription_version`` (a valid Avro long) does not
+fit the ledger's ``INTEGER`` version column, through the real broker into the executor; and, for the
+projector, its store path called directly with events built past validation (``model_construct``),
+since no decodable event can reach the store with a 200-character id.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from confluent_kafka import Message, Producer
+from pg import new_database, postgres_url  # noqa: F401 (the session fixture)
+from sqlalchemy import create_engine
+
+from kms_adapter.simulator.testing import SimulatorHandle
+from kmsbridge.chaos import read_all
+from kmsbridge.db import upgrade
+from kmsbridge.pipeline_harness import Pipeline, wait_until
+from kmsbridge.testing import RunningProcess, start_executor
+from reconciler.projector import Projector, ProjectorConfig
+from reconciler.store import DesiredStateStore
+from schemas.codec import Codec
+from schemas.records import (
+    Device,
+    EventType,
+    KmsCommand,
+    Operation,
+    Product,
+    ResultState,
+    Service,
+    ServiceState,
+    Source,
+    SubscriptionEvent,
+    SubscriptionState,
+)
+
+pytestmark = pytest.mark.integration
+
+
+def headers(msg: Message) -> dict[str, str]:
+    raw: Any = msg.headers() or []
+    return {k: v.decode() if isinstance(v, bytes) else str(v or "") for k, v in raw}
+
+
+@pytest.fixture
+def pg_pipeline(kafka_bootstrap: str, kms_simulator: SimulatorHandle, tmp_path: Path,
+                postgres_url: str) -> Iterator[Pipeline]:  # noqa: F811 (the fixture imported above)
+    pipe = Pipeline(kafka_bootstrap, kms_simulator.url, kms_simulator.token, tmp_path, partitions=1,
+                    database_url=new_database(postgres_url))
+    yield pipe
+    pipe.close()
+
+
+def test_a_command_the_ledger_cannot_record_is_dead_lettered_with_its_result_and_the_kms_is_called_once(
+        pg_pipeline: Pipeline, kms_simulator: SimulatorHandle) -> None:
+    procs: list[RunningProcess] = [start_executor(pg_pipeline.settings)]
+    try:
+        now = datetime.now(UTC)
+        # a valid command (an Avro long), but PostgreSQL's INTEGER version column cannot hold it
+        bad = KmsCommand(idempotency_key=f"db-{uuid.uuid4().hex}", operation=Operation.SYNC_ENTITLEMENTS,
+                         secure_client_id="9100001", subscription_id="S-DB-1", subscription_version=2**40,
+                         products=[Product(product_id="P100")], source=Source(process_name="test"), created_at=now)
+        good = bad.model_copy(update={"idempotency_key": f"db-{uuid.uuid4().hex}", "secure_client_id": "9100002",
+                                      "subscription_id": "S-DB-2", "subscription_version": 1})
+        pg_pipeline.produce("commands", [bad, good])
+
+        def entitled(card: str) -> bool:
+            client = kms_simulator.state()["secure_clients"].get(card) or {}
+            return {e["product_id"] for e in client.get("entitlements", [])} == {"P100"}
+
+        wait_until("the command behind the poison applied", lambda: entitled("9100002"), 60)
+        results = pg_pipeline.results(lambda rs: any(r.idempotency_key == bad.idempotency_key for r in rs))
+        dlq = wait_until("the DLQ copy", lambda: read_all(pg_pipeline.bootstrap, pg_pipeline.settings.dlq(
+            pg_pipeline.settings.topic("commands"))), 30)
+    finally:
+        for proc in procs:
+            proc.stop(60)
+
+    assert [headers(m)["kmsbridge.error.reason"] for m in dlq] == ["database_rejected"]
+    assert "integer out of range" in headers(dlq[0])["kmsbridge.error.message"]
+    assert dlq[0].value() == pg_pipeline.codec.encode(bad, pg_pipeline.settings.topic("commands"))
+    published = [r for r in results if r.idempotency_key == bad.idempotency_key]
+    assert len(published) == 1 and published[0].state is ResultState.COMPLETED  # the KMS did apply it
+    calls = [a for a in kms_simulator.audit() if a["idempotency_key"] == bad.idempotency_key]
+    assert len(calls) == 1  # never retried, so never sent to the KMS twice
+
+
+def event(sub: str, card: str) -> SubscriptionEvent:
+    now = datetime.now(UTC)
+    return SubscriptionEvent(
+        event_id=str(uuid.uuid4()), event_type=EventType.ACTIVATED, occurred_at=now, subscription_id=sub,
+        account_id=f"A-{sub}", subscription_type="RESIDENTIAL", created_at=now - timedelta(days=1), version=1,
+        state=SubscriptionState.ACTIVE, services=[Service(service_code="BASIC", state=ServiceState.ACTIVE)],
+        devices=[Device(distributor="MAIN", secure_client_id=card)])
+
+
+def test_an_event_the_desired_state_store_refuses_is_dead_lettered_and_the_rest_of_its_batch_applies(
+        kafka_bootstrap: str, fresh_topics: Any, postgres_url: str) -> None:  # noqa: F811
+    topic, dlq_topic = fresh_topics(count=2)
+    engine = create_engine(new_database(postgres_url))
+    upgrade(engine)
+    store = DesiredStateStore(engine)
+    producer = Producer({"bootstrap.servers": kafka_bootstrap, "enable.idempotence": True})
+    consumer: Any = None  # the store path alone: the batch is handed over as the poll loop would
+    projector = Projector(consumer, producer, Codec(), store, ProjectorConfig(topic=topic, dlq_topic=dlq_topic))
+    good_before, good_after = event("S-OK-1", "9200001"), event("S-OK-2", "9200002")
+    # past validation: a 200-character subscription id, longer than the VARCHAR(128) column
+    bad = SubscriptionEvent.model_construct(**{**dict(event("S-X", "9200003")), "subscription_id": "S" * 200})
+    msgs = [Message(topic=topic, partition=0, offset=i, key=b"k", value=f"event {i}".encode(), headers=None)
+            for i in range(3)]
+    outcomes = ["ok", "ok", "ok"]
+
+    result = projector._upsert(msgs, [(0, good_before), (1, bad), (2, good_after)], outcomes)
+    projector._flush()
+
+    assert outcomes == ["ok", "dlq", "ok"]
+    assert result.applied == 2
+    assert store.get("S-OK-1") is not None and store.get("S-OK-2") is not None
+    entries = read_all(kafka_bootstrap, dlq_topic)
+    assert [(headers(m)["kmsbridge.error.reason"], headers(m)["kmsbridge.original.offset"]) for m in entries] == [
+        ("database_rejected", "1")]
+    assert entries[0].value() == b"event 1"
+    assert "S" * 20 not in headers(entries[0])["kmsbridge.error.message"]  # no parameter quoted
+    engine.dispose()
+
