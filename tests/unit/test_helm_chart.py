@@ -307,6 +307,49 @@ def test_no_secret_is_rendered_and_credentials_come_from_existing_secrets(render
                 assert volume["secret"]["secretName"], name
 
 
+PIN_PROCESSES = {"translator", "executor", "reconciler", "api"}
+
+
+def test_every_process_that_reads_or_writes_pins_mounts_the_pin_key_file() -> None:
+    deployments = _by_kind(_rendering("ci-defaults"), "Deployment")
+    for component in DEPLOYMENTS:
+        pod = deployments[f"rel-kmsbridge-{component}"]["spec"]["template"]["spec"]
+        (container,) = pod["containers"]
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        if component in PIN_PROCESSES:
+            assert env["KMSBRIDGE_PIN_KEYS__FILE"] == "/etc/kmsbridge/pin-keys/pin-keys.json", component
+            assert volumes["pin-keys"]["secret"]["secretName"] == "kmsbridge-pin-keys", component
+            assert volumes["pin-keys"]["secret"]["items"] == [{"key": "pin-keys.json", "path": "pin-keys.json"}]
+            assert {"name": "pin-keys", "mountPath": "/etc/kmsbridge/pin-keys", "readOnly": True} in container[
+                "volumeMounts"]
+        else:  # the projector reads crm.subscriptions only: no PIN, no key
+            assert "KMSBRIDGE_PIN_KEYS__FILE" not in env and "pin-keys" not in volumes, component
+
+
+def test_rendering_without_the_pin_key_secret_fails_naming_it() -> None:
+    result = _run_helm("template", "rel", str(CHART), "--kube-version", K8S_VERSION, "-f", str(CI_VALUES),
+                       "--set", "pinKeys.existingSecret=")
+    assert result.returncode != 0
+    assert "pinKeys.existingSecret is required" in result.stderr
+
+
+@pytest.mark.parametrize("protocol", ["PLAINTEXT", "SASL_PLAINTEXT"])
+def test_the_web_api_is_refused_on_unencrypted_kafka_unless_accepted(protocol: str) -> None:
+    def render(*sets: str) -> subprocess.CompletedProcess[str]:
+        args = ["template", "rel", str(CHART), "--kube-version", K8S_VERSION, "-f", str(CI_VALUES),
+                "--set", f"kafka.securityProtocol={protocol}"]
+        for item in sets:
+            args += ["--set", item]
+        return _run_helm(*args)
+
+    refused = render()
+    assert refused.returncode != 0
+    assert f"kafka.securityProtocol {protocol}" in refused.stderr and "kafka.acceptPlaintext" in refused.stderr
+    assert render("kafka.acceptPlaintext=true").returncode == 0
+    assert render("api.enabled=false").returncode == 0  # no Web API: the operator's cluster, the operator's call
+
+
 def test_values_hold_no_secret_values() -> None:
     for path in (CHART / "values.yaml", SASL_VALUES, CI_VALUES):
         for key, value in _leaves(yaml.safe_load(path.read_text())):

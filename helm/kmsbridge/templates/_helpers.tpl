@@ -87,9 +87,10 @@ seccompProfile:
 {{- end }}
 
 {{/*
-Environment of a kmsbridge container: (dict "root" $ "kms" bool "db" bool "apiKeys" bool "extra" list).
-Secrets come only from existing Secrets: files for the KMS token and API keys (the settings read
-*_FILE), secretKeyRef for the database URL and the Kafka SASL credentials.
+Environment of a kmsbridge container:
+(dict "root" $ "kms" bool "db" bool "apiKeys" bool "pins" bool "extra" list).
+Secrets come only from existing Secrets: files for the KMS token, the API keys and the PIN keys (the
+settings read *_FILE), secretKeyRef for the database URL and the Kafka SASL credentials.
 */}}
 {{- define "kmsbridge.env" -}}
 {{- $v := .root.Values -}}
@@ -164,6 +165,10 @@ Secrets come only from existing Secrets: files for the KMS token and API keys (t
       name: {{ required "database.existingSecret is required (a Secret with the database URL)" $v.database.existingSecret }}
       key: {{ $v.database.urlKey }}
 {{- end }}
+{{- if .pins }}
+- name: KMSBRIDGE_PIN_KEYS__FILE
+  value: /etc/kmsbridge/pin-keys/pin-keys.json
+{{- end }}
 {{- if .apiKeys }}
 - name: KMSBRIDGE_API__HOST
   value: "0.0.0.0"
@@ -180,7 +185,7 @@ Secrets come only from existing Secrets: files for the KMS token and API keys (t
 {{- end }}
 {{- end }}
 
-{{/* Mounts matching kmsbridge.volumes: (dict "root" $ "kms" bool "apiKeys" bool "provider" bool) */}}
+{{/* Mounts matching kmsbridge.volumes: (dict "root" $ "kms" bool "apiKeys" bool "pins" bool "provider" bool) */}}
 {{- define "kmsbridge.volumeMounts" -}}
 {{- $v := .root.Values -}}
 - name: tmp
@@ -208,6 +213,11 @@ Secrets come only from existing Secrets: files for the KMS token and API keys (t
 {{- if .apiKeys }}
 - name: api-keys
   mountPath: /etc/kmsbridge/api
+  readOnly: true
+{{- end }}
+{{- if .pins }}
+- name: pin-keys
+  mountPath: /etc/kmsbridge/pin-keys
   readOnly: true
 {{- end }}
 {{- end }}
@@ -256,6 +266,15 @@ Secrets come only from existing Secrets: files for the KMS token and API keys (t
       - key: {{ $v.api.apiKeysKey }}
         path: api-keys
 {{- end }}
+{{- if .pins }}
+- name: pin-keys
+  secret:
+    secretName: {{ required "pinKeys.existingSecret is required (a Secret with the PIN key file that seals PINs on Kafka)" $v.pinKeys.existingSecret }}
+    defaultMode: 0440
+    items:
+      - key: {{ $v.pinKeys.key }}
+        path: pin-keys.json
+{{- end }}
 {{- end }}
 
 {{/* Scheduling settings shared by every pod. */}}
@@ -283,7 +302,7 @@ imagePullSecrets:
 {{- end }}
 
 {{/*
-One process Deployment: (dict "root" $ "component" "executor" "kms" bool "db" bool "apiKeys" bool).
+One process Deployment: (dict "root" $ "component" "executor" "kms" bool "db" bool "apiKeys" bool "pins" bool).
 Runs `kmsbridge run <component>`; probes hit /healthz and /readyz on the metrics port.
 */}}
 {{- define "kmsbridge.deployment" -}}
@@ -347,7 +366,7 @@ spec:
           imagePullPolicy: {{ $v.image.pullPolicy }}
           args: ["run", {{ .component | quote }}]
           env:
-            {{- include "kmsbridge.env" (dict "root" $root "kms" .kms "db" .db "apiKeys" .apiKeys "extra" $c.extraEnv) | nindent 12 }}
+            {{- include "kmsbridge.env" (dict "root" $root "kms" .kms "db" .db "apiKeys" .apiKeys "pins" .pins "extra" $c.extraEnv) | nindent 12 }}
           ports:
             - name: metrics
               containerPort: {{ $v.metrics.port }}
@@ -382,9 +401,9 @@ spec:
           securityContext:
             {{- include "kmsbridge.containerSecurityContext" $root | nindent 12 }}
           volumeMounts:
-            {{- include "kmsbridge.volumeMounts" (dict "root" $root "kms" .kms "apiKeys" .apiKeys "provider" true) | nindent 12 }}
+            {{- include "kmsbridge.volumeMounts" (dict "root" $root "kms" .kms "apiKeys" .apiKeys "pins" .pins "provider" true) | nindent 12 }}
       volumes:
-        {{- include "kmsbridge.volumes" (dict "root" $root "kms" .kms "apiKeys" .apiKeys "provider" true) | nindent 8 }}
+        {{- include "kmsbridge.volumes" (dict "root" $root "kms" .kms "apiKeys" .apiKeys "pins" .pins "provider" true) | nindent 8 }}
 {{- end }}
 
 {{/* PodDisruptionBudget of one component: (dict "root" $ "component" "executor") */}}
