@@ -85,10 +85,7 @@ class OutcomeFeed:
             starts = self._start_offsets(consumer, parts)
             consumer.assign(starts)
         except KafkaException as exc:
-            try:
-                consumer.poll(0)  # serves the error callback: refused credentials or an untrusted broker raise
-            finally:
-                consumer.close()
+            consumer.close()  # serves the error callback: refused credentials or an untrusted broker raise here
             raise OutcomeFeedError(f"starting the outcome feed on {self._topics}: {exc}") from exc
         except OutcomeFeedError:
             consumer.close()
