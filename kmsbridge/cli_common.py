@@ -33,6 +33,7 @@ def stack_defaults() -> None:
         "KMSBRIDGE_KMS__ENDPOINT": state.simulator_url + "/kms" if state.simulator_url else "",
         "KMSBRIDGE_KMS__TOKEN_FILE": state.token_file,
         "KMSBRIDGE_API__API_KEYS_FILE": state.api_key_file,
+        "KMSBRIDGE_PIN_KEYS__FILE": state.pin_keys_file,
         "KMSBRIDGE_PROVIDER_FILE": state.provider_file,
         "KMSBRIDGE_DATABASE_URL": state.database_url,
     }

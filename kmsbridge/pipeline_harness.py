@@ -7,7 +7,9 @@ simulator's state, the results topic) with bounded polls, never with fixed sleep
 
 from __future__ import annotations
 
+import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -25,7 +27,7 @@ from kmsbridge.wiring import build_codec
 from producers.topics import create_topics
 from schemas.records import KmsResult
 
-__all__ = ["Pipeline", "wait_until"]
+__all__ = ["Pipeline", "terminate", "wait_until"]
 
 EXAMPLE_PROVIDER = Path(__file__).resolve().parent.parent / "examples" / "provider.yaml"
 T = TypeVar("T")
@@ -131,6 +133,30 @@ class Pipeline:
         self._subprocesses.append(proc)
         return proc
 
+    def spawn_api(self, api_keys: list[str], *, env: dict[str, str] | None = None,
+                  timeout: float = 60.0) -> tuple[subprocess.Popen[bytes], str]:
+        """``kmsbridge run api`` on a free port, once it answers ``/readyz``: (the process, its base URL)."""
+        import httpx
+
+        from kmsbridge.local_broker import free_port
+
+        port = free_port()
+        proc = self.spawn("api", env={"KMSBRIDGE_API__PORT": str(port), "KMSBRIDGE_API__API_KEYS": json.dumps(api_keys),
+                                      **(env or {})})
+        url = f"http://127.0.0.1:{port}"
+
+        def ready() -> bool:
+            if proc.poll() is not None:
+                log = (self.workdir / "api.log").read_text()[-2000:]
+                raise RuntimeError(f"the API exited {proc.returncode}: {log}")
+            try:
+                return httpx.get(f"{url}/readyz", timeout=1).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_until("the Web API is ready", ready, timeout=timeout, interval=0.2)
+        return proc, url
+
     def close(self) -> None:
         for proc in self._subprocesses:
             if proc.poll() is None:
@@ -193,6 +219,17 @@ class Pipeline:
 
     def results(self, until: Callable[[list[KmsResult]], bool], timeout: float = 30.0) -> list[KmsResult]:
         return self.read("results", until, timeout)
+
+
+def terminate(proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
+    """SIGTERM ``proc`` and wait for it; SIGKILL when it outlives ``timeout``."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
 
 
 def iter_chunks(items: list[T], size: int) -> Iterator[list[T]]:

@@ -14,11 +14,8 @@ its own (Avro length byte, four digits, next field), which the cut leaves intact
 
 from __future__ import annotations
 
-import json
 import logging
 import re
-import signal
-import subprocess
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -33,8 +30,7 @@ from pydantic import SecretStr
 
 from kms_adapter.simulator.testing import SimulatorHandle
 from kmsbridge.cli_ops import set_pin_cmd
-from kmsbridge.local_broker import free_port
-from kmsbridge.pipeline_harness import EXAMPLE_PROVIDER, Pipeline, wait_until
+from kmsbridge.pipeline_harness import EXAMPLE_PROVIDER, Pipeline, terminate, wait_until
 from kmsbridge.testing import RunningProcess, start_executor, start_translator
 from schemas.records import (
     Device,
@@ -73,16 +69,6 @@ def _card(n: int) -> str:
     return f"88000000{n:02d}"
 
 
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
-
-
 @pytest.fixture
 def product(kafka_bootstrap: str, kms_simulator: SimulatorHandle, tmp_path: Path
             ) -> Iterator[tuple[Pipeline, str]]:
@@ -93,25 +79,13 @@ def product(kafka_bootstrap: str, kms_simulator: SimulatorHandle, tmp_path: Path
     pipeline = Pipeline(kafka_bootstrap, kms_simulator.url, kms_simulator.token, tmp_path / "pipe",
                         provider_file=provider, partitions=1)
     procs: list[RunningProcess] = [start_translator(pipeline.settings), start_executor(pipeline.settings)]
-    port = free_port()
-    api = pipeline.spawn("api", env={"KMSBRIDGE_API__PORT": str(port),
-                                     "KMSBRIDGE_API__API_KEYS": json.dumps([API_KEY]),
-                                     "KMSBRIDGE_API__WAIT_SECONDS": "30"})
-    url = f"http://127.0.0.1:{port}"
-
-    def ready() -> bool:
-        if api.poll() is not None:
-            raise RuntimeError(f"the API exited {api.returncode}: {(pipeline.workdir / 'api.log').read_text()[-2000:]}")
-        try:
-            return httpx.get(f"{url}/readyz", timeout=1).status_code == 200
-        except httpx.HTTPError:
-            return False
-
     try:
-        wait_until("the Web API is ready", ready, timeout=60, interval=0.2)
-        yield pipeline, url
+        api, url = pipeline.spawn_api([API_KEY], env={"KMSBRIDGE_API__WAIT_SECONDS": "30"})
+        try:
+            yield pipeline, url
+        finally:
+            terminate(api)
     finally:
-        _stop(api)
         for proc in reversed(procs):
             proc.stop()
         pipeline.close()
