@@ -31,7 +31,7 @@ from schemas.records import (
     SubscriptionState,
 )
 
-__all__ = ["Demo", "run_demo"]
+__all__ = ["Demo", "Household", "active_service", "held_products", "paired_box", "run_demo"]
 
 WAIT_SECONDS = 30.0
 PIN_MASK = "****"
@@ -103,13 +103,14 @@ class Demo:
         click.echo(click.style(f"  ✗ expected: {what}", fg="red"))
         return None
 
-    def event(self, hh: Household, event_type: EventType, removed: list[Device] | None = None) -> SubscriptionEvent:
+    def event(self, hh: Household, event_type: EventType, removed: list[Device] | None = None,
+              added: list[Device] | None = None) -> SubscriptionEvent:
         hh.version += 1
         event = SubscriptionEvent(
             event_id=str(uuid.uuid4()), event_type=event_type, occurred_at=datetime.now(UTC),
             subscription_id=hh.subscription_id, account_id=f"A-{self.run}", subscription_type="RESIDENTIAL",
             created_at=self.now, version=hh.version, state=hh.state, services=list(hh.services.values()),
-            devices=list(hh.devices), removed_devices=removed or [],
+            devices=list(hh.devices), removed_devices=removed or [], added_devices=added or [],
         )
         self.produce("subscriptions", event)
         return event
@@ -122,7 +123,7 @@ class Demo:
         for role, card in hh.cards.items():
             c = state.get(card)
             if c is None:
-                continue  # a card the KMS never saw (e.g. the rejected TWIN3)
+                continue  # a card the KMS never saw
             ents = ", ".join(_product(e) for e in c.get("entitlements", [])) or "none"
             pin = PIN_MASK if c.get("pin") else "-"
             click.echo(f"  {role:<7} {card:<16} {(c.get('paired_chipset') or '-'):<14} {pin:<5} {ents}")
@@ -138,19 +139,21 @@ def _product(e: dict[str, Any]) -> str:
     return f"{e['product_id']}" + (f" (until {str(until)[:10]})" if until else "")
 
 
-def _products(state: dict[str, Any], card: str) -> set[str]:
+def held_products(state: dict[str, Any], card: str) -> set[str]:
+    """Product ids ``card`` holds in the simulator's ``state``."""
     c = state["secure_clients"].get(card) or {}
     return {e["product_id"] for e in c.get("entitlements", [])}
 
 
-def _paired(state: dict[str, Any], card: str) -> str | None:
+def paired_box(state: dict[str, Any], card: str) -> str | None:
     c = state["secure_clients"].get(card) or {}
     chipset: str | None = c.get("paired_chipset")
     return chipset
 
 
-def _svc(code: str, until: datetime | None = None) -> Service:
-    return Service(service_code=code, state=ServiceState.ACTIVE, valid_until=until)
+def active_service(code: str, until: datetime | None = None, distributors: list[str] | None = None) -> Service:
+    """An ACTIVE service, ending at ``until``, chosen for ``distributors`` (None: every box)."""
+    return Service(service_code=code, state=ServiceState.ACTIVE, valid_until=until, distributors=distributors)
 
 
 def realtime_steps(d: Demo) -> Household:
@@ -166,20 +169,20 @@ def realtime_steps(d: Demo) -> Household:
     basic = {"P100", "P101"}
 
     d.step("A household activates with MAIN and TWIN1 (TWIN1 may carry the basic package only)")
-    hh.services = {"BASIC": _svc("BASIC")}
+    hh.services = {"BASIC": active_service("BASIC")}
     hh.devices = [Device(distributor="MAIN", secure_client_id=main, stb_serial=hh.boxes["MAIN"]),
                   Device(distributor="TWIN1", secure_client_id=twin, stb_serial=hh.boxes["TWIN1"])]
     d.event(hh, EventType.ACTIVATED)
-    d.wait_for("both boxes paired with BASIC", lambda s: _products(s, main) == basic
-               and _products(s, twin) == basic and _paired(s, main) == hh.boxes["MAIN"]
-               and _paired(s, twin) == hh.boxes["TWIN1"])
+    d.wait_for("both boxes paired with BASIC", lambda s: held_products(s, main) == basic
+               and held_products(s, twin) == basic and paired_box(s, main) == hh.boxes["MAIN"]
+               and paired_box(s, twin) == hh.boxes["TWIN1"])
     d.table(hh)
 
     d.step("The household adds the SPORTS channel (MAIN only: TWIN1 is not allowed to carry it)")
-    hh.services["SPORTS"] = _svc("SPORTS")
+    hh.services["SPORTS"] = active_service("SPORTS")
     d.event(hh, EventType.SERVICES_CHANGED)
-    d.wait_for("SPORTS on MAIN, not on TWIN1", lambda s: _products(s, main) == basic | {"P200"}
-               and _products(s, twin) == basic)
+    d.wait_for("SPORTS on MAIN, not on TWIN1", lambda s: held_products(s, main) == basic | {"P200"}
+               and held_products(s, twin) == basic)
     d.table(hh)
 
     d.step("A third box arrives as TWIN3, but TWIN3 requires TWIN2, which the household lacks")
@@ -193,29 +196,33 @@ def realtime_steps(d: Demo) -> Household:
         if rejected.state.value != "REJECTED":
             d.failures.append("TWIN3 event not rejected")
     hh.devices = before
-    if d.wait_for("nothing sent to the TWIN3 card", lambda s: hh.cards["TWIN3"] not in s["secure_clients"]):
-        click.echo(f"  TWIN3 card {hh.cards['TWIN3']}: nothing sent to the KMS")
+    third_card = hh.cards["TWIN3"]
+    if d.wait_for("the TWIN3 card cleared, never paired or entitled",
+                  lambda s: third_card in s["secure_clients"] and not held_products(s, third_card)
+                  and paired_box(s, third_card) is None):
+        click.echo(f"  TWIN3 card {third_card}: the grant is rejected; the card is only cleared (a TWIN3 may not"
+                   " stand without a TWIN2)")
     d.table(hh)
 
     d.step("A termed MOVIES service is added until tomorrow, then its term ends")
-    hh.services["MOVIES"] = _svc("MOVIES", until=d.now + timedelta(days=1))
+    hh.services["MOVIES"] = active_service("MOVIES", until=d.now + timedelta(days=1))
     d.event(hh, EventType.SERVICES_CHANGED)
-    d.wait_for("MOVIES (P300) on MAIN with its end date", lambda s: "P300" in _products(s, main))
+    d.wait_for("MOVIES (P300) on MAIN with its end date", lambda s: "P300" in held_products(s, main))
     d.table(hh)
-    hh.services["MOVIES"] = _svc("MOVIES", until=datetime.now(UTC) - timedelta(minutes=1))
+    hh.services["MOVIES"] = active_service("MOVIES", until=datetime.now(UTC) - timedelta(minutes=1))
     d.event(hh, EventType.SERVICES_CHANGED)
-    d.wait_for("MOVIES gone once its term ended", lambda s: "P300" not in _products(s, main))
+    d.wait_for("MOVIES gone once its term ended", lambda s: "P300" not in held_products(s, main))
     d.table(hh)
 
     d.step("The subscription is suspended (unpaid bill), then resumed")
     hh.state = SubscriptionState.SUSPENDED
     d.event(hh, EventType.SUSPENDED)
-    d.wait_for("every box cleared", lambda s: not _products(s, main) and not _products(s, twin))
+    d.wait_for("every box cleared", lambda s: not held_products(s, main) and not held_products(s, twin))
     d.table(hh)
     hh.state = SubscriptionState.ACTIVE
     d.event(hh, EventType.RESUMED)
-    d.wait_for("entitlements restored", lambda s: _products(s, main) == basic | {"P200"}
-               and _products(s, twin) == basic)
+    d.wait_for("entitlements restored", lambda s: held_products(s, main) == basic | {"P200"}
+               and held_products(s, twin) == basic)
     d.table(hh)
 
     d.step("The TWIN1 box is swapped for a new one")
@@ -225,8 +232,8 @@ def realtime_steps(d: Demo) -> Household:
     d.event(hh, EventType.DEVICES_CHANGED, removed=[old])
     swap = hh.cards["SWAP"]
     d.wait_for("old card cleared and unpaired, new card paired with BASIC",
-               lambda s: not _products(s, twin) and _paired(s, twin) is None
-               and _products(s, swap) == basic and _paired(s, swap) == hh.boxes["SWAP"])
+               lambda s: not held_products(s, twin) and paired_box(s, twin) is None
+               and held_products(s, swap) == basic and paired_box(s, swap) == hh.boxes["SWAP"])
     hh.cards = {"MAIN": main, "TWIN1": swap, "OLD": twin}
     d.table(hh)
     return hh
@@ -243,9 +250,13 @@ def run_demo(settings: Settings, simulator_url: str, token: str) -> int:
         from kmsbridge.demo_reconcile import reconcile_steps
 
         reconcile_steps(demo, hh)
+        from kmsbridge.demo_selection import selection_steps
+
+        second = selection_steps(demo)
         click.echo("")
-        click.echo(click.style("Final KMS state of the household", bold=True))
+        click.echo(click.style("Final KMS state of the households, per box", bold=True))
         demo.table(hh)
+        demo.table(second)
     finally:
         demo.results.close()
     click.echo("")

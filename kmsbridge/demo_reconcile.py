@@ -26,7 +26,7 @@ from typing import Any
 import click
 
 from kmsbridge.cli_reconcile import ReportWaiter, format_report, publish_request
-from kmsbridge.demo import Demo, Household
+from kmsbridge.demo import Demo, Household, held_products
 from kmsbridge.wiring import engine_for
 from reconciler.store import DesiredStateStore
 from schemas.records import ReconcileReport, ReconcileRequest
@@ -53,7 +53,7 @@ def reconcile_steps(d: Demo, hh: Household) -> None:
         "entitlements": [e for e in entitlements if e["product_id"] != SPORTS]}}})
     if not _outage_over(d):
         return
-    d.wait_for("MAIN without SPORTS after the restore", lambda s: SPORTS not in _products(s, main))
+    d.wait_for("MAIN without SPORTS after the restore", lambda s: SPORTS not in held_products(s, main))
     d.table(hh)
 
     # This demo's households only: created at the demo's start, residential.
@@ -66,14 +66,14 @@ def reconcile_steps(d: Demo, hh: Household) -> None:
         found = sorted((i.subscription_id, i.secure_client_id, tuple(i.missing_products)) for i in preview.items)
         _expect(d, "the preview lists exactly MAIN missing SPORTS",
                 found == [(hh.subscription_id, main, (SPORTS,))] and preview.commands_published == 0)
-        d.wait_for("the KMS unchanged by the preview", lambda s: SPORTS not in _products(s, main))
+        d.wait_for("the KMS unchanged by the preview", lambda s: SPORTS not in held_products(s, main))
 
     d.step("The reset run repairs the household")
     reset = _run(d, preview=False, **scope)
     if reset is not None:
         _expect(d, "the reset run found one drifted subscription and published its repair",
                 reset.drifted == 1 and reset.commands_published >= 1)
-        d.wait_for("SPORTS back on MAIN", lambda s: SPORTS in _products(s, main))
+        d.wait_for("SPORTS back on MAIN", lambda s: SPORTS in held_products(s, main))
         d.table(hh)
 
     d.step("A second reset run finds nothing to do")
@@ -135,11 +135,6 @@ def _outage_over(d: Demo) -> bool:
 def _post(d: Demo, path: str, body: dict[str, Any]) -> None:
     response = d.http.post(f"{d.sim}{path}", json=body)
     response.raise_for_status()
-
-
-def _products(state: dict[str, Any], card: str) -> set[str]:
-    client = state["secure_clients"].get(card) or {}
-    return {e["product_id"] for e in client.get("entitlements", [])}
 
 
 def _expect(d: Demo, what: str, held: bool) -> None:
