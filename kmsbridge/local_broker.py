@@ -6,8 +6,10 @@ transactions, rebalances or lag get the real thing (DESIGN.md §6).
 
 Lifecycle, as :func:`start_broker` does it:
 
-1. pick free loopback ports (client listener, controller, and SASL listener when SCRAM users are asked);
-2. write ``server.properties`` and a small ``log4j2.properties`` under ``data_dir``;
+1. pick free loopback ports (client listener, controller, a SASL_PLAINTEXT listener when SCRAM users are
+   asked, and a SASL_SSL listener when a server certificate is given too);
+2. write ``server.properties`` (the certificate and key inline, PEM) and a small ``log4j2.properties``
+   under ``data_dir``;
 3. format the storage with Kafka's ``StorageTool`` (``--standalone`` dynamic quorum, plus one
    ``--add-scram`` per SCRAM user, so credentials exist before the first client connects);
 4. start ``kafka.Kafka`` detached in its own session, stdout/stderr to ``log_file``;
@@ -21,6 +23,7 @@ This module is stdlib-only except for the readiness probe, which imports ``confl
 Command line (for scripts and the Makefile)::
 
     python -m kmsbridge.local_broker start --data-dir var/kafka [--port 9092] [--json]
+        [--scram-user NAME=PASSWORD ... [--tls-cert chain.pem --tls-key key.pem]]
     python -m kmsbridge.local_broker stop --pid 12345
 """
 
@@ -49,6 +52,7 @@ __all__ = [
     "BrokerHandle",
     "BrokerPorts",
     "BrokerStartError",
+    "BrokerTls",
     "broker_properties",
     "ensure_jars",
     "free_port",
@@ -116,6 +120,7 @@ class BrokerHandle:
     data_dir: Path
     log_file: Path
     sasl_bootstrap: str | None = None
+    sasl_ssl_bootstrap: str | None = None
 
     def stop(self, timeout: float = 30) -> None:
         stop_broker(self.pid, timeout=timeout)
@@ -133,11 +138,48 @@ class BrokerHandle:
 
 @dataclass(frozen=True)
 class BrokerPorts:
-    """Loopback ports of one broker: the PLAINTEXT client listener, the controller, the SASL listener."""
+    """Loopback ports of one broker: the PLAINTEXT client listener, the controller, the SASL_PLAINTEXT
+    listener and the SASL_SSL listener."""
 
     plaintext: int
     controller: int
     sasl: int | None = None
+    sasl_ssl: int | None = None
+
+
+@dataclass(frozen=True)
+class BrokerTls:
+    """The server certificate of the SASL_SSL listener, as PEM files: ``certificate_chain`` holds the
+    broker's certificate first, then any intermediates; ``private_key`` its PKCS#8 key, unencrypted or
+    encrypted with ``key_password``. Clients trust the CA that signed it (librdkafka ``ssl.ca.location``).
+    The broker asks no client certificate: clients authenticate with SCRAM inside the TLS session."""
+
+    certificate_chain: Path
+    private_key: Path
+    key_password: str | None = None
+
+    def keystore_properties(self, listener: str) -> dict[str, str]:
+        """The listener's PEM keystore, inline (Kafka's ``ssl.keystore.type=PEM``)."""
+        prefix = f"listener.name.{listener}."
+        props = {
+            f"{prefix}ssl.keystore.type": "PEM",
+            f"{prefix}ssl.keystore.certificate.chain": _read_pem(self.certificate_chain, "CERTIFICATE"),
+            f"{prefix}ssl.keystore.key": _read_pem(self.private_key, "PRIVATE KEY"),
+            f"{prefix}ssl.client.auth": "none",
+        }
+        if self.key_password is not None:
+            props[f"{prefix}ssl.key.password"] = self.key_password
+        return props
+
+
+def _read_pem(path: Path, kind: str) -> str:
+    try:
+        text = Path(path).read_text(encoding="ascii").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise BrokerError(f"cannot read the broker's TLS {kind.lower()} file {path}: {exc}") from exc
+    if f"-----BEGIN {kind}-----" not in text and f"-----BEGIN ENCRYPTED {kind}-----" not in text:
+        raise BrokerError(f"{path} holds no PEM {kind} block (Kafka's PEM keystore needs PKCS#8 keys)")
+    return text
 
 
 # --------------------------------------------------------------------------------------------------
@@ -238,12 +280,15 @@ def _new_cluster_id() -> str:
             return cluster_id
 
 
-def broker_properties(data_dir: Path, ports: BrokerPorts) -> dict[str, str]:
+def broker_properties(data_dir: Path, ports: BrokerPorts, tls: BrokerTls | None = None) -> dict[str, str]:
     """The ``server.properties`` of a single-node combined broker+controller under ``data_dir``.
 
     Internal topics get replication factor 1 (one node) and few partitions (fast first use of groups and
-    transactions); topics are never auto-created, so code and tests must create what they use.
+    transactions); topics are never auto-created, so code and tests must create what they use. With
+    ``ports.sasl_ssl`` the SASL_SSL listener serves ``tls``'s certificate.
     """
+    if (ports.sasl_ssl is None) != (tls is None):
+        raise BrokerError("a SASL_SSL listener needs both its port and its certificate (BrokerTls)")
     listeners = [f"PLAINTEXT://{_LOOPBACK}:{ports.plaintext}", f"CONTROLLER://{_LOOPBACK}:{ports.controller}"]
     advertised = [f"PLAINTEXT://{_LOOPBACK}:{ports.plaintext}"]
     protocol_map = ["PLAINTEXT:PLAINTEXT", "CONTROLLER:PLAINTEXT"]
@@ -251,6 +296,10 @@ def broker_properties(data_dir: Path, ports: BrokerPorts) -> dict[str, str]:
         listeners.append(f"SASL_PLAINTEXT://{_LOOPBACK}:{ports.sasl}")
         advertised.append(f"SASL_PLAINTEXT://{_LOOPBACK}:{ports.sasl}")
         protocol_map.append("SASL_PLAINTEXT:SASL_PLAINTEXT")
+    if ports.sasl_ssl is not None:
+        listeners.append(f"SASL_SSL://{_LOOPBACK}:{ports.sasl_ssl}")
+        advertised.append(f"SASL_SSL://{_LOOPBACK}:{ports.sasl_ssl}")
+        protocol_map.append("SASL_SSL:SASL_SSL")
     props: dict[str, str] = {
         # KRaft, one node doing both jobs; `--standalone` format makes it a one-voter dynamic quorum.
         "process.roles": "broker,controller",
@@ -286,26 +335,29 @@ def broker_properties(data_dir: Path, ports: BrokerPorts) -> dict[str, str]:
         "log.retention.hours": "24",
         "log.retention.check.interval.ms": "60000",
     }
-    if ports.sasl is not None:
-        props.update(
-            {
-                "sasl.enabled.mechanisms": _SCRAM_MECHANISM,
-                "listener.name.sasl_plaintext.sasl.enabled.mechanisms": _SCRAM_MECHANISM,
-                "listener.name.sasl_plaintext.scram-sha-512.sasl.jaas.config": (
-                    "org.apache.kafka.common.security.scram.ScramLoginModule required;"
-                ),
-            }
+    sasl_listeners = [name for name, port in (("sasl_plaintext", ports.sasl), ("sasl_ssl", ports.sasl_ssl))
+                      if port is not None]
+    if sasl_listeners:
+        props["sasl.enabled.mechanisms"] = _SCRAM_MECHANISM
+    for listener in sasl_listeners:
+        props[f"listener.name.{listener}.sasl.enabled.mechanisms"] = _SCRAM_MECHANISM
+        props[f"listener.name.{listener}.scram-sha-512.sasl.jaas.config"] = (
+            "org.apache.kafka.common.security.scram.ScramLoginModule required;"
         )
+    if tls is not None:
+        props.update(tls.keystore_properties("sasl_ssl"))
     return props
 
 
 def render_properties(props: Mapping[str, str]) -> str:
-    """Java ``.properties`` text; values here never contain newlines, backslashes need escaping."""
+    """Java ``.properties`` text: backslashes and newlines in values escaped (``\\n``: a PEM block stays
+    one logical line); a newline in a key is refused."""
     lines = []
     for key, value in props.items():
-        if "\n" in value or "\n" in key:
+        if "\n" in key:
             raise ValueError(f"property {key!r} contains a newline")
-        lines.append(f"{key}={value.replace(chr(92), chr(92) * 2)}")
+        escaped = value.replace(chr(92), chr(92) * 2).replace("\r", "").replace("\n", chr(92) + "n")
+        lines.append(f"{key}={escaped}")
     return "\n".join(lines) + "\n"
 
 
@@ -384,13 +436,17 @@ def start_broker(
     scram_users: dict[str, str] | None = None,
     log_file: Path | None = None,
     timeout: float = 60,
+    tls: BrokerTls | None = None,
 ) -> BrokerHandle:
     """Format a fresh single-node KRaft broker under ``data_dir``, start it detached, wait until ready.
 
     ``data_dir`` must not hold a previous broker's data (each start formats new storage). With
     ``scram_users`` a second listener, SASL_PLAINTEXT with SCRAM-SHA-512, is opened and its address is
-    ``sasl_bootstrap``. The caller owns the process: stop it with :func:`stop_broker`.
+    ``sasl_bootstrap``; with ``tls`` too, a third, SASL_SSL with SCRAM-SHA-512 serving that certificate,
+    at ``sasl_ssl_bootstrap``. The caller owns the process: stop it with :func:`stop_broker`.
     """
+    if tls is not None and not scram_users:
+        raise BrokerError("the SASL_SSL listener authenticates SCRAM users: pass scram_users with tls")
     data_dir = Path(data_dir).resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
     if (data_dir / "kraft-logs" / "meta.properties").exists():
@@ -406,10 +462,12 @@ def start_broker(
         plaintext=port if port is not None else free_port(),
         controller=free_port(),
         sasl=free_port() if scram_users else None,
+        sasl_ssl=free_port() if tls is not None else None,
     )
-    # 2. configuration files
+    # 2. configuration files (private: with tls the file holds the broker's private key)
     props_file = data_dir / "server.properties"
-    props_file.write_text(render_properties(broker_properties(data_dir, ports)), encoding="utf-8")
+    props_file.touch(mode=0o600)
+    props_file.write_text(render_properties(broker_properties(data_dir, ports, tls)), encoding="utf-8")
     log4j_file = data_dir / "log4j2.properties"
     log4j_file.write_text(_LOG4J2_PROPERTIES, encoding="utf-8")
     log_file.write_bytes(b"")
@@ -435,7 +493,7 @@ def restart_broker(handle: BrokerHandle, timeout: float = 60) -> BrokerHandle:
     ports = _ports_of(props_file)
     # The old JVM has exited, but its listening sockets may take a moment to be released.
     deadline = time.monotonic() + 10
-    for port in (ports.plaintext, ports.controller, ports.sasl):
+    for port in (ports.plaintext, ports.controller, ports.sasl, ports.sasl_ssl):
         while port is not None and not _port_free(port):
             if time.monotonic() > deadline:
                 raise BrokerError(f"port {port} on {_LOOPBACK} is still in use; cannot restart the broker")
@@ -455,7 +513,7 @@ def _ports_of(props_file: Path) -> BrokerPorts:
         by_name[name] = int(address.rpartition(":")[2])
     try:
         return BrokerPorts(plaintext=by_name["PLAINTEXT"], controller=by_name["CONTROLLER"],
-                           sasl=by_name.get("SASL_PLAINTEXT"))
+                           sasl=by_name.get("SASL_PLAINTEXT"), sasl_ssl=by_name.get("SASL_SSL"))
     except KeyError as exc:
         raise BrokerError(f"{props_file}: no {exc.args[0]} listener in 'listeners'") from None
 
@@ -483,6 +541,7 @@ def _launch(java: str, libs: Path, data_dir: Path, props_file: Path, log4j_file:
         data_dir=data_dir,
         log_file=log_file,
         sasl_bootstrap=f"{_LOOPBACK}:{ports.sasl}" if ports.sasl is not None else None,
+        sasl_ssl_bootstrap=f"{_LOOPBACK}:{ports.sasl_ssl}" if ports.sasl_ssl is not None else None,
     )
     # 5. readiness: the port answers and the broker serves metadata (it has joined its own quorum)
     deadline = time.monotonic() + timeout
@@ -491,8 +550,7 @@ def _launch(java: str, libs: Path, data_dir: Path, props_file: Path, log4j_file:
             if proc.poll() is not None:
                 raise BrokerStartError(f"Kafka exited with code {proc.returncode} during start:\n{_tail(log_file)}")
             if (
-                _port_answers(_LOOPBACK, ports.plaintext)
-                and (ports.sasl is None or _port_answers(_LOOPBACK, ports.sasl))
+                all(_port_answers(_LOOPBACK, p) for p in (ports.plaintext, ports.sasl, ports.sasl_ssl) if p is not None)
                 and _metadata_ok(handle.bootstrap)
             ):
                 return handle
@@ -595,12 +653,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         metavar="NAME=PASSWORD",
         help="add a SCRAM-SHA-512 user and a SASL_PLAINTEXT listener (repeatable)",
     )
+    start.add_argument("--tls-cert", type=Path, default=None, metavar="CHAIN.pem",
+                       help="with --scram-user: open a SASL_SSL listener serving this PEM certificate chain")
+    start.add_argument("--tls-key", type=Path, default=None, metavar="KEY.pem",
+                       help="the PKCS#8 PEM private key of --tls-cert (unencrypted)")
     start.add_argument("--timeout", type=float, default=60)
     start.add_argument("--json", action="store_true", help="print the handle as JSON")
     stop = sub.add_parser("stop", help="stop a broker by pid")
     stop.add_argument("--pid", type=int, required=True)
     stop.add_argument("--timeout", type=float, default=30)
     args = parser.parse_args(argv)
+    if args.command == "start" and (args.tls_cert is None) != (args.tls_key is None):
+        parser.error("--tls-cert and --tls-key go together")
 
     try:
         if args.command == "start":
@@ -611,11 +675,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                 scram_users=dict(args.scram_user) or None,
                 log_file=args.log_file,
                 timeout=args.timeout,
+                tls=BrokerTls(args.tls_cert, args.tls_key) if args.tls_cert is not None else None,
             )
             if args.json:
                 print(handle.to_json())
             else:
                 sasl = f" sasl={handle.sasl_bootstrap}" if handle.sasl_bootstrap else ""
+                sasl += f" sasl_ssl={handle.sasl_ssl_bootstrap}" if handle.sasl_ssl_bootstrap else ""
                 print(
                     f"kafka ready bootstrap={handle.bootstrap}{sasl} pid={handle.pid} "
                     f"log={handle.log_file} in {time.monotonic() - began:.1f}s"

@@ -1,18 +1,17 @@
-"""Security (issue #6): Kafka SASL/SCRAM through settings, failing closed on refused credentials, the
-KMS over HTTPS with verification on by default, secrets only from settings, and no secret or personal
-data in logs, metrics, DLQ headers or results.
+"""Security (issue #6): Kafka SASL/SCRAM through settings, failing closed on refused credentials or an
+untrusted broker certificate (over TLS for real: test_kafka_tls.py), the KMS over HTTPS with verification
+on by default, secrets only from settings, and no secret or personal data in logs, metrics, DLQ headers
+or results.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import ipaddress
 import logging
 import re
 import secrets
 import string
 import threading
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,13 +19,11 @@ import httpx
 import pytest
 import uvicorn
 from confluent_kafka import KafkaError
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from events import activation
 from pydantic import SecretStr
+from tls import write_ca_and_server_cert
 
-from consumers.errors import FatalKafkaError, KafkaAuthenticationFailed
+from consumers.errors import FatalKafkaError, KafkaAuthenticationFailed, KafkaTlsFailed
 from consumers.kafka_clients import KafkaErrorHandler, is_fatal
 from kms_adapter.errors import KmsUnavailable
 from kms_adapter.simulator.app import create_app
@@ -38,16 +35,10 @@ from kmsbridge.logs import setup_logging
 from kmsbridge.pipeline_harness import Pipeline, wait_until
 from kmsbridge.settings import ApiSettings, KmsSettings, Settings, load_settings
 from schemas.records import (
-    Device,
-    EventType,
     KmsResult,
     MessageKind,
     RequestType,
-    Service,
     ServiceRequest,
-    ServiceState,
-    SubscriptionEvent,
-    SubscriptionState,
     TextMode,
 )
 
@@ -56,16 +47,6 @@ pytestmark = pytest.mark.integration
 PIN = "4711"
 PIN_RE = re.compile(r"(?<!\d)4711(?!\d)")  # the PIN as a number of its own (ports like 47113 are not it)
 MESSAGE_TEXT = "Zebra quartz lullaby for the night owl"
-
-
-def activation(sub: str, card: str) -> SubscriptionEvent:
-    return SubscriptionEvent(
-        event_id=str(uuid.uuid4()), event_type=EventType.ACTIVATED, occurred_at=dt.datetime.now(dt.UTC),
-        subscription_id=sub, account_id=f"A-{sub}", subscription_type="RESIDENTIAL",
-        created_at=dt.datetime.now(dt.UTC), version=1, state=SubscriptionState.ACTIVE,
-        services=[Service(service_code="BASIC", state=ServiceState.ACTIVE)],
-        devices=[Device(distributor="MAIN", secure_client_id=card, stb_serial=f"STB-{card}")],
-    )
 
 
 def sasl_env(handle: BrokerHandle, user: str, password: str) -> dict[str, str]:
@@ -135,6 +116,15 @@ def test_the_kafka_error_handler_raises_an_authentication_failure_once_and_logs_
     assert isinstance(handler.fatal, KafkaAuthenticationFailed)
 
 
+def test_the_kafka_error_handler_raises_a_tls_failure_naming_the_ca_setting() -> None:
+    handler = KafkaErrorHandler("consumer")
+
+    with pytest.raises(KafkaTlsFailed, match="KMSBRIDGE_KAFKA__SSL_CA_LOCATION"):
+        handler(KafkaError(KafkaError._SSL, "SSL handshake failed: certificate verify failed"))
+
+    assert isinstance(handler.fatal, KafkaTlsFailed)
+
+
 def test_a_fatal_consumer_error_is_recognised_even_without_its_fatal_flag() -> None:
     # a fenced static member reaches the application as a message error of code _FATAL, flag unset
     assert is_fatal(KafkaError(KafkaError._FATAL, "Static consumer fenced by other consumer"))
@@ -146,43 +136,18 @@ def test_a_fatal_consumer_error_is_recognised_even_without_its_fatal_flag() -> N
 # --- KMS over HTTPS -----------------------------------------------------------------------------------
 
 
-def write_ca_and_server_cert(folder: Path) -> tuple[Path, Path, Path]:
-    """A self-signed CA and a server certificate it signed for 127.0.0.1; returns (ca, cert, key)."""
-    now = dt.datetime.now(dt.UTC)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kmsbridge test CA")])
-    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
-          .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(minutes=5))
-          .not_valid_after(now + dt.timedelta(days=1))
-          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-          .sign(ca_key, hashes.SHA256()))
-    key = ec.generate_private_key(ec.SECP256R1())
-    cert = (x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
-            .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
-                                                        x509.DNSName("localhost")]), critical=False)
-            .sign(ca_key, hashes.SHA256()))
-    paths = folder / "ca.pem", folder / "server.pem", folder / "server.key"
-    paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-    paths[1].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    paths[2].write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-    return paths
-
-
 class TlsSimulator:
     """The simulator app served over HTTPS by uvicorn (``ssl_certfile``/``ssl_keyfile``) in a thread."""
 
     def __init__(self, folder: Path) -> None:
-        self.ca, cert, key = write_ca_and_server_cert(folder)
+        certs = write_ca_and_server_cert(folder)
+        self.ca = certs.ca
         self.token = secrets.token_urlsafe(16)
         self.state = SimulatorState()
         self.port = free_port()
         app = create_app(self.token, state=self.state)
-        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, ssl_certfile=str(cert), ssl_keyfile=str(key),
-                                log_level="warning", lifespan="on")
+        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, ssl_certfile=str(certs.cert),
+                                ssl_keyfile=str(certs.key), log_level="warning", lifespan="on")
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, name="tls-simulator", daemon=True)
 

@@ -14,7 +14,9 @@ from kmsbridge.local_broker import (
     BrokerError,
     BrokerHandle,
     BrokerPorts,
+    BrokerTls,
     _new_cluster_id,
+    _ports_of,
     _scram_argument,
     broker_properties,
     free_port,
@@ -56,12 +58,55 @@ def test_scram_users_add_a_sasl_listener_while_brokers_talk_plaintext(tmp_path: 
     assert "ScramLoginModule" in props["listener.name.sasl_plaintext.scram-sha-512.sasl.jaas.config"]
 
 
-def test_rendered_properties_round_trip_and_escape_backslashes(tmp_path: Path) -> None:
+def _pem_files(tmp_path: Path) -> BrokerTls:
+    chain, key = tmp_path / "chain.pem", tmp_path / "key.pem"
+    chain.write_text("-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n")
+    key.write_text("-----BEGIN PRIVATE KEY-----\nMIGH\n-----END PRIVATE KEY-----\n")
+    return BrokerTls(certificate_chain=chain, private_key=key)
+
+
+def test_a_certificate_adds_a_sasl_ssl_listener_with_scram_and_an_inline_pem_keystore(tmp_path: Path) -> None:
+    tls = _pem_files(tmp_path)
+    props = broker_properties(tmp_path, BrokerPorts(plaintext=1, controller=2, sasl=3, sasl_ssl=4), tls)
+
+    assert "SASL_SSL://127.0.0.1:4" in props["listeners"].split(",")
+    assert "SASL_SSL://127.0.0.1:4" in props["advertised.listeners"].split(",")
+    assert "SASL_SSL:SASL_SSL" in props["listener.security.protocol.map"].split(",")
+    assert props["inter.broker.listener.name"] == "PLAINTEXT"
+    assert props["listener.name.sasl_ssl.sasl.enabled.mechanisms"] == "SCRAM-SHA-512"
+    assert "ScramLoginModule" in props["listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config"]
+    assert props["listener.name.sasl_ssl.ssl.keystore.type"] == "PEM"
+    assert props["listener.name.sasl_ssl.ssl.keystore.certificate.chain"] == tls.certificate_chain.read_text().strip()
+    assert props["listener.name.sasl_ssl.ssl.keystore.key"] == tls.private_key.read_text().strip()
+    assert "listener.name.sasl_ssl.ssl.key.password" not in props
+
+
+def test_a_sasl_ssl_listener_needs_its_certificate_and_a_pem_file(tmp_path: Path) -> None:
+    with pytest.raises(BrokerError, match="certificate"):
+        broker_properties(tmp_path, BrokerPorts(plaintext=1, controller=2, sasl_ssl=4))
+    not_pem = tmp_path / "not.pem"
+    not_pem.write_text("hello")
+    with pytest.raises(BrokerError, match="no PEM CERTIFICATE"):
+        broker_properties(tmp_path, BrokerPorts(plaintext=1, controller=2, sasl_ssl=4),
+                          BrokerTls(certificate_chain=not_pem, private_key=not_pem))
+
+
+def test_a_restart_finds_the_sasl_ssl_port_in_the_written_properties(tmp_path: Path) -> None:
+    ports = BrokerPorts(plaintext=1, controller=2, sasl=3, sasl_ssl=4)
+    props_file = tmp_path / "server.properties"
+    props_file.write_text(render_properties(broker_properties(tmp_path, ports, _pem_files(tmp_path))))
+
+    assert _ports_of(props_file) == ports
+
+
+def test_rendered_properties_round_trip_and_escape_backslashes_and_newlines(tmp_path: Path) -> None:
     props = broker_properties(tmp_path, BrokerPorts(plaintext=1, controller=2))
     assert _parse(render_properties(props)) == props
     assert render_properties({"log.dirs": r"C:\kafka"}) == "log.dirs=C:\\\\kafka\n"
+    assert render_properties({"pem": "-----BEGIN X-----\r\nAB\n-----END X-----"}) == (
+        "pem=-----BEGIN X-----\\nAB\\n-----END X-----\n")  # one logical line: Java reads backslash-n as a newline
     with pytest.raises(ValueError, match="newline"):
-        render_properties({"a": "b\nc=d"})
+        render_properties({"a\nb": "c"})
 
 
 def test_scram_argument_rejects_characters_that_would_break_the_storage_tool_syntax() -> None:
