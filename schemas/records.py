@@ -5,7 +5,7 @@ file of the same name is the wire contract; ``tests/unit/test_schemas_match_mode
 two in step. Times are timezone-aware ``datetime`` (Avro ``timestamp-millis``).
 
 Sensitive values (the PIN) are ``SecretStr`` so ``repr()``/logs never show them; the codec
-unwraps them only when it writes bytes.
+seals the PIN when it writes bytes and opens it when it reads them (``schemas/pin_seal.py``).
 
 Every id, name, text and array obeys the limits of :mod:`schemas.limits` (XML-safe characters,
 lengths within the database columns, a ceiling on every array), so the Web API, the CLI and every
