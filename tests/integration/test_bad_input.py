@@ -18,6 +18,7 @@ The module prints the table class x consumer -> outcome (and writes it to ``var/
 from __future__ import annotations
 
 import hashlib
+import secrets
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -28,6 +29,7 @@ from typing import Any
 
 import pytest
 from confluent_kafka import Message, Producer
+from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource, ResourceType
 from prometheus_client import REGISTRY
 from pydantic import BaseModel
 
@@ -187,7 +189,7 @@ def _print_table(request: pytest.FixtureRequest) -> None:
         return
     lines = ["| class | " + " | ".join(CONSUMERS) + " |", "|---|" + "---|" * len(CONSUMERS)]
     lines += [f"| {cls} | " + " | ".join(TABLE[cls].get(c, "") for c in CONSUMERS) + " |"
-              for cls in CLASSES if cls in TABLE]
+              for cls in [*CLASSES, *(c for c in TABLE if c not in CLASSES)] if cls in TABLE]
     out = Path(__file__).resolve().parents[2] / "var" / "bad-input" / "last-run.md"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(lines) + "\n")
@@ -440,3 +442,47 @@ def _skipped_or_applied(skips: float, applied: bool) -> str | None:
     if skips:
         return "skipped" if skips == 1 else f"skipped {skips:g} times"
     return "applied" if applied else None
+
+
+def test_a_dlq_copy_the_broker_refuses_is_stored_truncated_and_the_partition_moves_on(rig: Rig) -> None:
+    """The DLQ topics accept at most 100,000 bytes (a broker refusal no retry can fix): a 400 KB invalid
+    record's copy is refused on delivery, then stored truncated, by the translator (inside its
+    transaction: the rewound batch sends it smaller), the projector, the executor and the reconciler."""
+    settings = rig.pipeline.settings
+    dlqs = [settings.dlq(rig.topic(n)) for n in ("subscriptions", "commands", "reconcile_requests")]
+    admin = AdminClient(settings.kafka_config())
+    entry = ConfigEntry("max.message.bytes", "100000", incremental_operation=AlterConfigOpType.SET)
+    for future in admin.incremental_alter_configs(
+            [ConfigResource(ResourceType.TOPIC, t, incremental_configs=[entry]) for t in dlqs]).values():
+        future.result(30)
+    n = uuid.uuid4().hex[:6]
+    huge = secrets.token_hex(200_000)  # 400,000 characters that lz4 cannot squeeze below the topic limit
+    sub_bad, sub_good = subscription(f"S-bad-{n}", f"85{n}"), subscription(f"S-good-{n}", f"86{n}")
+    cmd_bad, cmd_good = command(f"87{n}"), command(f"88{n}")
+    run_bad, run_good = reset_run(f"run-bad-{n}"), reset_run(f"run-good-{n}")
+    codec = rig.pipeline.codec
+    values = {"subscriptions": reencode(codec, sub_bad, rig.topic("subscriptions"), subscription_id=huge),
+              "commands": reencode(codec, cmd_bad, rig.topic("commands"), secure_client_id=huge),
+              "reconcile_requests": reencode(codec, run_bad, rig.topic("reconcile_requests"), run_id=huge)}
+    assert all(200_000 < len(v) < REAL_LIMIT for v in values.values())
+    offsets = {logical: rig.send(logical, value, b"k") for logical, value in values.items()}
+    rig.pipeline.produce("subscriptions", [sub_good])
+    rig.pipeline.produce("commands", [cmd_good])
+    rig.pipeline.produce("reconcile_requests", [run_good])
+
+    for process, logical in (("translator", "subscriptions"), ("projector", "subscriptions"),
+                             ("executor", "commands"), ("reconciler", "reconcile_requests")):
+        outcome = wait_until(f"the {process}'s truncated copy", lambda p=process, lg=logical: dlq_outcome(
+            rig, lg, offsets[lg], p, values[lg]), 90, interval=0.5)
+        TABLE.setdefault("DLQ copy refused by the broker (400 KB invalid record, DLQ topic limit 100,000 B)",
+                         {"feed": "n/a"})[process] = outcome
+        assert outcome == "DLQ invalid_record, truncated copy"
+        copies = [m for m in read_all(rig.pipeline.bootstrap, settings.dlq(rig.topic(logical)))
+                  if headers(m).get("kmsbridge.original.offset") == str(offsets[logical])
+                  and headers(m).get("kmsbridge.process") == process]
+        assert headers(copies[0])["kmsbridge.truncated"] in ("MSG_SIZE_TOO_LARGE", "RECORD_LIST_TOO_LARGE")
+    wait_until("the valid records behind them applied", lambda: (
+        rig.store.get(sub_good.subscription_id) is not None
+        and (o := rig.outcomes.get(run_good.run_id)) is not None and o.report is not None
+        and {"P100"} <= {e["product_id"] for c in (sub_good.devices[0].secure_client_id, cmd_good.secure_client_id)
+                         for e in (rig.sim.state()["secure_clients"].get(c) or {}).get("entitlements", [])}), 60)
