@@ -25,6 +25,7 @@ from events import activation
 from tls import ServerCertificate, write_ca, write_ca_and_server_cert
 
 from kms_adapter.simulator.testing import SimulatorHandle
+from kmsbridge.cli_common import EXIT_FAILED
 from kmsbridge.local_broker import BrokerHandle, BrokerTls, free_port, start_broker, stop_broker
 from kmsbridge.pipeline_harness import Pipeline, wait_until
 from schemas.records import KmsCommand
@@ -109,9 +110,10 @@ def _run_all_until_they_exit(pipe: Pipeline, env: dict[str, str], label: str) ->
 
 
 def _not_failed_closed(outcomes: dict[str, tuple[int | None, str]], *needles: str) -> dict[str, str]:
-    """The processes that did not exit non-zero with every one of ``needles`` in their log (log tails)."""
+    """The processes that did not exit with status 1 (``kmsbridge run``'s failure) with every one of
+    ``needles`` in their log, with their log tails."""
     return {process: f"exit {code}: {log[-1500:]}" for process, (code, log) in outcomes.items()
-            if code in (None, 0) or not all(needle in log for needle in needles)}
+            if code != EXIT_FAILED or not all(needle in log for needle in needles)}
 
 
 def test_a_wrong_password_fails_closed_in_every_process_naming_the_setting(
