@@ -38,6 +38,7 @@ from schemas.records import (
     Service,
     ServiceState,
     SubscriptionEvent,
+    SubscriptionState,
 )
 
 pytestmark = pytest.mark.integration
@@ -57,7 +58,7 @@ def subscription(n: int) -> SubscriptionEvent:
     return SubscriptionEvent(
         event_id=str(uuid.uuid4()), event_type=EventType.UPDATED, occurred_at=T0, subscription_id=f"S-{n:04d}",
         account_id="A", subscription_type="RESIDENTIAL", created_at=T0 + timedelta(minutes=n), version=1,
-        state="ACTIVE", services=[Service(service_code="BASIC", state=ServiceState.ACTIVE)],
+        state=SubscriptionState.ACTIVE, services=[Service(service_code="BASIC", state=ServiceState.ACTIVE)],
         devices=[Device(distributor="MAIN", secure_client_id=card(n), stb_serial=f"B-{n:04d}")])
 
 
@@ -111,6 +112,7 @@ def test_a_reset_run_with_bad_card_ids_checks_and_repairs_the_good_subscriptions
     assert first.error is None and second.error is None
     assert (first.checked, first.failed, first.drifted, first.in_sync) == (COUNT, 2, 1, COUNT - 3)
     assert {item.secure_client_id for item in first.items} == {card(5)}
-    assert {p["product_id"] for p in kms_simulator.client_state(card(5))["entitlements"]} == {"P100", "P101"}
+    repaired = kms_simulator.client_state(card(5))
+    assert repaired is not None and {p["product_id"] for p in repaired["entitlements"]} == {"P100", "P101"}
     assert (second.checked, second.failed, second.drifted, second.in_sync) == (COUNT, 2, 0, COUNT - 2)
     assert not first.succeeded and not second.succeeded  # the two bad rows keep the run from succeeding

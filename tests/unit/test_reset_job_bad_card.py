@@ -35,6 +35,7 @@ from schemas.records import (
     Service,
     ServiceState,
     SubscriptionEvent,
+    SubscriptionState,
 )
 
 PROVIDER = load_provider(Path(__file__).resolve().parents[2] / "examples" / "provider.yaml")
@@ -62,7 +63,7 @@ def subscription(n: int) -> SubscriptionEvent:
     return SubscriptionEvent(
         event_id=str(uuid.uuid4()), event_type=EventType.UPDATED, occurred_at=T0, subscription_id=f"S-{n:03d}",
         account_id="A", subscription_type="RESIDENTIAL", created_at=T0 + timedelta(minutes=n), version=1,
-        state="ACTIVE", services=[Service(service_code="BASIC", state=ServiceState.ACTIVE)],
+        state=SubscriptionState.ACTIVE, services=[Service(service_code="BASIC", state=ServiceState.ACTIVE)],
         devices=[Device(distributor="MAIN", secure_client_id=f"C{n:03d}", stb_serial=f"B{n:03d}")])
 
 
