@@ -16,7 +16,7 @@ from consumers.translator import TransactionalTranslator
 from kmsbridge.settings import Settings
 from kmsbridge.wiring import ExecutorApp, build_executor, build_translator
 
-__all__ = ["RunningProcess", "start_executor", "start_translator"]
+__all__ = ["RunningProcess", "start_executor", "start_in_thread", "start_translator"]
 
 
 @dataclass
@@ -36,19 +36,25 @@ class RunningProcess:
             raise RuntimeError(f"{self.name} failed") from self.error[0]
 
 
-def start_translator(settings: Settings, **kwargs: Any) -> RunningProcess:
-    translator: TransactionalTranslator = build_translator(settings, **kwargs)
-    proc = RunningProcess("translator", threading.Thread(), translator.request_stop, handle=translator)
+def start_in_thread(name: str, run: Callable[[], None], stop: Callable[[], None],
+                    handle: Any = None) -> RunningProcess:
+    """Run a blocking ``run`` (a built process's loop) in a daemon thread; ``stop`` asks it to end."""
+    proc = RunningProcess(name, threading.Thread(), stop, handle=handle)
 
     def target() -> None:
         try:
-            translator.run()
+            run()
         except BaseException as exc:
             proc.error.append(exc)
 
-    proc.thread = threading.Thread(target=target, name="translator", daemon=True)
+    proc.thread = threading.Thread(target=target, name=name, daemon=True)
     proc.thread.start()
     return proc
+
+
+def start_translator(settings: Settings, **kwargs: Any) -> RunningProcess:
+    translator: TransactionalTranslator = build_translator(settings, **kwargs)
+    return start_in_thread("translator", translator.run, translator.request_stop, handle=translator)
 
 
 def start_executor(settings: Settings) -> RunningProcess:

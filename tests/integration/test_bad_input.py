@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-import threading
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -37,7 +36,7 @@ from consumers.dlq import TRUNCATED_BODY_BYTES
 from kms_adapter.simulator.testing import SimulatorHandle
 from kmsbridge.chaos import read_all, reencode
 from kmsbridge.pipeline_harness import Pipeline, wait_until
-from kmsbridge.testing import RunningProcess, start_executor, start_translator
+from kmsbridge.testing import RunningProcess, start_executor, start_in_thread, start_translator
 from kmsbridge.wiring import engine_for
 from kmsbridge.wiring_reconciler import build_projector, build_reconciler
 from producers.outcomes import OutcomeStore
@@ -130,20 +129,6 @@ class Rig:
         return self.pipeline.codec.encode(record, self.topic(logical))
 
 
-def run_in_thread(name: str, run: Callable[[], None], stop: Callable[[], None]) -> RunningProcess:
-    proc = RunningProcess(name, threading.Thread(), stop)
-
-    def target() -> None:
-        try:
-            run()
-        except BaseException as exc:
-            proc.error.append(exc)
-
-    proc.thread = threading.Thread(target=target, name=name, daemon=True)
-    proc.thread.start()
-    return proc
-
-
 @pytest.fixture(scope="module")
 def rig(kafka_bootstrap: str, _kms_simulator_server: SimulatorHandle, tmp_path_factory: pytest.TempPathFactory,
         request: pytest.FixtureRequest) -> Iterator[Rig]:
@@ -162,8 +147,8 @@ def rig(kafka_bootstrap: str, _kms_simulator_server: SimulatorHandle, tmp_path_f
     reconciler = build_reconciler(settings)
     rig = Rig(pipeline, sim, DesiredStateStore(engine_for(settings)), outcomes, feed, producer)
     rig.procs += [start_translator(settings), start_executor(settings),
-                  run_in_thread("projector", projector.run, projector.request_stop),
-                  run_in_thread("reconciler", reconciler.run, reconciler.runner.request_stop)]
+                  start_in_thread("projector", projector.run, projector.request_stop),
+                  start_in_thread("reconciler", reconciler.run, reconciler.runner.request_stop)]
     try:
         yield rig
     finally:
@@ -193,11 +178,19 @@ def _print_table(request: pytest.FixtureRequest) -> None:
     out = Path(__file__).resolve().parents[2] / "var" / "bad-input" / "last-run.md"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(lines) + "\n")
-    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    if reporter is not None:
-        reporter.write_sep("-", "bad input: class x consumer -> outcome (the valid record behind it applied)")
-        for line in lines:
-            reporter.write_line(line)
+    request.config.pluginmanager.register(_TableAtTheEnd(lines), "bad-input-table")
+
+
+class _TableAtTheEnd:
+    """Prints the table in pytest's terminal summary (output written during a teardown is captured)."""
+
+    def __init__(self, lines: list[str]) -> None:
+        self.lines = lines
+
+    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        terminalreporter.write_sep("-", "bad input: class x consumer -> outcome (the valid record behind it applied)")
+        for line in self.lines:
+            terminalreporter.write_line(line)
 
 
 # --- records -----------------------------------------------------------------------------------------
@@ -474,7 +467,7 @@ def test_a_dlq_copy_the_broker_refuses_is_stored_truncated_and_the_partition_mov
                              ("executor", "commands"), ("reconciler", "reconcile_requests")):
         outcome = wait_until(f"the {process}'s truncated copy", lambda p=process, lg=logical: dlq_outcome(
             rig, lg, offsets[lg], p, values[lg]), 90, interval=0.5)
-        TABLE.setdefault("DLQ copy refused by the broker (400 KB invalid record, DLQ topic limit 100,000 B)",
+        TABLE.setdefault("DLQ copy refused by the broker",
                          {"feed": "n/a"})[process] = outcome
         assert outcome == "DLQ invalid_record, truncated copy"
         copies = [m for m in read_all(rig.pipeline.bootstrap, settings.dlq(rig.topic(logical)))
