@@ -4,11 +4,13 @@ Records that break a column's width fail validation at decode (``schemas.limits`
 what still reaches the database: a command whose ``subscription_version`` (a valid Avro long) does not
 fit the ledger's ``INTEGER`` version column, through the real broker into the executor; and, for the
 projector, its store path called directly with events built past validation (``model_construct``),
-since no decodable event can reach the store with a 200-character id.
+since no decodable event can reach the store with a 200-character id; and the ledger's group commit,
+which writes entry by entry when one entry of its batch is refused.
 """
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -19,7 +21,9 @@ import pytest
 from confluent_kafka import Message, Producer
 from pg import new_database, postgres_url  # noqa: F401 (the session fixture)
 from sqlalchemy import create_engine
+from sqlalchemy.exc import DataError
 
+from consumers.ledger import GroupCommit, Ledger
 from kms_adapter.simulator.testing import SimulatorHandle
 from kmsbridge.chaos import read_all
 from kmsbridge.db import upgrade
@@ -32,6 +36,7 @@ from schemas.records import (
     Device,
     EventType,
     KmsCommand,
+    KmsResult,
     Operation,
     Product,
     ResultState,
@@ -131,3 +136,31 @@ def test_an_event_the_desired_state_store_refuses_is_dead_lettered_and_the_rest_
     assert "S" * 20 not in headers(entries[0])["kmsbridge.error.message"]  # no parameter quoted
     engine.dispose()
 
+
+
+def test_a_group_commit_writes_entry_by_entry_when_one_entry_is_refused_so_the_others_are_recorded(
+        postgres_url: str) -> None:  # noqa: F811
+    engine = create_engine(new_database(postgres_url))
+    upgrade(engine)
+    ledger = Ledger(engine)
+    now = datetime.now(UTC)
+
+    def outcome(key: str, card: str) -> KmsResult:
+        return KmsResult(idempotency_key=key, operation="SYNC_ENTITLEMENTS", secure_client_id=card,
+                         subscription_id="S-1", state=ResultState.COMPLETED, executed_at=now, attempts=1)
+
+    async def one_turn() -> list[BaseException | None]:
+        writes = GroupCommit(ledger)
+        done = await asyncio.gather(writes.record(outcome("k-ok-1", "C-1"), version=3, subscription_id="S-1"),
+                                    writes.record(outcome("k-bad", "C-2"), version=2**40, subscription_id="S-1"),
+                                    writes.record(outcome("k-ok-2", "C-3"), version=4, subscription_id="S-1"),
+                                    return_exceptions=True)
+        return [d if isinstance(d, BaseException) else None for d in done]
+
+    errors = asyncio.run(one_turn())
+
+    assert errors[0] is None and errors[2] is None
+    assert isinstance(errors[1], DataError)
+    assert ledger.get("k-ok-1") is not None and ledger.get("k-ok-2") is not None and ledger.get("k-bad") is None
+    assert ledger.version("C-3") == ("S-1", 4)
+    engine.dispose()
