@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from provisioning.keys import MAX_KEY_LENGTH, KeySource, idempotency_key
@@ -27,6 +27,8 @@ PRODUCT_IDS = ["P1", "P2", "P3", "P4", "P5"]
 CARDS = [str(n) for n in range(100, 108)]
 
 Case = tuple[SubscriptionEvent, ProviderConfig]
+#: Generation time depends on the machine's load, which is no failure of the rules.
+EXAMPLES = settings(max_examples=100, suppress_health_check=[HealthCheck.too_slow])
 
 
 @st.composite
@@ -95,7 +97,7 @@ def cases(draw: st.DrawFn) -> Case:
     return event, provider
 
 
-@settings(max_examples=100)
+@EXAMPLES
 @given(cases())
 def test_planning_twice_gives_byte_identical_commands(case: Case) -> None:
     event, provider = case
@@ -107,7 +109,7 @@ def test_planning_twice_gives_byte_identical_commands(case: Case) -> None:
     assert [c.model_dump_json() for c in first.commands] == [c.model_dump_json() for c in second.commands]
 
 
-@settings(max_examples=100)
+@EXAMPLES
 @given(cases())
 def test_no_device_ever_receives_a_product_its_distributor_does_not_allow(case: Case) -> None:
     event, provider = case
@@ -121,7 +123,7 @@ def test_no_device_ever_receives_a_product_its_distributor_does_not_allow(case: 
         assert {p.product_id for p in command.products} <= allowed
 
 
-@settings(max_examples=100)
+@EXAMPLES
 @given(cases())
 def test_a_rejected_event_grants_nothing(case: Case) -> None:
     event, provider = case
@@ -136,7 +138,7 @@ def test_a_rejected_event_grants_nothing(case: Case) -> None:
             assert plan.rejection is not None  # unconfigured, or a TWIN without what it requires
 
 
-@settings(max_examples=100)
+@EXAMPLES
 @given(cases())
 def test_idempotency_keys_are_unique_within_a_plan(case: Case) -> None:
     event, provider = case
@@ -145,7 +147,7 @@ def test_idempotency_keys_are_unique_within_a_plan(case: Case) -> None:
     assert len(keys) == len(set(keys))
 
 
-@settings(max_examples=100)
+@EXAMPLES
 @given(cases())
 def test_every_current_device_ends_with_one_sync_or_clear_matching_the_subscription_state(case: Case) -> None:
     event, provider = case
@@ -161,7 +163,7 @@ def test_every_current_device_ends_with_one_sync_or_clear_matching_the_subscript
         assert [c.operation for c in own].count(expected) == 1
 
 
-@settings(max_examples=100)
+@EXAMPLES
 @given(cases())
 def test_reset_plans_are_deterministic_and_keyed_apart_from_the_event(case: Case) -> None:
     event, provider = case
