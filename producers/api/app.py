@@ -41,6 +41,7 @@ from producers.api.auth import ApiKeyAuth
 from producers.api.deps import AlwaysReady, ApiServices, OutcomeSource, Probe
 from producers.api.ratelimit import KeyRateLimit, limited_caller
 from producers.api.routes import router
+from producers.api.routes_log import log_router
 from producers.requests import RequestPublisher
 
 __all__ = ["API_REQUESTS", "API_REQUEST_SECONDS", "METHODS", "ApiConfig", "create_app", "validation_error"]
@@ -123,6 +124,7 @@ def create_app(settings: ApiConfig, publisher: RequestPublisher, outcomes: Outco
                                      wait_seconds=settings.api.wait_seconds, probe=probe or AlwaysReady())
     app.add_exception_handler(RequestValidationError, validation_error)
     app.include_router(router)
+    app.include_router(log_router)  # the request log: app.state.request_log, set by kmsbridge.wiring_api
 
     @app.get("/healthz", include_in_schema=False)
     def healthz(request: Request) -> PlainTextResponse:

@@ -17,6 +17,7 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
+from log_fakes import memory_request_log
 from pydantic import SecretStr
 
 from kms_adapter.fake import InMemoryKms
@@ -86,4 +87,5 @@ def build(keys: list[str] | None = None, *, wait_seconds: float = 2.0, kms: InMe
     store = OutcomeStore(planning_expectation(PROVIDER, TextLimits()))
     fake_kms = kms or InMemoryKms()
     app = create_app(settings, publisher, store, fake_kms)
+    app.state.request_log = memory_request_log()
     return ApiUnderTest(app, TestClient(app), publisher, store, fake_kms)
