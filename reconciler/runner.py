@@ -9,7 +9,9 @@ Commit protocol, one request at a time (group ``<prefix>-reconciler``):
    while this thread keeps polling: the group membership stays alive however long the run takes
    (no ``max.poll.interval.ms`` to tune) and, paused, nothing else is fetched. Partitions assigned
    during the run are paused as they arrive.
-3. Publish the run's report to ``reconcile.reports`` (key = run id) and flush it: delivered.
+3. Publish the run's report to ``reconcile.reports`` (key = run id) and flush it: delivered. A report
+   too large for the producer carries fewer drift items (halved until it fits, the rest counted in
+   ``items_omitted``), so no run's size can stop the partition.
 4. Commit the request's offset synchronously, then resume.
 
 A crash or shutdown between 2 and 4 leaves the request uncommitted, so it runs again (here or on
@@ -32,7 +34,7 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
-from consumers.dlq import DeadLetters, screen_size, screen_times
+from consumers.dlq import DeadLetters, OutputTooLarge, screen_output, screen_size, screen_times
 from consumers.health import HealthState
 from consumers.kafka_clients import produce
 from consumers.metrics import MESSAGES_CONSUMED, MESSAGES_PROCESSED
@@ -42,7 +44,7 @@ from schemas.codec import Codec
 from schemas.errors import PoisonMessage
 from schemas.records import ReconcileReport, ReconcileRequest
 
-__all__ = ["ReconcileRunner", "RunnerConfig", "run_on_loop"]
+__all__ = ["ReconcileRunner", "RunnerConfig", "encode_within_limit", "run_on_loop"]
 
 log = logging.getLogger(__name__)
 PROCESS = "reconciler"
@@ -154,8 +156,9 @@ class ReconcileRunner:
             self._consumer.resume(self._consumer.assignment())
 
     def _publish_report(self, report: ReconcileReport) -> None:
-        produce(self._producer, self._cfg.reports_topic, report.run_id.encode(),
-                self._codec.encode(report, self._cfg.reports_topic))
+        key = report.run_id.encode()
+        value = encode_within_limit(report, key, lambda r: self._codec.encode(r, self._cfg.reports_topic))
+        produce(self._producer, self._cfg.reports_topic, key, value)
         if self._producer.flush(self._cfg.flush_timeout_seconds):
             raise PublishFailed(f"report not delivered to {self._cfg.reports_topic}")
 
@@ -193,6 +196,27 @@ def _is_eof_or_error(msg: Message) -> bool:
     if err.code() != KafkaError._PARTITION_EOF:
         log.warning("consumer error: %s", err)
     return True
+
+
+def encode_within_limit(report: ReconcileReport, key: bytes,
+                        encode: Callable[[ReconcileReport], bytes]) -> bytes:
+    """``report`` encoded; while it is too large for the producer, with half its drift items (the rest
+    counted in ``items_omitted``), and at last without the per-subscription rejection codes."""
+    while True:
+        value = encode(report)
+        try:
+            screen_output(key, value)
+            return value
+        except OutputTooLarge:
+            items = report.items
+            if items:
+                keep = len(items) // 2
+                report = report.model_copy(update={"items": items[:keep],
+                                                   "items_omitted": report.items_omitted + len(items) - keep})
+            elif report.rejections:
+                report = report.model_copy(update={"rejections": {}})
+            else:
+                raise
 
 
 def run_on_loop(loop: asyncio.AbstractEventLoop) -> Callable[[Coroutine[Any, Any, ReconcileReport]],
