@@ -10,9 +10,6 @@ missing bound, ``KMSBRIDGE_API__READ_TIMEOUT_SECONDS``:
    (``process_immediately`` waiting for the KMS) is never cut;
 3. when it passes first, the client gets ``408 Request Timeout`` (if no answer is under way) and the
    connection is closed.
-
-Headers are bounded too: :data:`MAX_HEADER_BYTES` of request line and headers, else ``431`` and close
-(httptools itself buffers them without a limit).
 """
 
 from __future__ import annotations
@@ -23,26 +20,18 @@ from asyncio import TimerHandle
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-__all__ = ["MAX_HEADER_BYTES", "protocol_with_read_timeout"]
+__all__ = ["protocol_with_read_timeout"]
 
 log = logging.getLogger(__name__)
 
-#: Longest request line plus headers (h11's default bound is 16 KiB; a bearer key and a few headers
-#: need far less).
-MAX_HEADER_BYTES = 65_536
 
-
-def _close_with(transport: asyncio.Transport, status: bytes) -> None:
-    transport.write(b"HTTP/1.1 " + status + b"\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
-    transport.close()
+_TIMEOUT_ANSWER = b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
 
 
 class _DeadlineProtocol(HttpToolsProtocol):
     read_timeout_seconds: float = 10.0
 
     _deadline: TimerHandle | None = None
-    _header_bytes = 0
-    _in_headers = True
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -52,23 +41,9 @@ class _DeadlineProtocol(HttpToolsProtocol):
         self._disarm()
         super().connection_lost(exc)
 
-    def data_received(self, data: bytes) -> None:
-        reading_headers = self._in_headers
-        super().data_received(data)
-        if reading_headers and self._in_headers:  # the whole chunk was request line and headers
-            self._header_bytes += len(data)
-            if self._header_bytes > MAX_HEADER_BYTES and not self.transport.is_closing():
-                log.warning("api request headers over %d bytes; connection closed", MAX_HEADER_BYTES)
-                _close_with(self.transport, b"431 Request Header Fields Too Large")
-
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        self._in_headers, self._header_bytes = True, 0
         self._arm()  # step 1
-
-    def on_headers_complete(self) -> None:
-        self._in_headers = False
-        super().on_headers_complete()
 
     def on_message_complete(self) -> None:
         super().on_message_complete()
@@ -89,9 +64,8 @@ class _DeadlineProtocol(HttpToolsProtocol):
             return
         log.warning("api client sent no complete request within %.1f s; connection closed", self.read_timeout_seconds)
         if self.cycle is None or self.cycle.response_complete or not self.cycle.response_started:
-            _close_with(self.transport, b"408 Request Timeout")
-        else:
-            self.transport.close()
+            self.transport.write(_TIMEOUT_ANSWER)
+        self.transport.close()
 
 
 def protocol_with_read_timeout(seconds: float) -> type[asyncio.Protocol]:

@@ -65,7 +65,7 @@ schema.app = APP
 
 
 @schema.parametrize()
-@settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=20, deadline=None, suppress_health_check=list(HealthCheck))
 def test_every_operation_answers_only_what_the_document_declares(case: schemathesis.Case) -> None:
     case.call_and_validate(headers=auth(), excluded_checks=[positive_data_acceptance])
 
