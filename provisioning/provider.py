@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Final, Literal, cast, get_args
+from typing import Any, Final, Literal, cast, get_args
 
 import yaml
 from pydantic import (
@@ -33,6 +33,7 @@ from pydantic import (
 )
 
 from provisioning.pin import DEFAULT_PIN, PIN_RULE, is_valid_pin
+from schemas.limits import Name
 
 __all__ = [
     "ALL_SERVICES",
@@ -51,9 +52,6 @@ DistributorName = Literal["MAIN", "TWIN1", "TWIN2", "TWIN3"]
 DISTRIBUTOR_NAMES: Final[tuple[str, ...]] = get_args(DistributorName)
 #: ``services: "*"``: the distributor may carry every service.
 ALL_SERVICES: Final = "*"
-
-_NonEmpty = Annotated[str, Field(min_length=1)]
-
 
 class _Frozen(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -86,17 +84,17 @@ class DistributorRule(_Frozen):
 class MailRunConfig(_Frozen):
     """Mail runs send only the communications addressed to this external system (feature 5)."""
 
-    external_system: _NonEmpty = "IRDETO"
+    external_system: Name = "IRDETO"
 
 
 class ProviderConfig(_Frozen):
     """The validated provider file. Build it with :func:`load_provider` or :func:`provider_from_mapping`."""
 
-    operator_tag: _NonEmpty
+    operator_tag: Name
     default_pin: SecretStr = SecretStr(DEFAULT_PIN)
     max_viewing_points: StrictInt = Field(default=4, ge=1, le=4)
     distributors: dict[DistributorName, DistributorRule] = Field(min_length=1)
-    products: dict[_NonEmpty, tuple[_NonEmpty, ...]] = Field(min_length=1)
+    products: dict[Name, tuple[Name, ...]] = Field(min_length=1)  # the records' limits (schemas.limits)
     mail_run: MailRunConfig = Field(default_factory=MailRunConfig)
 
     @field_validator("default_pin", mode="before")

@@ -287,3 +287,14 @@ def test_every_text_field_and_array_of_every_record_has_a_limit() -> None:
 def _elements_unlimited(annotation: Any) -> bool:
     """A list whose items are plain ``str`` (the list is bounded, its items are not)."""
     return any(typing.get_origin(a) is list and typing.get_args(a)[0] is str for a in _walk(annotation))
+
+
+def test_a_provider_product_id_beyond_the_name_limit_fails_at_start_naming_the_key() -> None:
+    # Every command carries the provider's product ids: one no record can hold must stop start-up,
+    # not every translation.
+    from provisioning.provider import ProviderConfigError, provider_from_mapping
+
+    with pytest.raises(ProviderConfigError) as info:
+        provider_from_mapping({"operator_tag": "ALUX", "distributors": {"MAIN": {"services": "*"}},
+                               "products": {"BASIC": ["P" * (NAME_MAX_LENGTH + 1)]}})
+    assert "products.BASIC[0]" in str(info.value)
