@@ -3,50 +3,25 @@
 from __future__ import annotations
 
 import io
-from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
+from example_household import AT, MAIN, PROVIDER, TWIN1, svc
+from example_household import event as household
 from fastavro import parse_schema, schemaless_writer
 
 from provisioning import errors
 from provisioning.entitlements import entitled_products
 from provisioning.planning import plan_reset, plan_subscription
-from provisioning.provider import load_provider
 from schemas.codec import Codec, history_schemas, schema_fingerprint
 from schemas.jsonio import parse_jsonl, to_json
-from schemas.records import (
-    Device,
-    EventType,
-    KmsCommand,
-    Service,
-    ServiceState,
-    SubscriptionEvent,
-    record_to_dict,
-)
-
-PROVIDER = load_provider(Path(__file__).resolve().parents[2] / "examples" / "provider.yaml")
-# MAIN "*"; TWIN1, TWIN2 [BASIC] require MAIN; TWIN3 [BASIC] requires TWIN2; SPORTS = P200, BASIC = P100, P101
-AT = datetime(2026, 11, 25, 10, 0, tzinfo=UTC)
-MAIN = Device(distributor="MAIN", secure_client_id="100", stb_serial="B-1")
-TWIN1 = Device(distributor="TWIN1", secure_client_id="200", stb_serial="B-2")
-TWIN2 = Device(distributor="TWIN2", secure_client_id="300", stb_serial="B-3")
-
-
-def svc(code: str, distributors: list[str] | None = None, state: str = "ACTIVE") -> Service:
-    return Service(service_code=code, state=ServiceState(state), distributors=distributors)
+from schemas.records import Device, EventType, KmsCommand, SubscriptionEvent, record_to_dict
 
 
 def event(**fields: Any) -> SubscriptionEvent:
-    base: dict[str, Any] = {
-        "event_id": "E-1", "event_type": EventType.SERVICES_CHANGED, "occurred_at": AT,
-        "subscription_id": "S-1", "account_id": "A-1", "subscription_type": "RESIDENTIAL",
-        "created_at": AT - timedelta(days=300), "version": 7, "state": "ACTIVE",
-        "services": [svc("BASIC"), svc("SPORTS")], "devices": [MAIN, TWIN1],
-    }
-    base.update(fields)
-    return SubscriptionEvent(**base)
+    """The example household with BASIC and SPORTS for every box (a SERVICES_CHANGED)."""
+    fields.setdefault("services", [svc("BASIC"), svc("SPORTS")])
+    return household(EventType.SERVICES_CHANGED, **fields)
 
 
 def products_by_card(commands: tuple[KmsCommand, ...]) -> dict[str, list[str]]:

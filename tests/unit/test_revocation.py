@@ -2,52 +2,18 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
-from pathlib import Path
-from typing import Any
-
 import pytest
+from example_household import MAIN, PROVIDER, TWIN1, TWIN2, TWIN3, event, steps
 
 from consumers.translation import HandlerContext, translate_subscription
 from provisioning import errors
 from provisioning.keys import KeySource, idempotency_key
 from provisioning.planning import REMOVED, plan_subscription
-from provisioning.provider import load_provider, provider_from_mapping
+from provisioning.provider import provider_from_mapping
 from provisioning.text import TextLimits
-from schemas.records import (
-    Device,
-    EventType,
-    KmsCommand,
-    Operation,
-    ResultState,
-    Service,
-    ServiceState,
-    SubscriptionEvent,
-)
+from schemas.records import Device, EventType, Operation, ResultState
 
-PROVIDER = load_provider(Path(__file__).resolve().parents[2] / "examples" / "provider.yaml")
-# MAIN "*"; TWIN1, TWIN2 [BASIC] require MAIN; TWIN3 [BASIC] requires TWIN2
-AT = datetime(2026, 11, 25, 10, 0, tzinfo=UTC)
-MAIN = Device(distributor="MAIN", secure_client_id="100", stb_serial="B-1")
-TWIN1 = Device(distributor="TWIN1", secure_client_id="200", stb_serial="B-2")
-TWIN2 = Device(distributor="TWIN2", secure_client_id="300", stb_serial="B-3")
-TWIN3 = Device(distributor="TWIN3", secure_client_id="400", stb_serial="B-4")
 CLEAR = "CLEAR_ENTITLEMENTS"
-
-
-def event(event_type: EventType = EventType.UPDATED, **fields: Any) -> SubscriptionEvent:
-    base: dict[str, Any] = {
-        "event_id": "E-1", "event_type": event_type, "occurred_at": AT,
-        "subscription_id": "S-1", "account_id": "A-1", "subscription_type": "RESIDENTIAL",
-        "created_at": AT - timedelta(days=300), "version": 7, "state": "ACTIVE",
-        "services": [Service(service_code="BASIC", state=ServiceState.ACTIVE)], "devices": [MAIN, TWIN1],
-    }
-    base.update(fields)
-    return SubscriptionEvent(**base)
-
-
-def steps(commands: tuple[KmsCommand, ...]) -> list[tuple[str, str]]:
-    return [(c.operation.value, c.secure_client_id) for c in commands]
 
 
 def test_a_cancellation_of_a_twin_without_main_clears_the_twin_and_reports_the_rejection() -> None:
