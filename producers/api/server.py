@@ -10,6 +10,11 @@ missing bound, ``KMSBRIDGE_API__READ_TIMEOUT_SECONDS``:
    (``process_immediately`` waiting for the KMS) is never cut;
 3. when it passes first, the client gets ``408 Request Timeout`` (if no answer is under way) and the
    connection is closed.
+
+Headers are bounded in size too: httptools buffers a request line and headers of any length (13 MB
+were accepted in a trial), so once more than :data:`MAX_HEADER_BYTES` have arrived without the headers
+being complete, the client gets ``431`` and the connection is closed. (The count is per chunk read,
+so at most one more read, 256 KiB, is buffered.)
 """
 
 from __future__ import annotations
@@ -20,18 +25,26 @@ from asyncio import TimerHandle
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-__all__ = ["protocol_with_read_timeout"]
+__all__ = ["MAX_HEADER_BYTES", "protocol_with_read_timeout"]
 
 log = logging.getLogger(__name__)
 
+#: Longest request line plus headers (h11's default bound is 16 KiB; a bearer key and a few headers
+#: need far less).
+MAX_HEADER_BYTES = 65_536
 
-_TIMEOUT_ANSWER = b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+
+def _answer_and_close(transport: asyncio.Transport, status: bytes) -> None:
+    transport.write(b"HTTP/1.1 " + status + b"\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+    transport.close()
 
 
 class _DeadlineProtocol(HttpToolsProtocol):
     read_timeout_seconds: float = 10.0
 
     _deadline: TimerHandle | None = None
+    _header_bytes = 0
+    _in_headers = True
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -41,9 +54,23 @@ class _DeadlineProtocol(HttpToolsProtocol):
         self._disarm()
         super().connection_lost(exc)
 
+    def data_received(self, data: bytes) -> None:
+        reading_headers = self._in_headers
+        super().data_received(data)
+        if reading_headers and self._in_headers:  # the whole chunk was request line and headers
+            self._header_bytes += len(data)
+            if self._header_bytes > MAX_HEADER_BYTES and not self.transport.is_closing():
+                log.warning("api request headers over %d bytes; connection closed", MAX_HEADER_BYTES)
+                _answer_and_close(self.transport, b"431 Request Header Fields Too Large")
+
     def on_message_begin(self) -> None:
         super().on_message_begin()
+        self._in_headers, self._header_bytes = True, 0
         self._arm()  # step 1
+
+    def on_headers_complete(self) -> None:
+        self._in_headers = False
+        super().on_headers_complete()
 
     def on_message_complete(self) -> None:
         super().on_message_complete()
@@ -64,8 +91,9 @@ class _DeadlineProtocol(HttpToolsProtocol):
             return
         log.warning("api client sent no complete request within %.1f s; connection closed", self.read_timeout_seconds)
         if self.cycle is None or self.cycle.response_complete or not self.cycle.response_started:
-            self.transport.write(_TIMEOUT_ANSWER)
-        self.transport.close()
+            _answer_and_close(self.transport, b"408 Request Timeout")
+        else:
+            self.transport.close()
 
 
 def protocol_with_read_timeout(seconds: float) -> type[asyncio.Protocol]:

@@ -138,6 +138,30 @@ def test_an_answer_slower_than_the_read_timeout_is_not_cut(api: Api) -> None:
     assert time.monotonic() - started > DEFAULTS.read_timeout_seconds
 
 
+def test_headers_over_64_kib_are_refused_with_431_before_they_end(api: Api) -> None:
+    piece = b"a" * 65_536
+    sent, answer = 0, b""
+    with api.connect() as sock:
+        sock.sendall(f"GET /v1/requests/big HTTP/1.1\r\nHost: {api.host}\r\nX-Big: ".encode())
+        while sent < 200 * len(piece) and not answer:  # at most 12.5 MiB of one header, never ended
+            readable, writable, _ = select.select([sock], [sock], [], SLACK_SECONDS)
+            if readable:
+                answer = sock.recv(65_536)
+            elif writable:
+                try:
+                    sock.sendall(piece)
+                except OSError:  # closed by the server; its answer is read below
+                    break
+                sent += len(piece)
+            else:
+                break
+        if not answer:
+            answer = _wait_closed(sock, SLACK_SECONDS)
+
+    assert answer.startswith(b"HTTP/1.1 431")
+    assert sent < 200 * len(piece)
+
+
 # --- body size -------------------------------------------------------------------------------------
 
 
