@@ -52,6 +52,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
+from pydantic import ValidationError
+
 from consumers.metrics import RECONCILE_DRIFTED, RECONCILE_LAST_SUCCESS
 from kms_adapter.errors import KmsError, KmsRejected
 from kms_adapter.port import ClientState, KmsPort
@@ -64,6 +66,7 @@ from reconciler.model import Selection, StoredSubscription
 from reconciler.progress import Progress
 from reconciler.publish import CommandSink
 from reconciler.store import DesiredStateStore
+from schemas.errors import describe_validation_error
 from schemas.records import DriftItem, KmsCommand, ReconcileReport, ReconcileRequest
 
 __all__ = ["JobConfig", "ResetJob", "RunInterrupted", "RunStats"]
@@ -244,13 +247,23 @@ class ResetJob:
             bad = next((card for card in cards_to_query(s) if card in rejected), None)
             if bad is not None:
                 batch.unreadable[s.event.subscription_id] = f"card {bad!r} rejected: {rejected[bad]}"
-        batch.drifts = [SubscriptionDrift(s.event.subscription_id) if s.event.subscription_id in batch.unreadable
-                        else compare(s, actual, self._provider, desired.at, desired_states=desired)
-                        for s in subscriptions]
+        batch.drifts = [self._compare(s, actual, desired, batch) for s in subscriptions]
         if not request.preview:
             batch.pending = await asyncio.to_thread(
                 self._expectations.pending, [s.event.subscription_id for s in subscriptions], self._clock())
         return batch
+
+    def _compare(self, stored: StoredSubscription, actual: dict[str, ClientState], desired: DesiredStates,
+                 batch: _Batch) -> SubscriptionDrift:
+        """:func:`compare`; a subscription that cannot be compared (already unreadable, or a KMS answer
+        about its cards that no record can hold) joins ``batch.unreadable`` instead of failing the batch."""
+        sid = stored.event.subscription_id
+        if sid not in batch.unreadable:
+            try:
+                return compare(stored, actual, self._provider, desired.at, desired_states=desired)
+            except ValidationError as exc:
+                batch.unreadable[sid] = f"a value no record can hold: {describe_validation_error(exc)}"
+        return SubscriptionDrift(sid)
 
     async def _query_apart(self, chunk: Sequence[str], queries: asyncio.Semaphore, stats: RunStats,
                            rejected: dict[str, str]) -> dict[str, ClientState]:

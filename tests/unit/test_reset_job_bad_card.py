@@ -145,3 +145,16 @@ def test_a_stored_event_that_fails_the_limits_fails_its_subscription_and_the_oth
 
     assert_only_the_bad_subscription_failed(report, sink)
     assert not any("C\x0b3" in (c.secure_client_ids or ()) for c in kms.calls if c.method == "query_clients")
+
+
+def test_a_kms_answer_no_record_can_hold_fails_only_the_subscription_it_is_about(tmp_path: Path) -> None:
+    kms = InMemoryKms()
+    job, store, sink = seeded(tmp_path, kms)
+    with store.engine.begin() as conn:  # a card S-003 once had, which the KMS still pairs with a strange box
+        conn.execute(insert(cards_table).values(subscription_id="S-003", secure_client_id="C-OLD",
+                                                distributor="MAIN", stb_serial=None, current=False, version=1))
+    kms.seed("C-OLD", entitlements=BASIC, paired_chipset="X" * 200)
+
+    report = run(job)
+
+    assert_only_the_bad_subscription_failed(report, sink)
