@@ -14,6 +14,7 @@ its own (Avro length byte, four digits, next field), which the cut leaves intact
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import uuid
@@ -29,6 +30,7 @@ from confluent_kafka.admin import AdminClient
 from pydantic import SecretStr
 
 from kms_adapter.simulator.testing import SimulatorHandle
+from kmsbridge.cli_io import tail_cmd
 from kmsbridge.cli_ops import set_pin_cmd
 from kmsbridge.pipeline_harness import EXAMPLE_PROVIDER, Pipeline, terminate, wait_until
 from kmsbridge.testing import RunningProcess, start_executor, start_translator
@@ -182,6 +184,14 @@ def test_no_canary_pin_is_readable_in_any_topic_or_dlq(product: tuple[Pipeline, 
             for pin in CANARIES:
                 for form in _forms(pin):
                     assert form not in scrubbed, f"PIN {pin} readable in {topic}: {chunk!r}"
+
+    # what an operator sees: `tail --json` masks the PIN and needs no key
+    for name in ("requests", "commands"):
+        shown = CliRunner().invoke(tail_cmd, [settings.dlq(settings.topic(name)), "--json", "--max", "1"],
+                                   env={**pipeline.env(), "KMSBRIDGE_PIN_KEYS__FILE": None}, catch_exceptions=False)
+        assert shown.exit_code == 0, shown.output
+        assert json.loads(shown.output.splitlines()[0])["pin"] == "****"
+        assert CANARY_DLQ not in shown.output
 
     logs = caplog.text + (pipeline.workdir / "api.log").read_text()
     for pin in CANARIES:
