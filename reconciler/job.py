@@ -15,6 +15,7 @@ One run, for one :class:`~schemas.records.ReconcileRequest`:
    card never fails the good ones, and the subscriptions holding a rejected card count as ``failed``
    (logged with the code). So does a subscription whose stored event fails the record limits (a row
    written before them, :attr:`~reconciler.model.StoredSubscription.invalid`); it is not queried.
+   And so does one whose comparison meets a value no record can hold (a KMS answer about its cards).
 4. **Compare** (:func:`reconciler.drift.compare`): desired state from the same planning code the
    translator uses, evaluated at the run's start time. A subscription whose stored state validation
    rejects is compared, and repaired, in the revoking direction only (its boxes cleared as planning
