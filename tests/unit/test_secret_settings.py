@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -131,10 +132,15 @@ def test_start_up_log_lines_show_no_secret(secret_env: None, monkeypatch: pytest
 
     monkeypatch.setattr(wiring, "build_executor", lambda *a, **k: _App())
     caplog.set_level(logging.INFO)
-    wiring_reconciler.run_projector(settings)
-    wiring_reconciler.run_reconciler(settings)
-    wiring.run_translator(settings)
-    wiring.run_executor(settings)
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        wiring_reconciler.run_projector(settings)
+        wiring_reconciler.run_reconciler(settings)
+        wiring.run_translator(settings)
+        wiring.run_executor(settings)
+    finally:  # the runners install their own SIGTERM/SIGINT handlers
+        for number, handler in handlers.items():
+            signal.signal(number, handler)
 
     started = [r.getMessage() for r in caplog.records if " started" in r.getMessage()]
     assert len(started) == 4, started
