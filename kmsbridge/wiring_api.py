@@ -35,10 +35,12 @@ from kmsbridge.wiring import build_codec, load_provider_or_exit, text_limits
 from producers.api import create_app
 from producers.api.auth import NO_KEYS_MESSAGE
 from producers.api.server import protocol_with_read_timeout
+from producers.durable_outcomes import DurableOutcomes
 from producers.outcomes import DeviceDirectory, OutcomeStore, planning_expectation
 from producers.requests import KafkaRequestPublisher
 from producers.results_feed import OutcomeFeed
 from provisioning.provider import ProviderConfig
+from reconciler.request_log_store import RequestLog
 
 __all__ = [
     "HISTORY_SECONDS",
@@ -123,9 +125,10 @@ def _require_keys(settings: Settings) -> None:
 
 
 def build_api(settings: Settings, *, directory: DeviceDirectory | None = None,
-              history_seconds: float = HISTORY_SECONDS) -> ApiProcess:
+              history_seconds: float = HISTORY_SECONDS, request_log: RequestLog | None = None) -> ApiProcess:
     """Everything ``run_api`` serves. ``directory``: the devices of a subscription (the desired-state
-    store), so subscription-targeted messages are planned, and awaited, per device."""
+    store), so subscription-targeted messages are planned, and awaited, per device. ``request_log``:
+    the durable log behind the in-memory outcomes and the ``/v1`` log routes."""
     _require_keys(settings)
     provider = load_provider_or_exit(settings)
     store = build_outcome_store(settings, provider, directory)
@@ -133,7 +136,9 @@ def build_api(settings: Settings, *, directory: DeviceDirectory | None = None,
     feed = start_outcome_feed(settings, store, with_requests=True, history_seconds=history_seconds, name="api")
     probe = _FeedProbe(feed, settings.health_ttl_seconds)
     try:
-        app = create_app(settings, publisher, store, build_kms(settings, provider), probe=probe)
+        outcomes = DurableOutcomes(store, request_log) if request_log is not None else store
+        app = create_app(settings, publisher, outcomes, build_kms(settings, provider), probe=probe)
+        app.state.request_log = request_log
     except (ValueError, SettingsError):
         feed.stop()
         raise
@@ -169,7 +174,7 @@ def run_api(settings: Settings) -> None:
     engine = engine_for(settings)
     migrate(engine)
     try:
-        process = build_api(settings, directory=DesiredStateStore(engine))
+        process = build_api(settings, directory=DesiredStateStore(engine), request_log=RequestLog(engine))
     except ValueError as exc:
         raise SettingsError(str(exc)) from exc
     config = uvicorn.Config(process.app, host=settings.api.host, port=settings.api.port, log_config=None,

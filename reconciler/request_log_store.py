@@ -318,10 +318,12 @@ class RequestLog:
             planned = {k: view[k] for k in ("entry_key", "kind", "operation", "subscription_id", "distributor",
                                             "source_kind", "source_id", "process_name", "priority")}
             if row.kind != EntryKind.REJECTION.value:
-                items.append((row.created_at, 1, HistoryItem(row.created_at, _planned_name(row.kind), planned)))
+                # at one instant: the event, then the request, then the commands it planned, then results
+                rank = 2 if row.kind == EntryKind.COMMAND.value else 1
+                items.append((row.created_at, rank, HistoryItem(row.created_at, _planned_name(row.kind), planned)))
             if row.state != "PENDING":
                 at = row.executed_at or row.created_at
-                items.append((at, 2, HistoryItem(at, "result", {
+                items.append((at, 3, HistoryItem(at, "result", {
                     "entry_key": row.entry_key, "operation": row.operation, "state": row.state,
                     "attempts": row.attempts, "duplicate": row.duplicate, "error_code": row.error_code,
                     "error_description": row.error_description, "provider_error_code": row.provider_error_code,

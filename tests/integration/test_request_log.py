@@ -281,3 +281,54 @@ def test_replay_refuses_a_topic_that_is_no_input_of_kmsbridge(sqlite_pipeline: P
     for topic in (pipeline.settings.topic("results") + ".dlq", pipeline.settings.topic("subscriptions")):
         got = CliRunner().invoke(cli_main, ["dlq", "replay", topic], env=env)
         assert got.exit_code == 2, got.output
+
+
+def test_a_requests_outcome_is_answered_after_the_api_restarts_from_the_durable_log(
+        sqlite_pipeline: Pipeline, kms_simulator: SimulatorHandle) -> None:
+    from fastapi.testclient import TestClient
+
+    from kmsbridge.wiring_api import build_api
+
+    pipeline = sqlite_pipeline
+    settings = pipeline.settings_with(api__api_keys=[SecretStr("log-test-key")])
+    headers = {"Authorization": "Bearer log-test-key"}
+    engine = engine_for(settings)
+    upgrade(engine)
+    log = RequestLog(engine)
+    started = {"translator": start_translator(settings), "executor": start_executor(settings),
+                "request-log": start_request_log(pipeline)}
+    try:
+        first = build_api(settings, request_log=log)
+        try:
+            answer = TestClient(first.app).post(f"/v1/secure-clients/{MAIN.secure_client_id}/reauthorise",
+                                                params={"process_immediately": "true"}, headers=headers)
+        finally:
+            first.close()
+        assert answer.status_code == 200, answer.text
+        request_id = answer.json()["request_id"]
+        assert answer.json()["state"] == "COMPLETED"
+        wait_until("the log settled the request", lambda: (o := log.outcome(request_id)) is not None and o.settled)
+
+        # restarted, and the request is outside the window the outcome feed reads back (history 0)
+        forgetful = build_api(settings, history_seconds=0.0)
+        try:
+            assert TestClient(forgetful.app).get(f"/v1/requests/{request_id}", headers=headers).status_code == 404
+        finally:
+            forgetful.close()
+        restarted = build_api(settings, history_seconds=0.0, request_log=log)
+        try:
+            got = TestClient(restarted.app).get(f"/v1/requests/{request_id}", headers=headers)
+            history = TestClient(restarted.app).get(f"/v1/secure-clients/{MAIN.secure_client_id}/history",
+                                                    headers=headers)
+        finally:
+            restarted.close()
+        assert got.status_code == 200, got.text
+        assert got.json()["state"] == "COMPLETED"
+        timeline = history.json()["timeline"]
+        assert [i["what"] for i in timeline][:2] == ["request", "command"]  # the request, then what it planned
+        assert sorted(i["what"] for i in timeline) == ["command", "request", "result", "result"]
+        assert {i["operation"] for i in timeline} == {"REAUTHORISE_SECTOR"}
+    finally:
+        for proc in reversed(list(started.values())):
+            proc.stop()
+        engine.dispose()
