@@ -17,10 +17,10 @@ from dataclasses import dataclass
 
 import httpx
 import pytest
+from api_process import spawn_api
 
 from kms_adapter.simulator.testing import SimulatorHandle
-from kmsbridge.local_broker import free_port
-from kmsbridge.pipeline_harness import Pipeline, wait_until
+from kmsbridge.pipeline_harness import Pipeline
 from kmsbridge.settings import ApiSettings
 
 pytestmark = pytest.mark.integration
@@ -52,23 +52,11 @@ def api(kafka_bootstrap: str, _kms_simulator_server: SimulatorHandle,
         tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
     sim = _kms_simulator_server
     pipeline = Pipeline(kafka_bootstrap, sim.url, sim.token, tmp_path_factory.mktemp("api-limits"))
-    port = free_port()
-    # no translator or executor runs: a process_immediately request waits its whole bound
-    proc = pipeline.spawn("api", env={"KMSBRIDGE_API__PORT": str(port),
-                                      "KMSBRIDGE_API__API_KEYS": json.dumps([KEY, RATE_KEY]),
-                                      "KMSBRIDGE_API__WAIT_SECONDS": str(DEFAULTS.read_timeout_seconds + 2)})
-    handle = Api("127.0.0.1", port)
     try:
-        def ready() -> bool:
-            if proc.poll() is not None:
-                raise RuntimeError(f"the API exited {proc.returncode}; see {pipeline.workdir / 'api.log'}")
-            try:
-                return httpx.get(f"{handle.url}/readyz", timeout=1).status_code == 200
-            except httpx.HTTPError:
-                return False
-
-        wait_until("the Web API is ready", ready, timeout=60, interval=0.2)
-        yield handle
+        # no translator or executor runs: a process_immediately request waits its whole bound
+        _proc, url = spawn_api(pipeline, {"KMSBRIDGE_API__API_KEYS": json.dumps([KEY, RATE_KEY]),
+                                          "KMSBRIDGE_API__WAIT_SECONDS": str(DEFAULTS.read_timeout_seconds + 2)})
+        yield Api("127.0.0.1", int(url.rsplit(":", 1)[1]))
     finally:
         pipeline.close()
 

@@ -26,12 +26,12 @@ from typing import Any
 import click
 import httpx
 import pytest
+from api_process import spawn_api
 from click.testing import CliRunner, Result
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from kms_adapter.simulator.testing import SimulatorHandle
 from kmsbridge.cli_ops import mail_run_cmd, query_cmd, reauthorise_cmd, send_message_cmd, set_pin_cmd
-from kmsbridge.local_broker import free_port
 from kmsbridge.pipeline_harness import Pipeline, wait_until
 from kmsbridge.testing import RunningProcess, start_executor, start_translator
 from producers.topics import wait_for_topics
@@ -90,28 +90,19 @@ def product(kafka_bootstrap: str, _kms_simulator_server: SimulatorHandle,
     sim = _kms_simulator_server
     pipeline = Pipeline(kafka_bootstrap, sim.url, sim.token, tmp_path_factory.mktemp("operator"))
     procs: list[RunningProcess] = [start_translator(pipeline.settings), start_executor(pipeline.settings)]
-    port = free_port()
-    api = pipeline.spawn("api", env={"KMSBRIDGE_API__PORT": str(port), "KMSBRIDGE_API__API_KEYS": json.dumps([KEY]),
-                                     "KMSBRIDGE_API__WAIT_SECONDS": "30"})
-    url = f"http://127.0.0.1:{port}"
+    api: subprocess.Popen[bytes] | None = None
     try:
-        def ready() -> bool:
-            if api.poll() is not None:
-                raise RuntimeError(f"the API exited {api.returncode}; see {pipeline.workdir / 'api.log'}")
-            try:
-                return httpx.get(f"{url}/readyz", timeout=1).status_code == 200
-            except httpx.HTTPError:
-                return False
-
-        wait_until("the Web API is ready", ready, timeout=60, interval=0.2)
+        api, url = spawn_api(pipeline, {"KMSBRIDGE_API__API_KEYS": json.dumps([KEY]),
+                                        "KMSBRIDGE_API__WAIT_SECONDS": "30"})
         yield Product(pipeline, sim, url, api)
     finally:
-        _stop(api)
+        if api is not None:
+            _stop(api)
         for proc in reversed(procs):
             proc.stop()
         pipeline.close()
     # SIGTERM stops the API gracefully: in-flight calls finish, the feed and the producer are closed
-    assert api.returncode == 0, (pipeline.workdir / "api.log").read_text()[-2000:]
+    assert api is not None and api.returncode == 0, (pipeline.workdir / "api.log").read_text()[-2000:]
     assert "web api stopped" in (pipeline.workdir / "api.log").read_text()
 
 
