@@ -102,7 +102,8 @@ def _submit(settings: Settings, req: ServiceRequest, wait: bool, timeout: float)
     for line in format_outcome(outcome, req.request_id):
         click.echo(line)
     if outcome is None or outcome.state is RequestState.PENDING:
-        fail(f"no outcome within {timeout:g}s; ask again later with the request id", EXIT_FAILED)
+        fail(f"no outcome within {timeout:g}s; ask again later: kmsbridge requests show {req.request_id} --wait",
+             EXIT_FAILED)
     sys.exit(0 if outcome.state is RequestState.COMPLETED else EXIT_FAILED)
 
 

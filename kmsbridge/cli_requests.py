@@ -7,12 +7,14 @@ Both read the request log's database (``KMSBRIDGE_DATABASE_URL``, the local stac
 from __future__ import annotations
 
 import json
+import sys
+import time
 from datetime import datetime
 from typing import Any
 
 import click
 
-from kmsbridge.cli_common import cli_settings, fail
+from kmsbridge.cli_common import EXIT_FAILED, cli_settings, fail
 from kmsbridge.cli_table import format_rows, parse_time
 from kmsbridge.wiring_request_log import open_request_log
 from reconciler.request_log_store import BadCursor, LogFilter
@@ -73,6 +75,35 @@ def list_cmd(secure_client: str | None, subscription: str | None, type_: str | N
         click.echo(line)
     if page.next_cursor:
         click.echo(f"more: --cursor {page.next_cursor}", err=True)
+
+
+@requests_group.command("show")
+@click.argument("request_id")
+@click.option("--wait", is_flag=True, help="wait (bounded) until the log has it settled; exit 1 if REJECTED")
+@click.option("--timeout", type=click.FloatRange(min=0.1), default=30.0, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="the request's log entries as one JSON document")
+def show_cmd(request_id: str, wait: bool, timeout: float, as_json: bool) -> None:
+    """The outcome of one request or reset run from the durable log, however old (exit 1 unless COMPLETED)."""
+    from kmsbridge.cli_ops import format_outcome
+
+    settings = cli_settings(logging=False)
+    log = open_request_log(settings)
+    deadline = time.monotonic() + timeout
+    outcome = log.outcome(request_id)
+    while wait and (outcome is None or not outcome.settled) and time.monotonic() < deadline:
+        time.sleep(0.5)  # a poll of the database, bounded by --timeout
+        outcome = log.outcome(request_id)
+    if outcome is None:
+        fail(f"request {request_id} is not in the request log", EXIT_FAILED)
+    if as_json:
+        click.echo(json.dumps({"request_id": request_id, "state": outcome.state.value,
+                               "errors": [{"code": c, "description": d} for c, d in outcome.errors],
+                               "results": [json.loads(r.model_dump_json(exclude={"client_info"}))
+                                           for r in outcome.results]}))
+    else:
+        for line in format_outcome(outcome, request_id):
+            click.echo(line)
+    sys.exit(0 if outcome.state.value == "COMPLETED" else EXIT_FAILED)
 
 
 def _describe(what: str, d: dict[str, Any]) -> str:
