@@ -85,8 +85,9 @@ MAX_REPORT_ITEMS = 10_000
 
 #: No C0 control, DEL or C1 control and no U+FFFE/U+FFFF: every character XML 1.0 can carry except
 #: tab, line feed and carriage return, which no id contains. (pydantic refuses a lone surrogate itself:
-#: it is not a valid unicode string.)
-SAFE_TEXT_PATTERN = r"^[^\x00-\x1f\x7f-\x9f\x{FFFE}\x{FFFF}]+$"
+#: it is not a valid unicode string.) Written with ``\uXXXX`` escapes, which pydantic's regex, Python's
+#: ``re`` and the ECMA regex of OpenAPI clients all read alike (``\x{...}`` is pydantic's alone).
+SAFE_TEXT_PATTERN = r"^[^\x00-\x1f\x7f-\x9f\uFFFE\uFFFF]+$"
 
 Identifier = Annotated[str, Field(min_length=1, max_length=ID_MAX_LENGTH, pattern=SAFE_TEXT_PATTERN)]
 IdempotencyKey = Annotated[
@@ -99,7 +100,7 @@ Topic = Annotated[str, Field(min_length=1, max_length=TOPIC_MAX_LENGTH, pattern=
 #: Every character XML 1.0 can carry: no C0 control but tab, line feed and carriage return, no
 #: U+FFFE/U+FFFF (the same set ``kms_adapter.commands`` refuses before a SOAP call). Empty is allowed:
 #: an empty text is the business rejection ``TEXT_EMPTY``.
-XML_TEXT_PATTERN = r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x{FFFE}\x{FFFF}]*$"
+XML_TEXT_PATTERN = r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\uFFFE\uFFFF]*$"
 
 Text = Annotated[str, Field(max_length=TEXT_MAX_LENGTH, pattern=XML_TEXT_PATTERN)]
 

@@ -5,10 +5,14 @@ default, and error bodies that quote no internals. Over a real socket: ``tests/i
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Iterator
+from typing import Annotated
 
 import pytest
 from api_fakes import KEY, auth, build
+from pydantic import Field, TypeAdapter, ValidationError
 
 from kms_adapter.errors import KmsUnavailable
 from producers.api.app import API_REQUESTS
@@ -156,6 +160,27 @@ def test_a_pin_reset_flag_must_be_a_json_boolean() -> None:
 
     assert response.status_code == 422
     assert response.json()["detail"][0]["loc"] == ["body", "default"]
+
+
+def test_every_pattern_of_the_openapi_document_means_the_same_to_python_re_as_to_the_api() -> None:
+    api = build()
+    document = json.dumps(api.app.openapi())
+    patterns = set(re.findall(r'"pattern": ("(?:[^"\\]|\\.)*")', document))
+    samples = ["F1x", "card-{FFFE}", "é€", "a\x0bb", "a\ufffe", "a\x00", "tab\tx"]
+
+    assert patterns
+    for pattern in map(json.loads, patterns):
+        checker = TypeAdapter(Annotated[str, Field(pattern=pattern)])
+        for sample in samples:
+            assert (re.search(pattern, sample) is not None) == _accepts(checker, sample), (pattern, sample)
+
+
+def _accepts(checker: TypeAdapter[str], value: str) -> bool:
+    try:
+        checker.validate_python(value)
+    except ValidationError:
+        return False
+    return True
 
 
 # --- metric labels -------------------------------------------------------------------------------
