@@ -19,7 +19,7 @@ from kmsbridge.cli_table import format_rows, parse_time
 from kmsbridge.wiring_request_log import open_request_log
 from reconciler.request_log_store import BadCursor, LogFilter
 
-__all__ = ["history_cmd", "requests_group"]
+__all__ = ["describe_history_item", "history_cmd", "requests_group"]
 
 _STATES = ("PENDING", "COMPLETED", "REJECTED")
 _KINDS = ("COMMAND", "REJECTION", "REQUEST", "RUN")
@@ -106,13 +106,15 @@ def show_cmd(request_id: str, wait: bool, timeout: float, as_json: bool) -> None
     sys.exit(0 if outcome.state.value == "COMPLETED" else EXIT_FAILED)
 
 
-def _describe(what: str, d: dict[str, Any]) -> str:
+def describe_history_item(what: str, d: dict[str, Any]) -> str:
+    """One timeline item in words (the DETAIL column of `kmsbridge history`)."""
     if what == "event":
+        role = {"removed": "removes the box from", "added": "adds the box on"}.get(d["role"], "names the box on")
         return (f"{d['event_type']} subscription {d['subscription_id']} v{d['version']} ({d['subscription_state']}),"
-                f" box {d['role']} on {d['distributor']} [{d['event_id']}]")
+                f" {role} {d['distributor']} [{d['event_id']}]")
     if what == "result":
         text = f"{d['operation']} {d['state']}"
-        if d.get("error_code") or d.get("provider_error_code"):
+        if d["state"] != "COMPLETED" and (d.get("error_code") or d.get("provider_error_code")):
             text += f" {d.get('error_code') or ''}/{d.get('provider_error_code') or ''}".rstrip("/")
             if d.get("error_description") or d.get("provider_error_description"):
                 text += f": {d.get('provider_error_description') or d.get('error_description')}"
@@ -138,6 +140,7 @@ def history_cmd(secure_client: str, limit: int, as_json: bool) -> None:
     if not items:
         click.echo(f"nothing logged for secure client {secure_client}")
         return
-    rows = [(_short_time(i.at.isoformat()), i.what.upper(), _describe(i.what, i.detail)) for i in items]
+    rows = [(_short_time(i.at.isoformat()), i.what.upper(), describe_history_item(i.what, i.detail))
+            for i in items]
     for line in format_rows(("AT", "WHAT", "DETAIL"), rows):
         click.echo(line)

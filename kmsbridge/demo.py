@@ -257,6 +257,9 @@ def run_demo(settings: Settings, simulator_url: str, token: str) -> int:
         click.echo(click.style("Final KMS state of the households, per box", bold=True))
         demo.table(hh)
         demo.table(second)
+        from kmsbridge.demo_history import history_steps
+
+        history_steps(demo, hh)
     finally:
         demo.results.close()
     click.echo("")
