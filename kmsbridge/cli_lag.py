@@ -19,7 +19,7 @@ from kmsbridge.cli_common import EXIT_FAILED, cli_settings, fail
 __all__ = ["CONSUMING_PROCESSES", "format_table", "lag_cmd"]
 
 #: The processes that consume with a consumer group of their own (``Settings.group_id``).
-CONSUMING_PROCESSES = ("translator", "executor", "projector", "reconciler")
+CONSUMING_PROCESSES = ("translator", "executor", "projector", "reconciler", "request-log")
 
 _HEADER = ("GROUP", "TOPIC", "PARTITION", "COMMITTED", "END", "LAG", "LAG-SECONDS")
 
