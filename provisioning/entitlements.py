@@ -84,12 +84,14 @@ def service_is_chosen(service: Service, distributor: str) -> bool:
 
 
 def entitled_products(
-    state: SubscriptionLike, distributor: str, provider: ProviderConfig, at: datetime
+    state: SubscriptionLike, distributor: str, provider: ProviderConfig, at: datetime, *, strict: bool = True
 ) -> list[Product]:
     """The products a device on ``distributor`` should hold at ``at``, deduplicated and sorted.
 
     Raises :class:`PlanningError` for an unconfigured distributor or an unmapped service and for a
-    naive ``at``: validation rejects those inputs first, so reaching them is a caller bug.
+    naive ``at``: validation rejects those inputs first, so reaching them is a caller bug. With
+    ``strict=False`` an unmapped service grants nothing instead (a rejected subscription's boxes are
+    trimmed to what the rule still entitles, :func:`provisioning.revocation.kept_products`).
     """
     if at.tzinfo is None:
         raise PlanningError("entitlements are evaluated at a timezone-aware time")
@@ -106,6 +108,8 @@ def entitled_products(
             continue
         product_ids = mapping.get(service.service_code)
         if product_ids is None:
+            if not strict:
+                continue
             raise PlanningError(f"service {service.service_code!r} has no product mapping")
         for product_id in product_ids:
             held = periods.get(product_id)

@@ -18,7 +18,7 @@ discriminator, so they never share a key with a current card's commands. Pure, l
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from datetime import datetime
 
 from provisioning.commands import CommandFactory
@@ -27,7 +27,7 @@ from provisioning.plan import Plan
 from provisioning.planning import plan_reset, removal_commands
 from provisioning.provider import ProviderConfig
 from provisioning.validation import sorted_devices
-from schemas.records import Device, KmsCommand, Operation, Source, SubscriptionEvent
+from schemas.records import Device, KmsCommand, Operation, Product, Source, SubscriptionEvent
 
 __all__ = ["plan_repair"]
 
@@ -42,6 +42,7 @@ def plan_repair(
     pair: Collection[str] = (),
     default_pin: Collection[str] = (),
     retired: Sequence[Device] = (),
+    keep: Mapping[str, Sequence[Product]] | None = None,
     process_name: str = "reconciler",
     topic: str | None = None,
 ) -> Plan:
@@ -50,8 +51,9 @@ def plan_repair(
     Order: retired cards (removal first, as in real time), then ``plan_reset`` for the current
     cards in ``secure_client_ids`` (PAIR for those in ``pair``), then SET_PIN (default PIN) for the
     current cards in ``default_pin``. A subscription validation rejects is repaired in the revoking
-    direction only: retired cards, then ``plan_reset``'s clearing; no PIN; the plan carries the
-    rejection.
+    direction only: retired cards, then ``plan_reset``'s clearing, then SYNC_ENTITLEMENTS of each
+    standing card in ``keep`` to exactly the products given (what it may keep,
+    :func:`provisioning.revocation.kept_products`); no PAIR, no PIN; the plan carries the rejection.
     """
     reset = plan_reset(event, provider, run_id=run_id, at=at, process_name=process_name, topic=topic,
                        secure_client_ids=frozenset(secure_client_ids), pair=pair)
@@ -69,8 +71,18 @@ def plan_repair(
         if device.secure_client_id not in current:
             commands.extend(removal_commands(make, device))
     commands.extend(reset.commands)
-    for device in sorted_devices(event.devices) if reset.rejection is None else ():
+    if reset.rejection is not None:
+        trimmed = keep or {}
+        cleared = {c.secure_client_id for c in reset.commands}
+        for device in sorted_devices(event.devices):
+            card = device.secure_client_id
+            if card in trimmed and card not in cleared:
+                commands.append(make(Operation.SYNC_ENTITLEMENTS, card, distributor=device.distributor,
+                                     products=trimmed[card]))
+                cleared.add(card)
+        return Plan(tuple(commands), reset.rejection)
+    for device in sorted_devices(event.devices):
         if device.secure_client_id in default_pin:
             commands.append(make(Operation.SET_PIN, device.secure_client_id, distributor=device.distributor,
                                  pin=provider.default_pin))
-    return Plan(tuple(commands), reset.rejection)
+    return Plan(tuple(commands))

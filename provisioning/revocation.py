@@ -16,8 +16,12 @@ event, valid or not, so planning, a reset and drift detection clear the same one
     point each: at least one of them is not paid for), and a device whose required distributor has
     no standing device (transitively: TWIN2 requiring TWIN1 requiring MAIN falls with MAIN).
 
-  Each card appears once, in device order. A device not named here keeps its KMS state when the
-  grant is rejected: its entitlement is neither granted nor taken.
+  Each card appears once, in device order. A device not named here *stands*: when the grant is
+  rejected the translator sends it nothing (without its KMS state it cannot tell what the event
+  takes away from what it grants);
+* :func:`kept_products`: what a standing device of a rejected subscription may keep, given what the
+  KMS holds: the held products the entitlement rule still grants it. A reset run trims the device to
+  these, so it loses what the subscription no longer pays for and gains nothing.
 
 Pure, like the rest of ``provisioning``.
 """
@@ -25,13 +29,15 @@ Pure, like the rest of ``provisioning``.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from datetime import datetime
 
+from provisioning.entitlements import entitled_products
 from provisioning.provider import ProviderConfig
 from provisioning.validation import sorted_devices
-from schemas.records import Device, SubscriptionEvent, SubscriptionState
+from schemas.records import Device, Product, SubscriptionEvent, SubscriptionState
 
-__all__ = ["removed_cards", "revoked_devices"]
+__all__ = ["kept_products", "removed_cards", "revoked_devices"]
 
 
 def removed_cards(event: SubscriptionEvent) -> list[Device]:
@@ -53,6 +59,14 @@ def revoked_devices(event: SubscriptionEvent, provider: ProviderConfig) -> list[
         d for d in devices
         if cards[d.secure_client_id] > 1 or shared[d.distributor] > 1 or d.distributor not in standing
     )
+
+
+def kept_products(event: SubscriptionEvent, device: Device, provider: ProviderConfig, at: datetime,
+                  held: Sequence[Product]) -> tuple[Product, ...]:
+    """The products of ``held`` (as the KMS holds them, periods unchanged) whose id the entitlement
+    rule still grants ``device`` at ``at``; the device's distributor must be configured."""
+    granted = {p.product_id for p in entitled_products(event, device.distributor, provider, at, strict=False)}
+    return tuple(p for p in held if p.product_id in granted)
 
 
 def _standing_distributors(devices: Iterable[Device], provider: ProviderConfig) -> set[str]:

@@ -25,11 +25,13 @@ entitles it (live products) or pairs it with any box: ``unknown_to_crm`` is set 
 unpaired, like a removed device in real time. A card the KMS holds that no event of the subscription
 ever named cannot be attributed to it and is not looked at.
 
-**A stored state that validation rejects** is compared in the revoking direction only, as planning
-treats a rejected event (DESIGN.md §5): the devices :func:`provisioning.revocation.revoked_devices`
-names must hold nothing (their pairing and PIN are not looked at), retired cards are handled as
-above, and the other devices are not compared (their grant is rejected, they keep their KMS state).
-``rejection`` carries the code, so the run reports it.
+**A stored state that validation rejects** is compared in the revoking direction only (DESIGN.md
+§5): the devices :func:`provisioning.revocation.revoked_devices` names must hold nothing (their
+pairing and PIN are not looked at), retired cards are handled as above, and every other (standing)
+device may keep only the live products it holds that the entitlement rule still grants it
+(:func:`provisioning.revocation.kept_products`): a product it holds beyond those is ``extra`` and
+the device is trimmed (``keep``); a product it lacks is never granted. ``rejection`` carries the
+code, so the run reports it.
 
 The result says which cards need which commands; :func:`provisioning.repair.plan_repair` turns it
 into commands.
@@ -52,7 +54,7 @@ from kms_adapter.port import ClientState
 from provisioning.entitlements import DesiredClient, desired_state_of_valid, entitled_products
 from provisioning.errors import InvalidSubscription, Rejection
 from provisioning.provider import ProviderConfig
-from provisioning.revocation import revoked_devices
+from provisioning.revocation import kept_products, revoked_devices
 from provisioning.validation import validate_subscription
 from reconciler.model import StoredSubscription
 from schemas.records import Device, DriftItem, Product, SubscriptionEvent, SubscriptionState
@@ -69,8 +71,9 @@ class SubscriptionDrift:
     ``resync``: current cards whose entitlements (and pairing, for those in ``pair``) are rewritten;
     ``default_pin``: current cards that get the default PIN; ``retired``: cards CRM no longer has,
     each with ``stb_serial`` = the box the KMS pairs it with (``None``: not paired).
-    ``rejection`` is set when the stored state fails validation; the cards are then only those to
-    clear (``resync``) and ``retired``.
+    ``rejection`` is set when the stored state fails validation; the cards are then those to clear
+    (``resync``), ``retired``, and the standing cards to trim, each with the products it keeps
+    (``keep``).
     """
 
     subscription_id: str
@@ -80,6 +83,7 @@ class SubscriptionDrift:
     default_pin: frozenset[str] = frozenset()
     retired: tuple[Device, ...] = ()
     rejection: Rejection | None = field(default=None)
+    keep: dict[str, tuple[Product, ...]] = field(default_factory=dict)
 
     @property
     def drifted(self) -> bool:
@@ -155,6 +159,13 @@ def compare(stored: StoredSubscription, actual: Mapping[str, ClientState], provi
             pair.add(card)
         if item.pin:
             default_pin.add(card)
+    keep: dict[str, tuple[Product, ...]] = {}
+    if rejection is not None:
+        for device in _standing(event, desired, provider):
+            item, kept = _trimmed(event.subscription_id, device, actual, provider, at, event)
+            if item is not None:
+                items.append(item)
+                keep[device.secure_client_id] = kept
     retired: list[Device] = []
     current = {d.secure_client_id for d in event.devices}
     for known in stored.retired:
@@ -173,7 +184,32 @@ def compare(stored: StoredSubscription, actual: Mapping[str, ClientState], provi
         retired.append(Device(distributor=known.distributor, secure_client_id=known.secure_client_id,
                               stb_serial=held.paired_chipset))
     return SubscriptionDrift(event.subscription_id, tuple(items), frozenset(resync), frozenset(pair),
-                             frozenset(default_pin), tuple(retired), rejection)
+                             frozenset(default_pin), tuple(retired), rejection, keep)
+
+
+def _standing(event: SubscriptionEvent, cleared: Mapping[str, DesiredClient],
+              provider: ProviderConfig) -> list[Device]:
+    """Current devices of a rejected subscription that are not cleared (configured, each card once)."""
+    seen = set(cleared)
+    standing = []
+    for device in event.devices:
+        if device.secure_client_id not in seen and provider.rule(device.distributor) is not None:
+            seen.add(device.secure_client_id)
+            standing.append(device)
+    return standing
+
+
+def _trimmed(subscription_id: str, device: Device, actual: Mapping[str, ClientState], provider: ProviderConfig,
+             at: datetime, event: SubscriptionEvent) -> tuple[DriftItem | None, tuple[Product, ...]]:
+    """(drift item, products kept) of a standing device holding more than the rule still grants."""
+    held = actual.get(device.secure_client_id)
+    live = _live(held.entitlements, at) if held is not None and held.known else []
+    kept = kept_products(event, device, provider, at, live)
+    if len(kept) == len(live):
+        return None, kept
+    extra = sorted({p.product_id for p in live} - {p.product_id for p in kept})
+    return DriftItem(subscription_id=subscription_id, secure_client_id=device.secure_client_id,
+                     extra_products=extra), kept
 
 
 def _current_card(subscription_id: str, card: str, want: DesiredClient, have: ClientState,

@@ -336,7 +336,8 @@ class ResetJob:
                 continue
             plan = plan_repair(stored.event, self._provider, run_id=request.run_id, at=at,
                                secure_client_ids=drift.resync, pair=drift.pair, default_pin=drift.default_pin,
-                               retired=drift.retired, process_name=PROCESS, topic=self.config.commands_topic)
+                               retired=drift.retired, keep=drift.keep, process_name=PROCESS,
+                               topic=self.config.commands_topic)
             digest = fingerprint(plan.commands)
             if batch.pending.get(sid) == digest:
                 stats.pending += 1

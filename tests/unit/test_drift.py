@@ -191,15 +191,32 @@ def test_an_invalid_subscription_whose_boxes_hold_nothing_is_in_sync_with_its_re
     assert drift.rejection is not None and not drift.drifted
 
 
-def test_an_invalid_subscription_leaves_a_box_that_stands_uncompared() -> None:
-    # MAIN stands on its own; the grant is rejected (KARAOKE has no mapping), so MAIN's missing SPORTS
-    # is not granted by a reset either
-    ev = event(devices=[MAIN], services=[Service(service_code="KARAOKE", state=ServiceState.ACTIVE),
-                                         Service(service_code="SPORTS", state=ServiceState.ACTIVE)])
+def _rejected_main(*services: tuple[str, ServiceState]) -> SubscriptionEvent:
+    """MAIN alone (it stands), with KARAOKE, which has no product mapping: the grant is rejected."""
+    return event(devices=[MAIN], services=[Service(service_code=code, state=state)
+                                           for code, state in [("KARAOKE", ServiceState.ACTIVE), *services]])
+
+
+def test_a_standing_box_of_an_invalid_subscription_holding_only_what_it_may_keep_is_in_sync() -> None:
+    # SPORTS is entitled but missing: a reset of a rejected subscription does not grant it
+    ev = _rejected_main(("BASIC", ServiceState.ACTIVE), ("SPORTS", ServiceState.ACTIVE))
     drift = drift_of({"100": held("100", BASIC, "B-1")}, ev)
 
     assert drift.rejection is not None and drift.rejection.code == "UNMAPPED_SERVICE"
     assert not drift.drifted
+
+
+def test_a_standing_box_of_an_invalid_subscription_loses_what_it_no_longer_pays_for_and_gains_nothing() -> None:
+    ev = _rejected_main(("BASIC", ServiceState.ACTIVE), ("SPORTS", ServiceState.INACTIVE),
+                        ("MOVIES", ServiceState.ACTIVE))
+    drift = drift_of({"100": held("100", (*BASIC, SPORTS), None, pin=False)}, ev)
+
+    assert drift.items == (DriftItem(subscription_id="S-1", secure_client_id="100", extra_products=["P200"]),)
+    assert drift.keep == {"100": BASIC}
+    plan = plan_repair(ev, PROVIDER, run_id="R-1", at=AT, secure_client_ids=drift.resync, pair=drift.pair,
+                       default_pin=drift.default_pin, retired=drift.retired, keep=drift.keep)
+    assert [(c.operation.value, c.secure_client_id, tuple(c.products)) for c in plan.commands] == [
+        ("SYNC_ENTITLEMENTS", "100", BASIC)]  # no PAIR, no PIN, no MOVIES
 
 
 def test_a_suspended_invalid_subscription_clears_every_box_it_names() -> None:

@@ -12,14 +12,20 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_planning_properties import AT, CARDS, CODES, providers, serials
 
+from kms_adapter.port import ClientState
 from provisioning.entitlements import service_is_current
 from provisioning.planning import plan_reset, plan_subscription
 from provisioning.provider import DISTRIBUTOR_NAMES, ProviderConfig
+from provisioning.repair import plan_repair
+from provisioning.validation import validate_subscription
+from reconciler.drift import compare
+from reconciler.model import StoredSubscription
 from schemas.records import (
     Device,
     EventType,
     KmsCommand,
     Operation,
+    Product,
     Service,
     ServiceState,
     SubscriptionEvent,
@@ -30,7 +36,8 @@ Case = tuple[SubscriptionEvent, ProviderConfig]
 #: Many examples; generation time depends on the machine's load, which is no failure of the rules.
 EXAMPLES = settings(max_examples=200, suppress_health_check=[HealthCheck.too_slow])
 NAMES = [*DISTRIBUTOR_NAMES, "TWIN9"]
-dates = st.one_of(st.none(), st.integers(-5, 5).map(lambda d: AT + timedelta(days=d)))
+# Weighted towards households that can be entitled, so rejected grants next to standing boxes are common.
+dates = st.one_of(st.none(), st.none(), st.integers(-5, 5).map(lambda d: AT + timedelta(days=d)))
 
 
 @st.composite
@@ -41,16 +48,16 @@ def cases(draw: st.DrawFn) -> Case:
     provider = draw(providers())
     device = st.builds(Device, distributor=st.sampled_from(NAMES), secure_client_id=st.sampled_from(CARDS),
                        stb_serial=serials)
-    choice = st.one_of(st.none(), st.lists(st.sampled_from(NAMES), max_size=3))
+    choice = st.one_of(st.none(), st.none(), st.lists(st.sampled_from(NAMES), max_size=3))
     service = st.builds(Service, service_code=st.sampled_from([*CODES, "UNMAPPED"]),
-                        state=st.sampled_from(list(ServiceState)), valid_from=dates, valid_until=dates,
-                        distributors=choice)
+                        state=st.sampled_from([ServiceState.ACTIVE, ServiceState.ACTIVE, ServiceState.INACTIVE]),
+                        valid_from=dates, valid_until=dates, distributors=choice)
     current = draw(st.lists(device, max_size=5))
     event = SubscriptionEvent(
         event_id=draw(st.uuids()).hex, event_type=draw(st.sampled_from(list(EventType))), occurred_at=AT,
         subscription_id="S-1", account_id="A-1", subscription_type="RESIDENTIAL",
         created_at=AT - timedelta(days=300), version=draw(st.integers(0, 50)),
-        state=draw(st.sampled_from(list(SubscriptionState))),
+        state=draw(st.sampled_from([SubscriptionState.ACTIVE, SubscriptionState.ACTIVE, *SubscriptionState])),
         services=draw(st.lists(service, max_size=5, unique_by=lambda s: s.service_code)),
         devices=current, removed_devices=draw(st.lists(device, max_size=3)),
         added_devices=draw(st.lists(st.sampled_from(current), max_size=2)) if current else [],
@@ -58,10 +65,12 @@ def cases(draw: st.DrawFn) -> Case:
     return event, provider
 
 
-def kms_after(commands: tuple[KmsCommand, ...], cards: set[str]) -> dict[str, set[str]]:
-    """Card → product ids held once ``commands`` are applied, every card starting with every product."""
+def kms_after(commands: tuple[KmsCommand, ...], cards: set[str],
+              start: dict[str, set[str]] | None = None) -> dict[str, set[str]]:
+    """Card → product ids held once ``commands`` are applied; every card starts with ``start``'s
+    products, by default with every product."""
     everything = {"P1", "P2", "P3", "P4", "P5"}
-    held = {card: set(everything) for card in cards}
+    held = {card: set(everything if start is None else start.get(card, set())) for card in cards}
     for command in commands:
         if command.operation is Operation.SYNC_ENTITLEMENTS:
             held[command.secure_client_id] = {p.product_id for p in command.products}
@@ -147,3 +156,35 @@ def test_a_rejected_event_reports_its_code_and_plans_only_revocations(case: Case
         assert plan.rejection.code and plan.rejection.description
     keys = [c.idempotency_key for c in plan.commands]
     assert len(keys) == len(set(keys))
+
+
+held_products = st.lists(st.sampled_from(["P1", "P2", "P3", "P4", "P5"]), unique=True).map(
+    lambda ids: tuple(Product(product_id=i) for i in sorted(ids)))
+
+
+@EXAMPLES
+@given(cases(), st.data())
+def test_a_reset_of_a_rejected_subscription_only_takes_away(case: Case, data: st.DataObject) -> None:
+    event, provider = case
+    if validate_subscription(event, provider) is None:
+        return
+    # what the KMS holds for each card the subscription names, and for a few it does not
+    kms = {card: data.draw(held_products) for card in sorted(cards_of(event) | set(data.draw(st.lists(
+        st.sampled_from(CARDS), max_size=2))))}
+    actual = {card: ClientState(secure_client_id=card, known=True, entitlements=products, pin_set=False)
+              for card, products in kms.items()}
+    drift = compare(StoredSubscription(event), actual, provider, AT)
+    plan = plan_repair(event, provider, run_id="R-1", at=AT, secure_client_ids=drift.resync, pair=drift.pair,
+                       default_pin=drift.default_pin, retired=drift.retired, keep=drift.keep)
+
+    assert drift.rejection is not None and plan.rejection == drift.rejection
+    assert {c.operation for c in plan.commands} <= {Operation.CLEAR_ENTITLEMENTS, Operation.SYNC_ENTITLEMENTS,
+                                                   Operation.UNPAIR}
+    before = {card: {p.product_id for p in products} for card, products in kms.items()}
+    after = kms_after(plan.commands, cards_of(event) | set(kms), before)
+    assert all(after[card] <= before.get(card, set()) for card in after)
+    if event.state is not SubscriptionState.ACTIVE:
+        assert all(after[d.secure_client_id] == set() for d in event.devices)
+    for device in event.devices:
+        if lacks_its_requirement(device, event, provider):
+            assert after[device.secure_client_id] == set(), device
