@@ -107,6 +107,9 @@ def format_report(report: ReconcileReport) -> str:
     if report.unknown_subscriptions:
         lines.append("UNKNOWN_SUBSCRIPTION (not in the desired-state store): "
                      + ", ".join(report.unknown_subscriptions))
+    if report.rejected:
+        lines.append(f"rejected {report.rejected} (repaired in the revoking direction only): "
+                     + ", ".join(f"{sub} {code}" for sub, code in report.rejections.items()))
     if report.items:
         header = ("subscription", "secure client", "missing", "extra", "wrong dates", "pairing", "other")
         rows = [header, *(_row(item) for item in report.items)]

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import pytest
 from example_household import MAIN, PROVIDER, TWIN1, TWIN2, TWIN3, event, steps
 
 from consumers.translation import HandlerContext, translate_subscription
+from kmsbridge.cli_reconcile import format_report
 from provisioning import errors
 from provisioning.keys import KeySource, idempotency_key
 from provisioning.planning import REMOVED, plan_subscription
 from provisioning.provider import provider_from_mapping
 from provisioning.text import TextLimits
-from schemas.records import Device, EventType, Operation, ResultState
+from schemas.records import Device, EventType, Operation, ReconcileReport, ResultState
 
 CLEAR = "CLEAR_ENTITLEMENTS"
 
@@ -103,3 +106,12 @@ def test_the_translator_publishes_the_revocations_and_the_rejection_of_one_event
     [result] = translation.results
     assert result.state is ResultState.REJECTED and result.error_code == errors.REQUIRED_DISTRIBUTOR_MISSING
     assert result.event_id == "E-1" and translation.outcome == "rejected"
+
+
+def test_the_reconcile_report_printout_names_each_rejected_subscription_with_its_code() -> None:
+    now = datetime.now(UTC)
+    report = ReconcileReport(run_id="R-1", preview=False, checked=2, in_sync=1, drifted=1, rejected=1,
+                             rejections={"S-9": "REQUIRED_DISTRIBUTOR_MISSING"}, started_at=now, finished_at=now)
+
+    assert "rejected 1 (repaired in the revoking direction only): S-9 REQUIRED_DISTRIBUTOR_MISSING" in (
+        format_report(report))
