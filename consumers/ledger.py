@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import Column, DateTime, Integer, MetaData, String, Table, Text, bindparam, or_, select
+from sqlalchemy import BigInteger, Column, DateTime, MetaData, String, Table, Text, bindparam, or_, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 
@@ -44,7 +44,7 @@ versions_table = Table(
     LEDGER_METADATA,
     Column("secure_client_id", String(128), primary_key=True),
     Column("subscription_id", String(128), nullable=True),
-    Column("version", Integer, nullable=False),
+    Column("version", BigInteger, nullable=False),  # an Avro long
 )
 
 _GET = select(ledger_table.c.result_json).where(ledger_table.c.idempotency_key == bindparam("key"))

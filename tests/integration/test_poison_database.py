@@ -1,11 +1,12 @@
 """A record whose content the database refuses is poison (issue 13, item 1), on PostgreSQL.
 
-Records that break a column's width fail validation at decode (``schemas.limits``), so these tests use
-what still reaches the database: a command whose ``subscription_version`` (a valid Avro long) does not
-fit the ledger's ``INTEGER`` version column, through the real broker into the executor; and, for the
-projector, its store path called directly with events built past validation (``model_construct``),
-since no decodable event can reach the store with a 200-character id; and the ledger's group commit,
-which writes entry by entry when one entry of its batch is refused.
+Records that break a column's width fail validation at decode (``schemas.limits``), and the columns
+hold every value the records allow, so the refusal is made explicit: a CHECK constraint the test adds
+to the ledger's version column stands for any rule a database may apply to content (a DBA's
+constraint, a trigger, a stricter collation). Through the real broker into the executor, a command
+that breaks it; for the projector, its store path called directly with events built past validation
+(``model_construct``), since no decodable event can reach the store with a 200-character id; and the
+ledger's group commit, which writes entry by entry when one entry of its batch is refused.
 """
 
 from __future__ import annotations
@@ -20,8 +21,8 @@ from typing import Any
 import pytest
 from confluent_kafka import Message, Producer
 from pg import new_database, postgres_url  # noqa: F401 (the session fixture)
-from sqlalchemy import create_engine
-from sqlalchemy.exc import DataError
+from sqlalchemy import Engine, create_engine, text
+from sqlalchemy.exc import IntegrityError
 
 from consumers.ledger import GroupCommit, Ledger
 from kms_adapter.simulator.testing import SimulatorHandle
@@ -55,11 +56,27 @@ def headers(msg: Message) -> dict[str, str]:
     return {k: v.decode() if isinstance(v, bytes) else str(v or "") for k, v in raw}
 
 
+#: Versions the test's CHECK constraint refuses (every one a valid Avro long and a valid BIGINT).
+REFUSED_VERSION = 2**40
+
+
+def refuse_large_versions(engine: Engine) -> None:
+    """Migrate, then add the content rule the poison tests break."""
+    upgrade(engine)
+    with engine.begin() as conn:
+        conn.execute(text(f"ALTER TABLE kms_client_versions ADD CONSTRAINT test_version_bound "
+                          f"CHECK (version < {REFUSED_VERSION})"))
+
+
 @pytest.fixture
 def pg_pipeline(kafka_bootstrap: str, kms_simulator: SimulatorHandle, tmp_path: Path,
                 postgres_url: str) -> Iterator[Pipeline]:  # noqa: F811 (the fixture imported above)
+    url = new_database(postgres_url)
+    engine = create_engine(url)
+    refuse_large_versions(engine)
+    engine.dispose()
     pipe = Pipeline(kafka_bootstrap, kms_simulator.url, kms_simulator.token, tmp_path, partitions=1,
-                    database_url=new_database(postgres_url))
+                    database_url=url)
     yield pipe
     pipe.close()
 
@@ -69,9 +86,9 @@ def test_a_command_the_ledger_cannot_record_is_dead_lettered_with_its_result_and
     procs: list[RunningProcess] = [start_executor(pg_pipeline.settings)]
     try:
         now = datetime.now(UTC)
-        # a valid command (an Avro long), but PostgreSQL's INTEGER version column cannot hold it
+        # a valid command, but the database's content rule refuses its version
         bad = KmsCommand(idempotency_key=f"db-{uuid.uuid4().hex}", operation=Operation.SYNC_ENTITLEMENTS,
-                         secure_client_id="9100001", subscription_id="S-DB-1", subscription_version=2**40,
+                         secure_client_id="9100001", subscription_id="S-DB-1", subscription_version=REFUSED_VERSION,
                          products=[Product(product_id="P100")], source=Source(process_name="test"), created_at=now)
         good = bad.model_copy(update={"idempotency_key": f"db-{uuid.uuid4().hex}", "secure_client_id": "9100002",
                                       "subscription_id": "S-DB-2", "subscription_version": 1})
@@ -90,7 +107,7 @@ def test_a_command_the_ledger_cannot_record_is_dead_lettered_with_its_result_and
             proc.stop(60)
 
     assert [headers(m)["kmsbridge.error.reason"] for m in dlq] == ["database_rejected"]
-    assert "integer out of range" in headers(dlq[0])["kmsbridge.error.message"]
+    assert "CheckViolation" in headers(dlq[0])["kmsbridge.error.message"]
     assert dlq[0].value() == pg_pipeline.codec.encode(bad, pg_pipeline.settings.topic("commands"))
     published = [r for r in results if r.idempotency_key == bad.idempotency_key]
     assert len(published) == 1 and published[0].state is ResultState.COMPLETED  # the KMS did apply it
@@ -141,7 +158,7 @@ def test_an_event_the_desired_state_store_refuses_is_dead_lettered_and_the_rest_
 def test_a_group_commit_writes_entry_by_entry_when_one_entry_is_refused_so_the_others_are_recorded(
         postgres_url: str) -> None:  # noqa: F811
     engine = create_engine(new_database(postgres_url))
-    upgrade(engine)
+    refuse_large_versions(engine)
     ledger = Ledger(engine)
     now = datetime.now(UTC)
 
@@ -152,7 +169,8 @@ def test_a_group_commit_writes_entry_by_entry_when_one_entry_is_refused_so_the_o
     async def one_turn() -> list[BaseException | None]:
         writes = GroupCommit(ledger)
         done = await asyncio.gather(writes.record(outcome("k-ok-1", "C-1"), version=3, subscription_id="S-1"),
-                                    writes.record(outcome("k-bad", "C-2"), version=2**40, subscription_id="S-1"),
+                                    writes.record(outcome("k-bad", "C-2"), version=REFUSED_VERSION,
+                                                  subscription_id="S-1"),
                                     writes.record(outcome("k-ok-2", "C-3"), version=4, subscription_id="S-1"),
                                     return_exceptions=True)
         return [d if isinstance(d, BaseException) else None for d in done]
@@ -160,7 +178,23 @@ def test_a_group_commit_writes_entry_by_entry_when_one_entry_is_refused_so_the_o
     errors = asyncio.run(one_turn())
 
     assert errors[0] is None and errors[2] is None
-    assert isinstance(errors[1], DataError)
+    assert isinstance(errors[1], IntegrityError)
     assert ledger.get("k-ok-1") is not None and ledger.get("k-ok-2") is not None and ledger.get("k-bad") is None
     assert ledger.version("C-3") == ("S-1", 4)
+    engine.dispose()
+
+
+def test_the_ledger_records_any_avro_long_version_on_postgresql(postgres_url: str) -> None:  # noqa: F811
+    engine = create_engine(new_database(postgres_url))
+    upgrade(engine)
+    ledger = Ledger(engine)
+    result = KmsResult(idempotency_key="k-long", operation="SYNC_ENTITLEMENTS", secure_client_id="C-L",
+                       subscription_id="S-L", state=ResultState.COMPLETED, executed_at=datetime.now(UTC))
+
+    async def record() -> None:
+        await GroupCommit(ledger).record(result, version=2**63 - 1, subscription_id="S-L")
+
+    asyncio.run(record())
+
+    assert ledger.version("C-L") == ("S-L", 2**63 - 1)
     engine.dispose()
