@@ -43,7 +43,8 @@ def build_request_log_writer(settings: Settings, health: HealthState | None = No
                              instance_id=settings.instance_id(PROCESS))
     config["enable.auto.commit"] = False  # offsets are committed synchronously after the DB commit
     return RequestLogWriter(
-        make_consumer(config), build_codec(settings), open_request_log(settings, engine),
+        # it stores no PIN, so it holds no PIN key: a sealed PIN decodes as a mask
+        make_consumer(config), build_codec(settings, pins="masked"), open_request_log(settings, engine),
         RequestLogConfig(topics={name: settings.topic(name) for name in INPUTS}, batch_size=section.batch_size,
                          batch_seconds=section.batch_seconds, retention_days=section.retention_days,
                          purge_interval_seconds=section.purge_interval_seconds),

@@ -37,7 +37,7 @@ DOCKERFILE = ROOT / "Dockerfile"
 K8S_VERSION = "1.33.0"
 #: Kinds of CRDs (Prometheus Operator, KEDA): no schema in kubernetes-validate, checked structurally below.
 CRD_KINDS = {"ServiceMonitor", "PrometheusRule", "ScaledObject", "TriggerAuthentication"}
-DEPLOYMENTS = ("translator", "executor", "projector", "reconciler", "api")
+DEPLOYMENTS = ("translator", "executor", "projector", "reconciler", "api", "request-log")
 UID = 10001
 
 Manifest = dict[str, Any]
@@ -135,8 +135,8 @@ def test_every_template_file_renders_at_most_one_object() -> None:
 
 def test_the_chart_renders_every_object_it_promises() -> None:
     kinds = [o["kind"] for o in _rendering("ci-everything-enabled")]
-    for kind, count in {"Deployment": 5, "CronJob": 1, "Job": 1, "ConfigMap": 2, "Service": 2,
-                        "ServiceMonitor": 1, "PrometheusRule": 1, "PodDisruptionBudget": 5,
+    for kind, count in {"Deployment": 6, "CronJob": 1, "Job": 1, "ConfigMap": 2, "Service": 2,
+                        "ServiceMonitor": 1, "PrometheusRule": 1, "PodDisruptionBudget": 6,
                         "NetworkPolicy": 1, "ServiceAccount": 1, "ScaledObject": 2}.items():
         assert kinds.count(kind) == count, f"{kind}: {kinds.count(kind)} rendered, {count} expected"
     defaults = {o["kind"] for o in _rendering("ci-defaults")}
@@ -213,7 +213,7 @@ def test_crd_objects_are_well_formed() -> None:
 @pytest.mark.parametrize("rendering", sorted(RENDERINGS))
 def test_every_workload_runs_hardened(rendering: str) -> None:
     pods = list(_pod_specs(_rendering(rendering)))
-    assert len(pods) == 7  # 5 Deployments, the reset CronJob, the topics hook Job
+    assert len(pods) == 8  # 6 Deployments, the reset CronJob, the topics hook Job
     for name, pod in pods:
         sc = pod["securityContext"]
         assert sc["runAsNonRoot"] is True and sc["runAsUser"] == UID, name
@@ -323,7 +323,7 @@ def test_every_process_that_reads_or_writes_pins_mounts_the_pin_key_file() -> No
             assert volumes["pin-keys"]["secret"]["items"] == [{"key": "pin-keys.json", "path": "pin-keys.json"}]
             assert {"name": "pin-keys", "mountPath": "/etc/kmsbridge/pin-keys", "readOnly": True} in container[
                 "volumeMounts"]
-        else:  # the projector reads crm.subscriptions only: no PIN, no key
+        else:  # the projector reads no PIN; the request log reads sealed PINs as masks: no key
             assert "KMSBRIDGE_PIN_KEYS__FILE" not in env and "pin-keys" not in volumes, component
 
 
