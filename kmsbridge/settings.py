@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, f
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from pydantic_settings import SettingsError as PydanticSettingsError
 
+from kmsbridge.settings_registry import SchemaRegistrySettings
 from kmsbridge.settings_request_log import RequestLogSettings
 from schemas.pin_seal import PinKeyError, PinKeyRing
 
@@ -215,6 +216,13 @@ class TextLimitSettings(BaseModel):
     raw_max_bytes: int = Field(default=1024, ge=1)
 
 
+class CommunicationSettings(BaseModel):
+    delivery: Literal["queue", "immediate"] = Field(
+        default="queue", description="queue: communications wait PENDING for a mail run definition (CRM.COM); "
+                                     "immediate: the translator sends each one as it arrives")
+    scheduler_tick_seconds: float = Field(default=1.0, gt=0, le=60, description="how often run definitions are checked")
+
+
 class ApiSettings(BaseModel):
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
@@ -251,6 +259,7 @@ class Settings(BaseSettings):
     )
     database_url: SecretUrl = SecretUrl("sqlite:///var/kmsbridge.db")
     schema_registry_url: SecretUrl | None = None
+    schema_registry: SchemaRegistrySettings = Field(default_factory=SchemaRegistrySettings)
     pin_keys: PinKeySettings = Field(default_factory=PinKeySettings)
     provider_file: Path = Path("provider.yaml")
     kms: KmsSettings = Field(default_factory=KmsSettings)
@@ -259,6 +268,7 @@ class Settings(BaseSettings):
     text_limits: TextLimitSettings = Field(default_factory=TextLimitSettings)
     api: ApiSettings = Field(default_factory=ApiSettings)
     request_log: RequestLogSettings = Field(default_factory=RequestLogSettings)
+    communications: CommunicationSettings = Field(default_factory=CommunicationSettings)
     metrics_port: int = Field(default=0, ge=0, le=65535, description="0 = no metrics server")
     health_ttl_seconds: float = Field(default=30.0, gt=0)
     lag_interval_seconds: float = Field(default=15.0, gt=0, description="refresh of the consumer lag gauges")
@@ -266,6 +276,7 @@ class Settings(BaseSettings):
     max_message_bytes: int = Field(default=1_000_000, ge=1024)
     max_future_skew_seconds: float = Field(default=86_400.0, ge=0)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["text", "json"] = "text"
 
     @field_validator("database_url")
     @classmethod

@@ -40,6 +40,7 @@ __all__ = [
     "run_executor",
     "run_translator",
     "start_lag_monitor",
+    "translator_inputs",
 ]
 
 log = logging.getLogger(__name__)
@@ -56,7 +57,10 @@ def build_codec(settings: Settings, *, pins: Literal["ring", "masked", "none"] =
     """
     registry = settings.schema_registry_url
     cipher = settings.pin_keys.ring() if pins == "ring" else MASKED_PINS if pins == "masked" else None
-    return Codec(registry_url=registry.get_secret_value() if registry is not None else None, pins=cipher)
+    if registry is None:
+        return Codec(pins=cipher)
+    return Codec(registry.get_secret_value(), settings.schema_registry.client_config(), pins=cipher,
+                 registry_options=settings.schema_registry.options())
 
 
 def engine_for(settings: Settings) -> Engine:
@@ -120,13 +124,21 @@ def _instance(settings: Settings, process: str) -> str:
     return settings.instance_id(process) or f"{socket.gethostname()}-{os.getpid()}-{process}"
 
 
+def translator_inputs(settings: Settings) -> list[str]:
+    """The translator's inputs: ``crm.communications`` only in ``immediate`` delivery (in ``queue``
+    delivery the reconciler's queue reader owns it, :mod:`reconciler.queue_reader`)."""
+    if settings.communications.delivery == "immediate":
+        return ["subscriptions", "communications", "requests"]
+    return ["subscriptions", "requests"]
+
+
 def build_translator(settings: Settings, *, only: list[str] | None = None,
                      directory: DeviceDirectory | None = None, group_suffix: str = "",
                      health: HealthState | None = None) -> TransactionalTranslator:
     provider = load_provider_or_exit(settings)
     codec = build_codec(settings)
     kafka = settings.kafka_config()
-    names = only or ["subscriptions", "communications", "requests"]
+    names = only or translator_inputs(settings)
     inputs = {settings.topic(n): n for n in names}
     group = settings.group_id("translator") + group_suffix
     consumer = make_consumer(consumer_config(kafka, group, instance_id=settings.instance_id("translator"),
@@ -160,7 +172,7 @@ def run_translator(settings: Settings, *, until_end: bool = False, only: list[st
     signal.signal(signal.SIGTERM, lambda *_: translator.request_stop())
     signal.signal(signal.SIGINT, lambda *_: translator.request_stop())
     log.info("translator started inputs=%s", only or "all")
-    names = only or ["subscriptions", "communications", "requests"]
+    names = only or translator_inputs(settings)
     lag = start_lag_monitor(settings, "translator", settings.group_id("translator") + group_suffix,
                             [settings.topic(n) for n in names])
     try:

@@ -12,7 +12,7 @@ import asyncio
 import logging
 import signal
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sqlalchemy.engine import Engine
 
@@ -23,6 +23,7 @@ from kms_adapter.soap_client import SoapKmsClient
 from kmsbridge.db import upgrade
 from kmsbridge.settings import Settings, mask_url
 from kmsbridge.wiring import build_codec, engine_for, load_provider_or_exit, start_health
+from kmsbridge.wiring_runs import RunServices, build_run_services
 from reconciler.expectations import Expectations
 from reconciler.job import JobConfig, ResetJob
 from reconciler.lock import RunLock
@@ -106,11 +107,18 @@ class ReconcilerApp:
     loop: asyncio.AbstractEventLoop
     thread: threading.Thread
     kms: SoapKmsClient
+    runs: RunServices | None = None  # the scheduler of run definitions and the communication queue
+    stopping: threading.Event = field(default_factory=threading.Event)
 
     def run(self) -> None:
+        if self.runs is not None:
+            self.runs.start()
         try:
             self.runner.run()
         finally:
+            self.stopping.set()
+            if self.runs is not None:
+                self.runs.stop()
             self.close()
 
     def close(self) -> None:
@@ -147,7 +155,10 @@ def build_reconciler(settings: Settings, health: HealthState | None = None,
                      dlq_topic=settings.dlq(requests)),
         submit=run_on_loop(loop), health=health,
     )
-    return ReconcilerApp(runner, loop, thread, kms)
+    stopping = threading.Event()
+    runs = build_run_services(settings, engine=engine, job=job, loop=loop, producer=producer, codec=codec,
+                              stop=stopping)
+    return ReconcilerApp(runner, loop, thread, kms, runs, stopping)
 
 
 def run_reconciler(settings: Settings) -> None:

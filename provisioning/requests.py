@@ -61,7 +61,15 @@ from schemas.records import (
     TextMode,
 )
 
-__all__ = ["Plan", "Skip", "message_operation", "plan_communication", "plan_request", "validate_pin"]
+__all__ = [
+    "Plan",
+    "Skip",
+    "message_operation",
+    "plan_communication",
+    "plan_communication_send",
+    "plan_request",
+    "validate_pin",
+]
 
 _PER_CLIENT_OPERATION = {
     RequestType.SET_PIN: Operation.SET_PIN,
@@ -142,6 +150,19 @@ def plan_communication(
     expected = provider.mail_run.external_system
     if comm.external_system != expected:
         return Skip(f"external system {comm.external_system!r} is not {expected!r}")
+    return plan_communication_send(comm, limits, devices, process_name=process_name, topic=topic)
+
+
+def plan_communication_send(
+    comm: CommunicationEvent,
+    limits: TextLimits | None = None,
+    devices: Sequence[Device] | None = None,
+    *,
+    process_name: str = "translator",
+    topic: str | None = None,
+) -> Plan:
+    """A communication as Mail/Message commands, whatever its external system (a mail run definition
+    chose it by its external system already)."""
     targets = _resolve(comm.secure_client_id, comm.subscription_id, comm.all, devices)
     if isinstance(targets, Rejection):
         return Plan.reject(targets)

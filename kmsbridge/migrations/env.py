@@ -13,10 +13,11 @@ from sqlalchemy.engine import Connection
 
 from consumers.ledger import LEDGER_METADATA
 from reconciler.request_log_tables import LOG_METADATA
+from reconciler.run_tables import RUNS_METADATA
 from reconciler.tables import DESIRED_METADATA
 
 config = context.config
-target_metadata = [LEDGER_METADATA, DESIRED_METADATA, LOG_METADATA]
+target_metadata = [LEDGER_METADATA, DESIRED_METADATA, LOG_METADATA, RUNS_METADATA]
 
 
 def _run(connection: Connection) -> None:

@@ -20,6 +20,7 @@ from kmsbridge.wiring import engine_for
 from reconciler.expectations import Expectations
 from reconciler.lock import LockTimeout, RunLock
 from reconciler.request_log_tables import LOG_METADATA
+from reconciler.run_tables import RUNS_METADATA
 from reconciler.store import DESIRED_METADATA, DesiredStateStore, Selection
 from schemas.records import Device, EventType, Service, ServiceState, SubscriptionEvent
 
@@ -64,7 +65,7 @@ def test_migrations_create_exactly_the_tables_the_code_uses_and_rerunning_change
     assert current_revision(engine) == head_revision()
     with engine.connect() as conn:
         context = MigrationContext.configure(conn, opts={"compare_type": True})
-        assert compare_metadata(context, [LEDGER_METADATA, DESIRED_METADATA, LOG_METADATA]) == []
+        assert compare_metadata(context, [LEDGER_METADATA, DESIRED_METADATA, LOG_METADATA, RUNS_METADATA]) == []
 
 
 def test_a_database_made_before_migrations_is_adopted_and_keeps_its_ledger(tmp_path: Path) -> None:

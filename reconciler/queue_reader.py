@@ -1,0 +1,153 @@
+"""The queue reader (part of ``kmsbridge run reconciler`` in ``queue`` delivery): fills and settles
+the communication queue (:mod:`reconciler.communications_queue`).
+
+It reads ``crm.communications`` and ``kms.results`` in its own consumer group
+(``<prefix>-communication-queue``). At-least-once, correct because both writes are idempotent
+(a communication stored already is left as it is; a result settles its command once):
+
+1. Poll a batch (up to ``batch_size`` messages or ``batch_seconds``).
+2. Decode each message. A communication that is oversized, undecodable, invalid or dated too far in
+   the future goes to ``crm.communications.dlq`` (the one DLQ path, flushed before the commit): in
+   ``queue`` delivery this reader owns the topic. A result that does not decode is skipped (the
+   executor, which owns ``kms.results``, never publishes one). A tombstone is skipped.
+3. Write the batch in the database: :meth:`~CommunicationQueue.enqueue`, then
+   :meth:`~CommunicationQueue.settle`.
+4. Commit the offsets after the batch synchronously.
+
+If step 3 fails (the database is unreachable) nothing is committed: the assigned partitions are
+rewound to their committed offsets and the batch is read again after ``retry_seconds``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from datetime import timedelta
+
+from confluent_kafka import Consumer, KafkaException, Message, Producer, TopicPartition
+from sqlalchemy.exc import SQLAlchemyError
+
+from consumers.dlq import DeadLetters, screen_size, screen_times
+from consumers.health import HealthState
+from consumers.metrics import MESSAGES_CONSUMED, MESSAGES_PROCESSED
+from reconciler.communications_queue import CommunicationQueue
+from reconciler.projector import _is_eof_or_error, _positions_after
+from schemas.codec import Codec
+from schemas.errors import PoisonMessage
+from schemas.records import CommunicationEvent, KmsResult
+
+__all__ = ["PROCESS", "QueueReader", "QueueReaderConfig"]
+
+log = logging.getLogger(__name__)
+PROCESS = "communication-queue"
+
+
+@dataclass(frozen=True)
+class QueueReaderConfig:
+    communications_topic: str
+    results_topic: str
+    dlq_topic: str
+    batch_size: int = 500
+    batch_seconds: float = 0.2
+    retry_seconds: float = 1.0
+    flush_timeout_seconds: float = 30.0
+    max_message_bytes: int = 1_000_000
+    max_future_skew: timedelta = timedelta(days=1)
+
+
+class QueueReader:
+    """The loop of the protocol above; ``run()`` blocks until :meth:`request_stop`."""
+
+    def __init__(self, consumer: Consumer, producer: Producer, codec: Codec, queue: CommunicationQueue,
+                 config: QueueReaderConfig, health: HealthState | None = None) -> None:
+        self._consumer = consumer
+        self._producer = producer
+        self._codec = codec
+        self._queue = queue
+        self._cfg = config
+        self._health = health or HealthState(ttl_seconds=30)
+        self._dead_letters = DeadLetters(producer, PROCESS)
+        self._stop = threading.Event()
+        self._assigned: set[tuple[str, int]] = set()
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    def run(self) -> None:
+        self._consumer.subscribe([self._cfg.communications_topic, self._cfg.results_topic],
+                                 on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_revoke)
+        try:
+            while not self._stop.is_set():
+                msgs = self._consumer.consume(self._cfg.batch_size, self._cfg.batch_seconds)  # step 1
+                self._health.polled()
+                msgs = [m for m in msgs if not _is_eof_or_error(m)]
+                if msgs:
+                    self._process(msgs)
+        finally:
+            self._producer.flush(self._cfg.flush_timeout_seconds)
+            self._consumer.close()
+
+    def _process(self, msgs: list[Message]) -> None:
+        comms: list[CommunicationEvent] = []
+        results: list[KmsResult] = []
+        outcomes: list[tuple[str, str]] = []
+        for msg in msgs:  # step 2
+            topic = msg.topic() or ""
+            outcomes.append((topic, self._decode(msg, comms, results)))
+        if self._producer.flush(self._cfg.flush_timeout_seconds):
+            log.error("DLQ copies not delivered; the batch is read again")
+            self._rewind()
+            return
+        try:
+            self._queue.enqueue(comms)  # step 3
+            self._queue.settle(results)
+        except SQLAlchemyError as exc:
+            log.warning("communication queue write failed (%s); rewinding and retrying in %.1fs",
+                        type(exc).__name__, self._cfg.retry_seconds)
+            self._rewind()
+            self._stop.wait(self._cfg.retry_seconds)
+            return
+        try:
+            self._consumer.commit(offsets=_positions_after(msgs), asynchronous=False)  # step 4
+        except KafkaException as exc:
+            log.warning("offset commit failed (%s); the batch will be written again (harmless)", exc)
+        for topic, outcome in outcomes:
+            MESSAGES_CONSUMED.labels(PROCESS, topic).inc()
+            MESSAGES_PROCESSED.labels(PROCESS, topic, outcome).inc()
+
+    def _decode(self, msg: Message, comms: list[CommunicationEvent], results: list[KmsResult]) -> str:
+        value = msg.value()
+        if value is None:
+            return "skipped"
+        if msg.topic() == self._cfg.results_topic:
+            try:
+                results.append(self._codec.decode(value, KmsResult))
+            except PoisonMessage:
+                return "skipped"
+            return "ok"
+        try:
+            screen_size(value, self._cfg.max_message_bytes)
+            comm = self._codec.decode(value, CommunicationEvent)
+            screen_times(comm, ("created_at",), self._cfg.max_future_skew)
+        except PoisonMessage as exc:
+            self._dead_letters.send(self._cfg.dlq_topic, msg, exc)
+            return "dlq"
+        comms.append(comm)
+        return "ok"
+
+    def _rewind(self) -> None:
+        parts = [TopicPartition(t, p) for t, p in self._assigned]
+        if not parts:
+            return
+        for tp in self._consumer.committed(parts, timeout=10):
+            self._consumer.seek(tp if tp.offset >= 0 else TopicPartition(tp.topic, tp.partition, -2))
+
+    def _on_assign(self, consumer: Consumer, parts: list[TopicPartition]) -> None:
+        self._assigned.update((tp.topic, tp.partition) for tp in parts)
+        self._health.assigned = bool(self._assigned)
+
+    def _on_revoke(self, consumer: Consumer, parts: list[TopicPartition]) -> None:
+        for tp in parts:
+            self._assigned.discard((tp.topic, tp.partition))
+        self._health.assigned = bool(self._assigned)
