@@ -13,7 +13,8 @@ from fastavro import parse_schema, schemaless_writer
 from provisioning import errors
 from provisioning.entitlements import entitled_products
 from provisioning.planning import plan_reset, plan_subscription
-from schemas.codec import Codec, history_schemas, schema_fingerprint
+from schemas.codec import Codec, history_schemas, load_schema, schema_fingerprint
+from schemas.compat import backward_problems
 from schemas.jsonio import parse_jsonl, to_json
 from schemas.records import Device, EventType, KmsCommand, SubscriptionEvent, record_to_dict
 
@@ -151,3 +152,15 @@ def test_an_event_written_with_schema_v1_decodes_without_a_choice_and_provisions
         ("SYNC_ENTITLEMENTS", "100", ["P100", "P101", "P200"]),  # MAIN "*" carries SPORTS
         ("SYNC_ENTITLEMENTS", "200", ["P100", "P101"]),  # TWIN1 [BASIC]: SPORTS filtered, not rejected
     ]
+
+
+def test_the_choice_is_a_v2_field_whose_null_default_keeps_v1_readable() -> None:
+    v1 = history_schemas("SubscriptionEvent")["v1"]
+    current = load_schema("SubscriptionEvent")
+    service = current["fields"][[f["name"] for f in current["fields"]].index("services")]["type"]["items"]
+    choice = next(f for f in service["fields"] if f["name"] == "distributors")
+
+    assert backward_problems(v1, current) == []
+    del choice["default"]
+    assert backward_problems(v1, current) == [
+        "SubscriptionEvent.services[].distributors: new field without a default (old data has no value for it)"]
