@@ -63,7 +63,7 @@ from consumers.kafka_clients import HangWatchdog, is_fatal, kafka_error, produce
 from consumers.metrics import MESSAGES_CONSUMED, MESSAGES_PROCESSED, PROCESSING_SECONDS
 from consumers.translation import Translation
 from schemas.codec import Codec
-from schemas.errors import PoisonMessage, SchemaRegistryUnavailable
+from schemas.errors import PoisonMessage, SchemaRegistryRefused, SchemaRegistryUnavailable
 from schemas.records import KmsResult
 
 __all__ = ["Oversized", "TooFarInFuture", "TransactionalTranslator", "TranslatorConfig"]
@@ -190,8 +190,9 @@ class TransactionalTranslator:
             try:
                 translation = handler(record, topic)
                 outputs = self._outputs(translation)
-            except (PoisonMessage, OutputTooLarge, SchemaRegistryUnavailable, KafkaException):
-                raise
+            except (PoisonMessage, OutputTooLarge, SchemaRegistryUnavailable, SchemaRegistryRefused,
+                    KafkaException):
+                raise  # SchemaRegistryRefused is fatal: the process ends naming the setting
             except Exception as exc:  # a bug in planning: dead-letter this record, keep the loop going
                 log.error("handler failed topic=%s partition=%s offset=%s error=%s", topic, msg.partition(),
                           msg.offset(), type(exc).__name__)

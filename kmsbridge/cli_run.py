@@ -11,6 +11,7 @@ import click
 from consumers.errors import FatalKafkaError
 from kmsbridge.cli_common import EXIT_FAILED, cli_settings, fail
 from kmsbridge.settings import SettingsError
+from schemas.errors import SchemaRegistryRefused
 
 __all__ = ["PROCESS_RUNNERS", "resolve_runner", "run_cmd"]
 
@@ -49,5 +50,6 @@ def run_cmd(process: str) -> None:
         runner(settings)
     except SettingsError as exc:
         fail(str(exc))
-    except FatalKafkaError as exc:  # e.g. refused credentials: fail closed, say why, let the supervisor act
+    # e.g. refused credentials (Kafka's or the Schema Registry's): fail closed, say why, let the supervisor act
+    except (FatalKafkaError, SchemaRegistryRefused) as exc:
         fail(str(exc), EXIT_FAILED)

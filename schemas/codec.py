@@ -4,16 +4,22 @@ Writing:
 
 - without a Schema Registry: Avro *single-object encoding*, ``C3 01`` + the 8-byte little-endian
   CRC-64-AVRO fingerprint of the writer schema's Parsing Canonical Form + the Avro body;
-- with a registry: Confluent framing, ``00`` + the 4-byte big-endian schema id + the Avro body, the
-  schema registered once per subject ``<topic>-value`` (ids are cached, so the registry is asked once
-  per topic and record type per process).
+- with a registry: Confluent framing, ``00`` + the 4-byte big-endian schema id + the Avro body. The
+  subject follows :class:`RegistryOptions` (Confluent's topic, record or topic-record name strategy);
+  the schema id comes from registering the schema (``auto_register``), from the subject's latest
+  version (``use_latest_version``, which then is the writer schema), or else from looking the schema
+  up, so a production registry that forbids registration works. Ids are cached, so the registry is
+  asked once per topic and record type per process.
 
-Reading accepts both framings whatever the mode. The writer schema comes from the fingerprint
-(any schema shipped in ``schemas/``, history included) or from the registry by id; the body is then
+Reading accepts both framings whatever the mode, and Confluent's schema GUIDs too (magic ``01`` + 16
+bytes, in the value or in the ``__value_schema_id`` header). The writer schema comes from the
+fingerprint (any schema shipped in ``schemas/``, history included) or from the registry by id or
+GUID; the body is then
 resolved to the *current* schema of the expected record (Avro schema evolution: fields added with
 defaults get them) and validated by its pydantic model. Anything that can never decode raises
 ``PoisonMessage`` with a machine ``reason``; a registry that cannot be reached raises the retryable
-``SchemaRegistryUnavailable`` instead, because the message itself may be fine.
+``SchemaRegistryUnavailable`` instead, because the message itself may be fine; a registry that
+refuses our credentials (401/403) raises the fatal ``SchemaRegistryRefused``, naming the setting.
 
 Speed: schemas are parsed once per process, writer headers and reader plans are cached per record
 type and writer schema, and reading the current schema skips resolution altogether.
@@ -37,10 +43,19 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from io import BytesIO
 from pathlib import Path
-from typing import Any, TypeVar, cast, get_args, get_origin
+from typing import Any, Literal, TypeVar, cast, get_args, get_origin
+from uuid import UUID
 
 import httpx
-from confluent_kafka.schema_registry import Schema, SchemaRegistryClient, SchemaRegistryError
+from confluent_kafka.schema_registry import (
+    Schema,
+    SchemaRegistryClient,
+    SchemaRegistryError,
+    record_subject_name_strategy,
+    topic_record_subject_name_strategy,
+    topic_subject_name_strategy,
+)
+from confluent_kafka.serialization import MessageField, SerializationContext
 from fastavro import parse_schema, schemaless_reader, schemaless_writer
 from fastavro.read import SchemaResolutionError
 from fastavro.schema import fingerprint as _fastavro_fingerprint
@@ -54,6 +69,7 @@ from schemas.errors import (
     IncompatibleSchema,
     InvalidRecord,
     RecordEncodeError,
+    SchemaRegistryRefused,
     SchemaRegistryUnavailable,
     TruncatedMessage,
     UnknownFingerprint,
@@ -65,12 +81,16 @@ from schemas.pin_seal import PinCipher, PinKeyError, SealedPin, UnreadablePin
 from schemas.records import RECORD_TYPES, record_to_dict
 
 __all__ = [
+    "CONFLUENT_GUID_MAGIC",
     "CONFLUENT_MAGIC",
     "SCHEMA_DIR",
+    "SCHEMA_ID_HEADER",
     "SEALED_PIN_CONTEXT",
     "SINGLE_OBJECT_MAGIC",
     "Codec",
+    "RegistryOptions",
     "ShippedSchema",
+    "SubjectNameStrategy",
     "history_schemas",
     "load_schema",
     "schema_fingerprint",
@@ -82,8 +102,12 @@ R = TypeVar("R", bound=BaseModel)
 SCHEMA_DIR = Path(__file__).resolve().parent
 SINGLE_OBJECT_MAGIC = b"\xc3\x01"
 CONFLUENT_MAGIC = b"\x00"
+CONFLUENT_GUID_MAGIC = b"\x01"
+#: The Kafka header in which Confluent's ``header_schema_id_serializer`` puts a value's schema GUID.
+SCHEMA_ID_HEADER = "__value_schema_id"
 _SINGLE_OBJECT_HEADER = len(SINGLE_OBJECT_MAGIC) + 8
 _CONFLUENT_HEADER = len(CONFLUENT_MAGIC) + 4
+_CONFLUENT_GUID_HEADER = len(CONFLUENT_GUID_MAGIC) + 16
 _NAME_BY_TYPE: dict[type[BaseModel], str] = {cls: name for name, cls in RECORD_TYPES.items()}
 
 #: Record types whose ``pin`` is sealed on the wire, and the field whose value, with the type's
@@ -91,6 +115,35 @@ _NAME_BY_TYPE: dict[type[BaseModel], str] = {cls: name for name, cls in RECORD_T
 SEALED_PIN_CONTEXT: dict[str, str] = {"ServiceRequest": "request_id", "KmsCommand": "idempotency_key"}
 _PIN = "pin"
 _PIN_SEALED = "pin_sealed"
+
+
+SubjectNameStrategy = Literal["topic", "record", "topic_record"]
+_SUBJECT_NAME_STRATEGIES = {
+    "topic": topic_subject_name_strategy,
+    "record": record_subject_name_strategy,
+    "topic_record": topic_record_subject_name_strategy,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class RegistryOptions:
+    """How the codec writes through a Schema Registry (the serializer settings of confluent-kafka).
+
+    ``auto_register`` registers the current schema (Confluent's default, handy for a local stack);
+    ``use_latest_version`` writes with the subject's latest version instead of the current schema;
+    with neither, the current schema must already be registered under its subject.
+    """
+
+    subject_name_strategy: SubjectNameStrategy = "topic"
+    auto_register: bool = True
+    use_latest_version: bool = False
+    #: the setting prefix error messages name (the composition root's environment variables)
+    setting: str = "KMSBRIDGE_SCHEMA_REGISTRY__"
+
+    def subject(self, topic: str, record_name: str) -> str:
+        """The subject of a value of record ``record_name`` (fully qualified) on ``topic``."""
+        strategy = _SUBJECT_NAME_STRATEGIES[self.subject_name_strategy]
+        return str(strategy(SerializationContext(topic, MessageField.VALUE), record_name))
 
 
 def _pin_context(name: str, record_id: str) -> bytes:
@@ -556,14 +609,17 @@ class Codec:
     """
 
     def __init__(self, registry_url: str | None = None, registry_config: dict[str, Any] | None = None,
-                 *, pins: PinCipher | None = None) -> None:
+                 *, pins: PinCipher | None = None, registry_options: RegistryOptions | None = None,
+                 registry_client: SchemaRegistryClient | None = None) -> None:
         self._pins = pins
         self._current, self._by_fingerprint = _catalog()
-        self._registry: SchemaRegistryClient | None = None
-        if registry_url:
-            self._registry = SchemaRegistryClient({**(registry_config or {}), "url": registry_url})
-        self._headers: dict[tuple[str, type[BaseModel]], bytes] = {}  # (topic, type) -> frame header
-        self._by_id: dict[int, ShippedSchema] = {}  # registry id -> writer schema
+        self._options = registry_options or RegistryOptions()
+        self._registry: SchemaRegistryClient | None = registry_client
+        if registry_client is None and registry_url:  # new_client: a mock:// URL gets confluent's mock
+            self._registry = SchemaRegistryClient.new_client({**(registry_config or {}), "url": registry_url})
+        # (topic, type) -> (frame header, writer schema)
+        self._writers: dict[tuple[str, type[BaseModel]], tuple[bytes, ShippedSchema]] = {}
+        self._by_id: dict[int | UUID, ShippedSchema] = {}  # registry id or GUID -> writer schema
         # (writer fingerprint, expected type) -> reader schema, or None when writer is current
         self._plans: dict[tuple[bytes, type[BaseModel]], dict[str, Any] | None] = {}
 
@@ -587,11 +643,11 @@ class Codec:
     def encode(self, record: BaseModel, topic: str) -> bytes:
         """Avro bytes of ``record`` framed for ``topic`` (single-object, or Confluent with a registry)."""
         cls = type(record)
-        header = self._headers.get((topic, cls))
-        if header is None:
-            header = self._header(topic, cls)
+        writer = self._writers.get((topic, cls))
+        if writer is None:
+            writer = self._writer_for(topic, cls)
+        header, schema = writer
         name = _NAME_BY_TYPE[cls]
-        schema = self._current[name]
         sealed = self._seal(name, record) if name in SEALED_PIN_CONTEXT else None
         fast = _compiled(schema, reader=False)
         if fast is not None:
@@ -635,7 +691,7 @@ class Codec:
         encode = self.encode
         return [encode(record, topic) for record in records]
 
-    def _header(self, topic: str, cls: type[BaseModel]) -> bytes:
+    def _writer_for(self, topic: str, cls: type[BaseModel]) -> tuple[bytes, ShippedSchema]:
         name = _NAME_BY_TYPE.get(cls)
         if name is None:
             raise RecordEncodeError(
@@ -645,39 +701,89 @@ class Codec:
         if self._registry is None:
             header = SINGLE_OBJECT_MAGIC + schema.fingerprint
         else:
-            schema_id = self._register(f"{topic}-value", schema)
+            subject = self._options.subject(topic, schema.parsed["name"])
+            if self._options.use_latest_version:
+                schema_id, schema = self._latest(subject, name)
+            else:
+                schema_id = self._schema_id(subject, schema)
             self._by_id[schema_id] = schema  # our own messages then decode without a registry call
             header = CONFLUENT_MAGIC + schema_id.to_bytes(4, "big")
-        self._headers[(topic, cls)] = header
-        return header
+        self._writers[(topic, cls)] = (header, schema)
+        return header, schema
 
-    def _register(self, subject: str, schema: ShippedSchema) -> int:
+    def _schema_id(self, subject: str, schema: ShippedSchema) -> int:
+        """The id of the current ``schema`` under ``subject``: registered, or looked up."""
         assert self._registry is not None
+        registered = Schema(json.dumps(schema.raw), "AVRO")
+        verb = "registering" if self._options.auto_register else "looking up"
+        doing = f"{verb} {schema.source} under subject {subject!r}"
         try:
-            return int(self._registry.register_schema(subject, Schema(json.dumps(schema.raw), "AVRO")))
+            if self._options.auto_register:
+                return int(self._registry.register_schema(subject, registered))
+            return int(self._registry.lookup_schema(subject, registered).schema_id or 0)
         except SchemaRegistryError as exc:
-            if exc.http_status_code in (409, 422):  # incompatible or invalid: retrying will not help
-                raise RecordEncodeError(
-                    f"the Schema Registry refused {schema.source} under subject {subject!r}:"
-                    f" {exc.error_message}"
+            if exc.http_status_code == 404 and not self._options.auto_register:
+                raise SchemaRegistryRefused(
+                    f"the Schema Registry holds no {schema.source} under subject {subject!r} and"
+                    f" {self._options.setting}AUTO_REGISTER is false: register it (or enable the setting)"
                 ) from exc
-            raise SchemaRegistryUnavailable(
-                f"registering {schema.name} under subject {subject!r} failed with HTTP"
-                f" {exc.http_status_code}: {exc.error_message}"
-            ) from exc
+            raise self._registry_error(exc, doing) from exc
         except httpx.HTTPError as exc:
-            raise SchemaRegistryUnavailable(
-                f"the Schema Registry cannot be reached to register {subject!r}: {exc}"
-            ) from exc
+            raise SchemaRegistryUnavailable(f"the Schema Registry cannot be reached for {doing}: {exc}") from exc
+
+    def _latest(self, subject: str, name: str) -> tuple[int, ShippedSchema]:
+        """The latest version of ``subject`` as (id, writer schema), ``use_latest_version``'s writer."""
+        assert self._registry is not None
+        doing = f"reading the latest version of subject {subject!r}"
+        try:
+            latest = self._registry.get_latest_version(subject)
+        except SchemaRegistryError as exc:
+            if exc.http_status_code == 404:
+                raise SchemaRegistryRefused(
+                    f"the Schema Registry has no subject {subject!r} and {self._options.setting}USE_LATEST_VERSION"
+                    " is true: register the schema first"
+                ) from exc
+            raise self._registry_error(exc, doing) from exc
+        except httpx.HTTPError as exc:
+            raise SchemaRegistryUnavailable(f"the Schema Registry cannot be reached for {doing}: {exc}") from exc
+        writer = self._registered(latest.schema, f"registry id {latest.schema_id}")
+        if writer.name != name:
+            raise SchemaRegistryRefused(f"the latest version of subject {subject!r} is a {writer.name}, not a {name}")
+        if name in SEALED_PIN_CONTEXT and not writer.seals_pin:
+            raise SchemaRegistryRefused(
+                f"the latest version of subject {subject!r} has no {_PIN_SEALED} field: a PIN would travel in"
+                " clear; register the current schema"
+            )
+        return int(latest.schema_id or 0), writer
+
+    def _registry_error(self, exc: SchemaRegistryError, doing: str) -> Exception:
+        """Our error for a registry's error answer: refused (fatal), terminal, or retryable."""
+        status = exc.http_status_code
+        if status in (401, 403):
+            return SchemaRegistryRefused(
+                f"the Schema Registry refused {doing} with HTTP {status} ({exc.error_message}): check"
+                f" {self._options.setting}USERNAME / {self._options.setting}PASSWORD (or the credentials in"
+                " KMSBRIDGE_SCHEMA_REGISTRY_URL) and the account's permissions"
+            )
+        if status in (409, 422):  # incompatible or invalid: retrying will not help
+            return RecordEncodeError(f"the Schema Registry refused {doing}: {exc.error_message}")
+        return SchemaRegistryUnavailable(f"{doing} failed with HTTP {status}: {exc.error_message}")
 
     # --- reading --------------------------------------------------------------------------------
 
-    def decode(self, data: bytes | None, expected: type[R]) -> R:
+    def decode(self, data: bytes | None, expected: type[R], schema_id_header: bytes | None = None) -> R:
         """The ``expected`` record in ``data`` (either framing), resolved to its current schema.
 
-        Raises ``PoisonMessage`` (terminal) or ``SchemaRegistryUnavailable`` (retryable).
+        ``schema_id_header`` is the value of the message's ``__value_schema_id`` header, if any:
+        Confluent's header serializer puts the schema GUID there and the bare Avro body in ``data``.
+        Raises ``PoisonMessage`` (terminal), ``SchemaRegistryUnavailable`` (retryable) or
+        ``SchemaRegistryRefused`` (fatal).
         """
-        writer, offset = self._writer(data)
+        if schema_id_header is not None:
+            writer, _ = self._writer(schema_id_header)
+            offset = 0
+        else:
+            writer, offset = self._writer(data)
         assert data is not None  # _writer rejected None
         key = (writer.fingerprint, expected)
         try:
@@ -736,41 +842,56 @@ class Codec:
             if writer is None:
                 writer = self._fetch(schema_id)
             return writer, _CONFLUENT_HEADER
+        if first == 0x01:
+            if len(data) < _CONFLUENT_GUID_HEADER:
+                raise TruncatedMessage(
+                    f"Confluent GUID-framed message of {len(data)} bytes is shorter than its"
+                    f" {_CONFLUENT_GUID_HEADER}-byte header"
+                )
+            guid = UUID(bytes=bytes(data[1:_CONFLUENT_GUID_HEADER]))
+            writer = self._by_id.get(guid)
+            if writer is None:
+                writer = self._fetch(guid)
+            return writer, _CONFLUENT_GUID_HEADER
         raise BadMagic(
-            f"first byte 0x{first:02X} is neither 0x00 (Confluent Schema Registry framing) nor 0xC3"
-            " (Avro single-object encoding)"
+            f"first byte 0x{first:02X} is neither 0x00 or 0x01 (Confluent Schema Registry framing by id or"
+            " GUID) nor 0xC3 (Avro single-object encoding)"
         )
 
-    def _fetch(self, schema_id: int) -> ShippedSchema:
+    def _fetch(self, schema_id: int | UUID) -> ShippedSchema:
+        what = f"schema {'GUID' if isinstance(schema_id, UUID) else 'id'} {schema_id}"
         if self._registry is None:
             raise UnknownSchemaId(
-                f"message is framed for Schema Registry id {schema_id} but no registry is configured"
+                f"message is framed for Schema Registry {what} but no registry is configured"
                 " (KMSBRIDGE_SCHEMA_REGISTRY_URL)"
             )
         try:
-            registered = self._registry.get_schema(schema_id)
+            if isinstance(schema_id, UUID):
+                registered = self._registry.get_schema_by_guid(str(schema_id))
+            else:
+                registered = self._registry.get_schema(schema_id)
         except SchemaRegistryError as exc:
             if exc.http_status_code == 404:
-                raise UnknownSchemaId(f"the Schema Registry has no schema with id {schema_id}") from None
-            raise SchemaRegistryUnavailable(
-                f"fetching schema id {schema_id} failed with HTTP {exc.http_status_code}: {exc.error_message}"
-            ) from exc
+                raise UnknownSchemaId(f"the Schema Registry has no {what}") from None
+            raise self._registry_error(exc, f"fetching {what}") from exc
         except httpx.HTTPError as exc:
-            raise SchemaRegistryUnavailable(
-                f"the Schema Registry cannot be reached to fetch schema id {schema_id}: {exc}"
-            ) from exc
-        if (registered.schema_type or "AVRO") != "AVRO" or not registered.schema_str:
-            raise UnknownSchemaId(f"schema id {schema_id} is a {registered.schema_type} schema, not Avro")
-        try:
-            raw = json.loads(registered.schema_str)
-            fetched = _ship(raw, f"registry id {schema_id}")
-        except Exception:
-            raise UnknownSchemaId(f"schema id {schema_id} is not a valid Avro record schema") from None
-        # Share the shipped parse when the registry holds one of our schemas: same fingerprint,
-        # same reader plan, and the no-resolution fast path for the current one.
-        writer = self._by_fingerprint.get(fetched.fingerprint, fetched)
+            raise SchemaRegistryUnavailable(f"the Schema Registry cannot be reached to fetch {what}: {exc}") from exc
+        if registered is None:  # confluent's mock answers None for an unknown GUID
+            raise UnknownSchemaId(f"the Schema Registry has no {what}")
+        writer = self._registered(registered, what.replace("schema ", "registry ", 1))
         self._by_id[schema_id] = writer
         return writer
+
+    def _registered(self, registered: Schema, source: str) -> ShippedSchema:
+        """A registry's schema as a writer schema, sharing the shipped parse when it is one of ours
+        (same fingerprint, same reader plan, and the no-resolution fast path for the current one)."""
+        if (registered.schema_type or "AVRO") != "AVRO" or not registered.schema_str:
+            raise UnknownSchemaId(f"{source} is a {registered.schema_type} schema, not Avro")
+        try:
+            fetched = _ship(json.loads(registered.schema_str), source)
+        except Exception:
+            raise UnknownSchemaId(f"{source} is not a valid Avro record schema") from None
+        return self._by_fingerprint.get(fetched.fingerprint, fetched)
 
     def _plan(self, writer: ShippedSchema, expected: type[BaseModel]) -> dict[str, Any] | None:
         """The reader schema for ``writer`` -> ``expected`` (None: writer is current, read as is)."""

@@ -25,6 +25,7 @@ __all__ = [
     "PoisonMessage",
     "PoisonReason",
     "RecordEncodeError",
+    "SchemaRegistryRefused",
     "SchemaRegistryUnavailable",
     "TruncatedMessage",
     "UnknownFingerprint",
@@ -115,6 +116,13 @@ class SchemaRegistryUnavailable(Exception):
     """The Schema Registry could not be reached or answered with a server error; retryable."""
 
     retryable = True
+
+
+class SchemaRegistryRefused(Exception):
+    """The Schema Registry refused us (HTTP 401/403), or holds no schema a writer without
+    auto-registration may use: no retry helps, so the process ends naming the setting to fix."""
+
+    retryable = False
 
 
 class RecordEncodeError(Exception):

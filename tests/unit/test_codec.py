@@ -241,7 +241,7 @@ def test_schema_id_the_registry_does_not_know_is_poison(schema_registry: FakeSch
     assert "999" in str(error)
 
 
-@pytest.mark.parametrize("data", [b'{"event_id": "e"}', b"\xc3\x02" + bytes(8) + b"\x02", b"\x01abc"])
+@pytest.mark.parametrize("data", [b'{"event_id": "e"}', b"\xc3\x02" + bytes(8) + b"\x02", b"\x02abc"])
 def test_wrong_magic_byte_is_poison(data: bytes) -> None:
     error = _poison(data, SubscriptionEvent)
     assert error.reason == "bad_magic"
