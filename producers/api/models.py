@@ -186,13 +186,16 @@ class ReportView(BaseModel):
     commands_published: int
     failed: int
     unknown_subscriptions: list[str] = Field(default_factory=list)
+    rejected: int = 0  # subscriptions validation rejects, repaired in the revoking direction only
+    rejections: dict[str, str] = Field(default_factory=dict)  # subscription -> rejection code
     error: str | None = None
 
     @classmethod
     def of(cls, r: ReconcileReport) -> ReportView:
         return cls(preview=r.preview, checked=r.checked, in_sync=r.in_sync, drifted=r.drifted,
                    commands_published=r.commands_published, failed=r.failed,
-                   unknown_subscriptions=r.unknown_subscriptions, error=r.error)
+                   unknown_subscriptions=r.unknown_subscriptions, rejected=r.rejected,
+                   rejections=dict(r.rejections), error=r.error)
 
 
 class RequestOutcome(BaseModel):

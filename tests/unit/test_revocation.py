@@ -9,6 +9,7 @@ from example_household import MAIN, PROVIDER, TWIN1, TWIN2, TWIN3, event, steps
 
 from consumers.translation import HandlerContext, translate_subscription
 from kmsbridge.cli_reconcile import format_report
+from producers.api.models import ReportView
 from provisioning import errors
 from provisioning.keys import KeySource, idempotency_key
 from provisioning.planning import REMOVED, plan_subscription
@@ -115,3 +116,13 @@ def test_the_reconcile_report_printout_names_each_rejected_subscription_with_its
 
     assert "rejected 1 (repaired in the revoking direction only): S-9 REQUIRED_DISTRIBUTOR_MISSING" in (
         format_report(report))
+
+
+def test_the_web_api_report_carries_the_rejected_subscriptions() -> None:
+    now = datetime.now(UTC)
+    report = ReconcileReport(run_id="R-1", preview=False, rejected=1, rejections={"S-9": "UNKNOWN_DISTRIBUTOR"},
+                             started_at=now, finished_at=now)
+
+    view = ReportView.of(report)
+
+    assert (view.rejected, view.rejections) == (1, {"S-9": "UNKNOWN_DISTRIBUTOR"})
