@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from kmsbridge.cli_communications import communications_group
 from kmsbridge.cli_demo import demo_cmd
 from kmsbridge.cli_dlq import dlq_group
 from kmsbridge.cli_io import produce_cmd, tail_cmd, topics_group
@@ -12,6 +13,7 @@ from kmsbridge.cli_ops import OPS_COMMANDS
 from kmsbridge.cli_reconcile import reconcile_cmd
 from kmsbridge.cli_requests import history_cmd, requests_group
 from kmsbridge.cli_run import run_cmd
+from kmsbridge.cli_runs import runs_group
 from kmsbridge.cli_simulator import simulator_group
 from kmsbridge.cli_stack import stack_group
 
@@ -24,7 +26,7 @@ def main() -> None:
 
 
 for command in (demo_cmd, produce_cmd, tail_cmd, topics_group, run_cmd, simulator_group, stack_group, lag_cmd,
-                reconcile_cmd, *OPS_COMMANDS, requests_group, history_cmd, dlq_group):
+                reconcile_cmd, *OPS_COMMANDS, requests_group, history_cmd, dlq_group, runs_group, communications_group):
     main.add_command(command)
 
 

@@ -88,7 +88,9 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 def product(kafka_bootstrap: str, _kms_simulator_server: SimulatorHandle,
             tmp_path_factory: pytest.TempPathFactory) -> Iterator[Product]:
     sim = _kms_simulator_server
-    pipeline = Pipeline(kafka_bootstrap, sim.url, sim.token, tmp_path_factory.mktemp("operator"))
+    # immediate delivery: the continuous translator sends communications (the queue has its own tests)
+    pipeline = Pipeline(kafka_bootstrap, sim.url, sim.token, tmp_path_factory.mktemp("operator"),
+                        extra_env={"KMSBRIDGE_COMMUNICATIONS__DELIVERY": "immediate"})
     procs: list[RunningProcess] = [start_translator(pipeline.settings), start_executor(pipeline.settings)]
     api: subprocess.Popen[bytes] | None = None
     try:
