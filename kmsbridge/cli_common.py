@@ -49,5 +49,5 @@ def cli_settings(*, logging: bool = True) -> Settings:
     except SettingsError as exc:
         fail(str(exc))
     if logging:
-        setup_logging(settings.log_level)
+        setup_logging(settings.log_level, settings.log_format)
     return settings

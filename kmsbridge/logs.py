@@ -1,4 +1,6 @@
-"""Logging set-up: one line per event, ``key=value`` friendly, to stderr (or a file for the stack).
+"""Logging set-up: one line per event, to stderr (or a file for the stack), as ``key=value`` text or,
+with ``KMSBRIDGE_LOG_FORMAT=json``, one JSON object per line (``time``, ``level``, ``logger``,
+``message``, ``exception``, and ``trace_id``/``span_id`` inside a traced span) as log platforms expect.
 
 Log calls name ids (event, request, idempotency key, secure client), never PINs or message texts.
 As a second line of defence every formatted line, tracebacks included, goes through a
@@ -15,10 +17,12 @@ import logging
 import os
 import re
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any, Literal
 
-__all__ = ["RedactFilter", "RedactingFormatter", "Redactor", "secrets_from_env", "setup_logging"]
+__all__ = ["JsonFormatter", "RedactFilter", "RedactingFormatter", "Redactor", "secrets_from_env", "setup_logging"]
 
 _PIN = re.compile(r"(?i)(pin[\"']?\s*[:=]\s*[\"']?)\d{4}")
 _SECRET_NAME = re.compile(r"(?i)(PASSWORD|TOKEN|SECRET|API_KEYS)")
@@ -102,11 +106,50 @@ class RedactingFormatter(logging.Formatter):
         return self.redactor(super().format(record))
 
 
-def setup_logging(level: str = "INFO") -> None:
+#: The current trace context of a log record as ``(trace_id, span_id)`` hex strings, or None; set by
+#: :mod:`kmsbridge.tracing` when tracing is on (no tracing, no lookup).
+TraceContext = Callable[[], "tuple[str, str] | None"]
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per record; the message and the exception text masked like the text format's.
+
+    Each text field is redacted before it is serialised, so a secret is matched as the process knows it
+    (JSON escaping would hide a quote or backslash in it from a redactor run over the line).
+    """
+
+    def __init__(self, redactor: Redactor, trace_context: TraceContext | None = None) -> None:
+        super().__init__()
+        self.redactor = redactor
+        self.trace_context = trace_context
+
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, Any] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": self.redactor(record.getMessage()),
+        }
+        if record.exc_info:
+            line["exception"] = self.redactor(self.formatException(record.exc_info))
+        if record.stack_info:
+            line["stack"] = self.redactor(self.formatStack(record.stack_info))
+        context = self.trace_context() if self.trace_context is not None else None
+        if context is not None:
+            line["trace_id"], line["span_id"] = context
+        return json.dumps(line, ensure_ascii=False)
+
+
+def setup_logging(level: str = "INFO", fmt: Literal["text", "json"] = "text",
+                  trace_context: TraceContext | None = None) -> None:
     redactor = Redactor(secrets_from_env())
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(RedactingFormatter("%(asctime)s level=%(levelname)s logger=%(name)s %(message)s",
-                                            redactor))
+    formatter: logging.Formatter
+    if fmt == "json":
+        formatter = JsonFormatter(redactor, trace_context)
+    else:
+        formatter = RedactingFormatter("%(asctime)s level=%(levelname)s logger=%(name)s %(message)s", redactor)
+    handler.setFormatter(formatter)
     handler.addFilter(RedactFilter(redactor))
     root = logging.getLogger()
     root.handlers[:] = [handler]
