@@ -28,10 +28,11 @@ How :meth:`LagReader.read` computes them, in steps (repeated in the code):
    alert.)
 
 :class:`LagMonitor` runs that every ``interval`` seconds in a daemon thread with its *own* clients and
-sets ``kmsbridge_consumer_lag`` / ``kmsbridge_consumer_lag_seconds``; it never touches the process's
-consumer, so a slow broker answer never delays the poll loop. Every replica of a process exports the
-lag of the whole group (not only its own partitions), so queries aggregate with
-``max by (process, topic, partition)`` before summing.
+sets ``kmsbridge_consumer_lag`` / ``kmsbridge_consumer_lag_seconds`` / ``kmsbridge_consumer_committed_offset``
+(labels ``process``, ``group``, ``topic``, ``partition``, as kminion and kafka-lag-exporter label theirs);
+it never touches the process's consumer, so a slow broker answer never delays the poll loop. Every
+replica of a process exports the lag of the whole group (not only its own partitions), so queries
+aggregate with ``max by (process, topic, partition)`` before summing.
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ from confluent_kafka.admin import AdminClient, OffsetSpec
 from prometheus_client import Gauge
 
 from consumers.errors import ConsumerError
-from consumers.metrics import CONSUMER_LAG, CONSUMER_LAG_SECONDS
+from consumers.metrics import CONSUMER_COMMITTED_OFFSET, CONSUMER_LAG, CONSUMER_LAG_SECONDS
 
 __all__ = [
     "LagError",
@@ -380,21 +381,22 @@ class LagMonitor:
         with self._lock:
             seen: set[TopicPartitionKey] = set()
             for row in lags:
-                labels = (self.process, row.topic, str(row.partition))
+                labels = (self.process, self.group, row.topic, str(row.partition))
                 CONSUMER_LAG.labels(*labels).set(row.lag)
+                CONSUMER_COMMITTED_OFFSET.labels(*labels).set(row.committed)
                 if row.lag_seconds is None:
                     _remove(CONSUMER_LAG_SECONDS, labels)
                 else:
                     CONSUMER_LAG_SECONDS.labels(*labels).set(row.lag_seconds)
                 seen.add((row.topic, row.partition))
             for topic, partition in self._published - seen:
-                labels = (self.process, topic, str(partition))
-                _remove(CONSUMER_LAG, labels)
-                _remove(CONSUMER_LAG_SECONDS, labels)
+                labels = (self.process, self.group, topic, str(partition))
+                for gauge in (CONSUMER_LAG, CONSUMER_LAG_SECONDS, CONSUMER_COMMITTED_OFFSET):
+                    _remove(gauge, labels)
             self._published = seen
             self.rounds += 1
 
 
-def _remove(metric: Gauge, labels: tuple[str, str, str]) -> None:
+def _remove(metric: Gauge, labels: tuple[str, str, str, str]) -> None:
     with contextlib.suppress(KeyError):  # never set: nothing to remove
         metric.remove(*labels)

@@ -6,10 +6,16 @@ objects they update. Label values never carry PINs, texts or ids of customers.
 
 from __future__ import annotations
 
+import platform
+from importlib.metadata import PackageNotFoundError, version
+
+import confluent_kafka
 from prometheus_client import Counter, Gauge, Histogram
 
 __all__ = [
+    "BUILD_INFO",
     "COMMANDS_INFLIGHT",
+    "CONSUMER_COMMITTED_OFFSET",
     "CONSUMER_LAG",
     "CONSUMER_LAG_SECONDS",
     "DLQ_MESSAGES",
@@ -22,6 +28,7 @@ __all__ = [
     "PROCESSING_SECONDS",
     "RECONCILE_DRIFTED",
     "RECONCILE_LAST_SUCCESS",
+    "kmsbridge_version",
 ]
 
 MESSAGES_CONSUMED = Counter(
@@ -38,15 +45,22 @@ PROCESSING_SECONDS = Histogram(
     ["process", "topic"],
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
+# The lag series carry the consumer group as kminion and kafka-lag-exporter do; the committed offset is
+# what the STALL alert watches for progress (a stuck command pins it while other partitions move).
 CONSUMER_LAG = Gauge(
     "kmsbridge_consumer_lag",
     "High watermark minus committed offset",
-    ["process", "topic", "partition"],
+    ["process", "group", "topic", "partition"],
 )
 CONSUMER_LAG_SECONDS = Gauge(
     "kmsbridge_consumer_lag_seconds",
     "Age of the oldest unprocessed message",
-    ["process", "topic", "partition"],
+    ["process", "group", "topic", "partition"],
+)
+CONSUMER_COMMITTED_OFFSET = Gauge(
+    "kmsbridge_consumer_committed_offset",
+    "The group's committed offset (the low watermark before its first commit)",
+    ["process", "group", "topic", "partition"],
 )
 KMS_REQUESTS = Counter(
     "kmsbridge_kms_requests_total",
@@ -69,3 +83,20 @@ RECONCILE_DRIFTED = Counter(
 RECONCILE_LAST_SUCCESS = Gauge(
     "kmsbridge_reconcile_last_success_timestamp_seconds", "Unix time of the last successful reset run"
 )
+
+
+def kmsbridge_version() -> str:
+    """The installed kmsbridge's version (``0+unknown`` when run from a tree that is not installed)."""
+    try:
+        return version("kmsbridge")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+BUILD_INFO = Gauge(
+    "kmsbridge_build_info",
+    "Always 1; the labels say which build runs",
+    ["version", "python", "confluent_kafka", "librdkafka"],
+)
+BUILD_INFO.labels(kmsbridge_version(), platform.python_version(), confluent_kafka.version()[0],
+                  confluent_kafka.libversion()[0]).set(1)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from consumers.metrics import kmsbridge_version
 from kmsbridge.cli_communications import communications_group
 from kmsbridge.cli_demo import demo_cmd
 from kmsbridge.cli_dlq import dlq_group
@@ -21,6 +22,7 @@ __all__ = ["main"]
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(kmsbridge_version(), "--version", prog_name="kmsbridge", message="%(prog)s %(version)s")
 def main() -> None:
     """kmsbridge: provisions an Irdeto KMS from CRM events on Kafka."""
 

@@ -194,13 +194,15 @@ def test_lag_monitor_sets_the_gauges_from_its_own_clients(
     monitor = LagMonitor(kafka_config, process, group, [topic], interval=0.2, timeout=10).start()
 
     def sample(name: str, partition: int) -> float | None:
-        return REGISTRY.get_sample_value(name, {"process": process, "topic": topic, "partition": str(partition)})
+        labels = {"process": process, "group": group, "topic": topic, "partition": str(partition)}
+        return REGISTRY.get_sample_value(name, labels)
 
     try:
         deadline = time.monotonic() + DEADLINE_S
         while time.monotonic() < deadline and sample("kmsbridge_consumer_lag", 1) is None:
             time.sleep(0.05)
         assert sample("kmsbridge_consumer_lag", 0) == 5
+        assert sample("kmsbridge_consumer_committed_offset", 0) == 1
         assert sample("kmsbridge_consumer_lag", 1) == 2
         assert (sample("kmsbridge_consumer_lag_seconds", 0) or -1) >= 0
         # committing everything brings the gauges to 0 within a few rounds

@@ -39,7 +39,7 @@ def test_time_lag_is_zero_without_lag_and_the_age_of_the_oldest_message_otherwis
 
 
 def _row(topic: str, partition: int, lag: int, seconds: float | None) -> PartitionLag:
-    return PartitionLag("g", topic, partition, committed=0, high_watermark=lag, lag=lag, lag_seconds=seconds)
+    return PartitionLag("g", topic, partition, committed=3, high_watermark=3 + lag, lag=lag, lag_seconds=seconds)
 
 
 def test_monitor_publishes_gauges_and_drops_partitions_that_disappeared() -> None:
@@ -47,9 +47,11 @@ def test_monitor_publishes_gauges_and_drops_partitions_that_disappeared() -> Non
     monitor = LagMonitor({"bootstrap.servers": "127.0.0.1:1"}, process, "g", ["t"], interval=60)
 
     def value(name: str, topic: str, partition: int) -> float | None:
-        return REGISTRY.get_sample_value(name, {"process": process, "topic": topic, "partition": str(partition)})
+        labels = {"process": process, "group": "g", "topic": topic, "partition": str(partition)}
+        return REGISTRY.get_sample_value(name, labels)
 
     monitor.publish([_row("t", 0, 5, 12.5), _row("t", 1, 0, 0.0), _row("u", 0, 2, None)])
+    assert value("kmsbridge_consumer_committed_offset", "t", 0) == 3
     assert value("kmsbridge_consumer_lag", "t", 0) == 5
     assert value("kmsbridge_consumer_lag_seconds", "t", 0) == 12.5
     assert value("kmsbridge_consumer_lag", "t", 1) == 0
@@ -61,6 +63,7 @@ def test_monitor_publishes_gauges_and_drops_partitions_that_disappeared() -> Non
     assert value("kmsbridge_consumer_lag", "t", 1) is None
     assert value("kmsbridge_consumer_lag_seconds", "t", 1) is None
     assert value("kmsbridge_consumer_lag", "u", 0) is None
+    assert value("kmsbridge_consumer_committed_offset", "u", 0) is None
     assert monitor.rounds == 2
 
 
