@@ -7,10 +7,11 @@ objects they update. Label values never carry PINs, texts or ids of customers.
 from __future__ import annotations
 
 import platform
-from importlib.metadata import PackageNotFoundError, version
 
 import confluent_kafka
 from prometheus_client import Counter, Gauge, Histogram
+
+from consumers.build_info import kmsbridge_version
 
 __all__ = [
     "BUILD_INFO",
@@ -28,7 +29,6 @@ __all__ = [
     "PROCESSING_SECONDS",
     "RECONCILE_DRIFTED",
     "RECONCILE_LAST_SUCCESS",
-    "kmsbridge_version",
 ]
 
 MESSAGES_CONSUMED = Counter(
@@ -83,14 +83,6 @@ RECONCILE_DRIFTED = Counter(
 RECONCILE_LAST_SUCCESS = Gauge(
     "kmsbridge_reconcile_last_success_timestamp_seconds", "Unix time of the last successful reset run"
 )
-
-
-def kmsbridge_version() -> str:
-    """The installed kmsbridge's version (``0+unknown`` when run from a tree that is not installed)."""
-    try:
-        return version("kmsbridge")
-    except PackageNotFoundError:
-        return "0+unknown"
 
 
 BUILD_INFO = Gauge(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from consumers.metrics import kmsbridge_version
+from consumers.build_info import kmsbridge_version
 from kmsbridge.cli_communications import communications_group
 from kmsbridge.cli_demo import demo_cmd
 from kmsbridge.cli_dlq import dlq_group
