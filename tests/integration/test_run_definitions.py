@@ -10,14 +10,17 @@ The translator runs in the default ``queue`` delivery throughout.
 
 from __future__ import annotations
 
+import threading
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 from pg import new_database, postgres_url  # noqa: F401 (the session fixture)
+from sqlalchemy import create_engine
 from test_reconciler import event, start_projector, start_reconciler, wait_projected
 
 from kms_adapter.simulator.testing import SimulatorHandle
@@ -137,6 +140,27 @@ def test_a_recurring_reset_runs_once_per_due_time_on_two_replicas_over_exactly_i
     assert not entitled(kms_simulator, old.secure_client_id)  # created before the rolling period
     assert not entitled(kms_simulator, business.secure_client_id)  # another subscription type
     assert runs.executions("dormant") == []
+    engine.dispose()
+
+
+def test_replicas_racing_for_one_due_time_execute_it_once(database_url: str) -> None:
+    engine = create_engine(database_url)
+    upgrade(engine)
+    store = RunDefinitionStore(engine)
+    definition = RunDefinition(name="nightly", kind=RunKind.RESET, schedule="0 2 * * *")
+    store.define(definition)
+    due = datetime(2026, 3, 1, 0, 0, tzinfo=UTC)
+    start = threading.Barrier(8)
+
+    def claim(owner: str) -> str | None:
+        start.wait()
+        return store.claim_due(definition, due, owner)
+
+    with ThreadPoolExecutor(8) as pool:
+        won = [c for c in pool.map(claim, [f"replica-{n}" for n in range(8)]) if c is not None]
+
+    assert len(won) == 1
+    assert [e.execution_id for e in store.executions("nightly")] == won
     engine.dispose()
 
 
