@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import time
 import uuid
 from datetime import UTC, datetime
 from typing import Any
@@ -20,11 +21,14 @@ import click
 from pydantic import SecretStr
 
 from kmsbridge.cli_ops import format_client_table
-from kmsbridge.demo import Demo, Household
+from kmsbridge.demo import WAIT_SECONDS, Demo, Household
 from kmsbridge.wiring import load_provider_or_exit
 from kmsbridge.wiring_api import build_kms
+from kmsbridge.wiring_runs import open_queue, open_run_store
 from provisioning.errors import TEXT_NOT_ENCODABLE
 from provisioning.provider import ProviderConfig
+from reconciler.communications_queue import CommunicationState
+from reconciler.run_definitions import RunDefinition, RunKind
 from schemas.records import (
     CommunicationEvent,
     KmsResult,
@@ -71,6 +75,7 @@ def _submit(d: Demo, req: ServiceRequest, expect: ResultState) -> KmsResult | No
 
 def _mail_run(d: Demo, provider: ProviderConfig, main: str, twin: str) -> None:
     d.step("A mail run: a Mail (ANSI) for the MAIN box and an on-screen Message (Unicode) for TWIN1")
+    click.echo("  the communications wait PENDING in the queue until a mail run definition executes")
     mail_text = f"Your sports package starts tonight at 20:00 (run {d.run})"
     osd_text = f"Добро пожаловать — 欢迎 — καλώς ήρθατε ✓ ({d.run})"
     now = datetime.now(UTC)
@@ -79,11 +84,33 @@ def _mail_run(d: Demo, provider: ProviderConfig, main: str, twin: str) -> None:
         d.produce("communications", CommunicationEvent(
             communication_id=f"C-{d.run}-{n}", external_system=provider.mail_run.external_system, kind=kind,
             text_mode=mode, text=text, secure_client_id=card, created_at=now))
+    if not _queued(d, {f"C-{d.run}-1", f"C-{d.run}-2"}):
+        return
+    runs = open_run_store(d.settings)
+    name = f"demo-mail-{d.run}"
+    runs.define(RunDefinition(name=name, kind=RunKind.MAIL, external_systems=[provider.mail_run.external_system]))
+    execution = runs.request(name)
+    click.echo(f"  mail run definition {name} executed ({execution.execution_id})")
     if d.wait_for("the Mail in MAIN's mailbox and the Message on TWIN1's screen",
                   lambda s: mail_text in _texts(_client(s, main).get("mailbox", []))
                   and osd_text in _texts(_client(s, twin).get("messages", []))):
         click.echo(f"  MAIN mailbox:   \"{mail_text}\" (ANSI)")
         click.echo(f"  TWIN1 screen:   \"{osd_text}\" (UNICODE)")
+
+
+def _queued(d: Demo, communication_ids: set[str]) -> bool:
+    """Wait (bounded) until the reconciler has queued every one of ``communication_ids``."""
+    queue = open_queue(d.settings)
+    deadline = time.monotonic() + WAIT_SECONDS
+    while time.monotonic() < deadline:
+        pending = {e["communication_id"] for e in queue.entries(state=CommunicationState.PENDING, limit=1000)}
+        if communication_ids <= pending:
+            click.echo(f"  {len(communication_ids)} communications PENDING in the queue")
+            return True
+        time.sleep(0.2)
+    d.failures.append("the communications queued PENDING")
+    click.echo(click.style("  ✗ expected: the communications queued PENDING", fg="red"))
+    return False
 
 
 def _global_message(d: Demo) -> None:
