@@ -30,9 +30,10 @@ import time
 from dataclasses import dataclass
 from datetime import timedelta
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaException, Message, Producer
 from sqlalchemy.exc import SQLAlchemyError
 
+from consumers.batch_commit import Assignment, is_eof_or_error, positions_after
 from consumers.dlq import DatabaseRejected, DeadLetters, is_content_error, screen_size, screen_times
 from consumers.health import HealthState
 from consumers.metrics import MESSAGES_CONSUMED, MESSAGES_PROCESSED, PROCESSING_SECONDS
@@ -73,7 +74,7 @@ class Projector:
         self._cfg = config
         self._health = health or HealthState(ttl_seconds=30)
         self._stop = threading.Event()
-        self._assigned: set[tuple[str, int]] = set()
+        self._assignment = Assignment(self._health)
         self._dead_letters = DeadLetters(producer, PROCESS)
         self.batches_committed = 0
         self.events_applied = 0
@@ -82,13 +83,13 @@ class Projector:
         self._stop.set()
 
     def run(self) -> None:
-        self._consumer.subscribe([self._cfg.topic], on_assign=self._on_assign, on_revoke=self._on_revoke,
-                                 on_lost=self._on_revoke)
+        a = self._assignment
+        self._consumer.subscribe([self._cfg.topic], on_assign=a.on_assign, on_revoke=a.on_revoke, on_lost=a.on_revoke)
         try:
             while not self._stop.is_set():
                 msgs = self._consumer.consume(self._cfg.batch_size, self._cfg.batch_seconds)  # step 1
                 self._health.polled()
-                msgs = [m for m in msgs if not _is_eof_or_error(m)]
+                msgs = [m for m in msgs if not is_eof_or_error(m)]
                 if msgs:
                     self._process_batch(msgs)
         finally:
@@ -105,11 +106,11 @@ class Projector:
             # the class only: a database error's text quotes the statement's parameters
             log.warning("projector batch failed (%s); rewinding and retrying in %.1fs", type(exc).__name__,
                         self._cfg.retry_seconds)
-            self._rewind()
+            self._assignment.rewind(self._consumer)
             self._stop.wait(self._cfg.retry_seconds)
             return
         try:
-            self._consumer.commit(offsets=_positions_after(msgs), asynchronous=False)  # step 5
+            self._consumer.commit(offsets=positions_after(msgs), asynchronous=False)  # step 5
         except KafkaException as exc:
             log.warning("offset commit failed (%s); the batch will be applied again (harmless)", exc)
         self.batches_committed += 1
@@ -171,37 +172,3 @@ class Projector:
         remaining = self._producer.flush(self._cfg.flush_timeout_seconds)
         if remaining:
             raise PublishFailed(f"{remaining} DLQ message(s) not delivered to {self._cfg.dlq_topic}")
-
-    def _rewind(self) -> None:
-        parts = [TopicPartition(t, p) for t, p in self._assigned]
-        if not parts:
-            return
-        for tp in self._consumer.committed(parts, timeout=10):
-            self._consumer.seek(tp if tp.offset >= 0 else TopicPartition(tp.topic, tp.partition, -2))
-
-    def _on_assign(self, consumer: Consumer, parts: list[TopicPartition]) -> None:
-        self._assigned.update((tp.topic, tp.partition) for tp in parts)
-        self._health.assigned = bool(self._assigned)
-
-    def _on_revoke(self, consumer: Consumer, parts: list[TopicPartition]) -> None:
-        # nothing to commit: every processed batch was committed synchronously (step 5)
-        for tp in parts:
-            self._assigned.discard((tp.topic, tp.partition))
-        self._health.assigned = bool(self._assigned)
-
-
-def _is_eof_or_error(msg: Message) -> bool:
-    err = msg.error()
-    if err is None:
-        return False
-    if err.code() != KafkaError._PARTITION_EOF:
-        log.warning("consumer error: %s", err)
-    return True
-
-
-def _positions_after(msgs: list[Message]) -> list[TopicPartition]:
-    nxt: dict[tuple[str, int], int] = {}
-    for m in msgs:
-        key = (m.topic() or "", m.partition() or 0)
-        nxt[key] = max(nxt.get(key, 0), (m.offset() or 0) + 1)
-    return [TopicPartition(t, p, o) for (t, p), o in nxt.items()]

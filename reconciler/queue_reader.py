@@ -28,11 +28,11 @@ from datetime import timedelta
 from confluent_kafka import Consumer, KafkaException, Message, Producer, TopicPartition
 from sqlalchemy.exc import SQLAlchemyError
 
+from consumers.batch_commit import is_eof_or_error, positions_after
 from consumers.dlq import DeadLetters, screen_size, screen_times
 from consumers.health import HealthState
 from consumers.metrics import MESSAGES_CONSUMED, MESSAGES_PROCESSED
 from reconciler.communications_queue import CommunicationQueue
-from reconciler.projector import _is_eof_or_error, _positions_after
 from schemas.codec import Codec
 from schemas.errors import PoisonMessage
 from schemas.records import CommunicationEvent, KmsResult
@@ -81,7 +81,7 @@ class QueueReader:
             while not self._stop.is_set():
                 msgs = self._consumer.consume(self._cfg.batch_size, self._cfg.batch_seconds)  # step 1
                 self._health.polled()
-                msgs = [m for m in msgs if not _is_eof_or_error(m)]
+                msgs = [m for m in msgs if not is_eof_or_error(m)]
                 if msgs:
                     self._process(msgs)
         finally:
@@ -109,7 +109,7 @@ class QueueReader:
             self._stop.wait(self._cfg.retry_seconds)
             return
         try:
-            self._consumer.commit(offsets=_positions_after(msgs), asynchronous=False)  # step 4
+            self._consumer.commit(offsets=positions_after(msgs), asynchronous=False)  # step 4
         except KafkaException as exc:
             log.warning("offset commit failed (%s); the batch will be written again (harmless)", exc)
         for topic, outcome in outcomes:

@@ -32,15 +32,13 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
+from confluent_kafka import Consumer, KafkaException, Message
 from pydantic import BaseModel
 from sqlalchemy.exc import SQLAlchemyError
 
+from consumers.batch_commit import Assignment, is_eof_or_error, positions_after
 from consumers.health import HealthState
 from consumers.metrics import MESSAGES_CONSUMED, MESSAGES_PROCESSED, PROCESSING_SECONDS
-
-# the projector's batch helpers: the same at-least-once batch protocol, one copy of them
-from reconciler.projector import _is_eof_or_error, _positions_after
 from reconciler.request_log_store import LogBatch, RequestLog
 from schemas.codec import Codec
 from schemas.errors import PoisonMessage, SchemaRegistryUnavailable
@@ -89,7 +87,7 @@ class RequestLogWriter:
         self._types: dict[str, type[BaseModel]] = {topic: _RECORDS[name] for name, topic in config.topics.items()}
         self._health = health or HealthState(ttl_seconds=30)
         self._stop = threading.Event()
-        self._assigned: set[tuple[str, int]] = set()
+        self._assignment = Assignment(self._health)
         self._next_purge = 0.0
         self.records_written = 0
 
@@ -97,13 +95,14 @@ class RequestLogWriter:
         self._stop.set()
 
     def run(self) -> None:
-        self._consumer.subscribe(sorted(self._types), on_assign=self._on_assign, on_revoke=self._on_revoke,
-                                 on_lost=self._on_revoke)
+        a = self._assignment
+        self._consumer.subscribe(sorted(self._types), on_assign=a.on_assign, on_revoke=a.on_revoke,
+                                 on_lost=a.on_revoke)
         try:
             while not self._stop.is_set():
                 msgs = self._consumer.consume(self._cfg.batch_size, self._cfg.batch_seconds)  # step 1
                 self._health.polled()
-                msgs = [m for m in msgs if not _is_eof_or_error(m)]
+                msgs = [m for m in msgs if not is_eof_or_error(m)]
                 if msgs:
                     self._process_batch(msgs)
                 self._purge_when_due()
@@ -118,11 +117,11 @@ class RequestLogWriter:
         except (SQLAlchemyError, SchemaRegistryUnavailable) as exc:
             log.warning("request-log batch failed (%s: %s); rewinding and retrying in %.1fs",
                         type(exc).__name__, exc, self._cfg.retry_seconds)
-            self._rewind()
+            self._assignment.rewind(self._consumer)
             self._stop.wait(self._cfg.retry_seconds)
             return
         try:
-            self._consumer.commit(offsets=_positions_after(msgs), asynchronous=False)  # step 4
+            self._consumer.commit(offsets=positions_after(msgs), asynchronous=False)  # step 4
         except KafkaException as exc:
             log.warning("offset commit failed (%s); the batch will be written again (harmless)", exc)
         self.records_written += len(batch)
@@ -166,23 +165,6 @@ class RequestLogWriter:
             return
         if deleted:
             log.info("request-log retention deleted=%d older_than=%s", deleted, before.isoformat())
-
-    def _rewind(self) -> None:
-        parts = [TopicPartition(t, p) for t, p in self._assigned]
-        if not parts:
-            return
-        for tp in self._consumer.committed(parts, timeout=10):
-            self._consumer.seek(tp if tp.offset >= 0 else TopicPartition(tp.topic, tp.partition, -2))
-
-    def _on_assign(self, consumer: Consumer, parts: list[TopicPartition]) -> None:
-        self._assigned.update((tp.topic, tp.partition) for tp in parts)
-        self._health.assigned = bool(self._assigned)
-
-    def _on_revoke(self, consumer: Consumer, parts: list[TopicPartition]) -> None:
-        # nothing to commit: every written batch was committed synchronously (step 4)
-        for tp in parts:
-            self._assigned.discard((tp.topic, tp.partition))
-        self._health.assigned = bool(self._assigned)
 
 
 def _add(batch: LogBatch, record: object, seen_at: datetime) -> None:
