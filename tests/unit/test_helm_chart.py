@@ -79,8 +79,9 @@ def _objects(*values: str, sets: tuple[str, ...] = ()) -> list[Manifest]:
     return [obj for _src, obj in _render(*values, sets=sets)]
 
 
+PROMETHEUS = "http://prometheus-operated.monitoring:9090"
 ALL_ON = ("serviceMonitor.enabled=true", "prometheusRule.enabled=true", "translator.keda.enabled=true",
-          "executor.keda.enabled=true")
+          "executor.keda.enabled=true", f"executor.keda.breakerGate.prometheusServerAddress={PROMETHEUS}")
 RENDERINGS = {
     "ci-defaults": ((str(CI_VALUES),), ()),
     "ci-everything-enabled": ((str(CI_VALUES),), ALL_ON),
@@ -188,8 +189,7 @@ def test_crd_objects_are_well_formed() -> None:
         assert obj["apiVersion"] == "keda.sh/v1alpha1"
         target = obj["spec"]["scaleTargetRef"]["name"]
         assert target in _by_kind(objects, "Deployment")
-        (trigger,) = obj["spec"]["triggers"]
-        assert trigger["type"] == "kafka"
+        (trigger,) = [t for t in obj["spec"]["triggers"] if t["type"] == "kafka"]
         meta = trigger["metadata"]
         assert {"bootstrapServers", "consumerGroup", "lagThreshold"} <= set(meta)
         assert meta["consumerGroup"] == f"kmsbridge-{target.removeprefix('rel-kmsbridge-')}"
@@ -202,9 +202,38 @@ def test_crd_objects_are_well_formed() -> None:
     assert set(params) == {"username", "password", "ca"}
     assert params["password"]["name"] == "kmsbridge-kafka"
     for obj in _by_kind(sasl, "ScaledObject").values():
-        meta = obj["spec"]["triggers"][0]["metadata"]
-        assert (meta["sasl"], meta["tls"]) == ("scram_sha512", "enable")
-        assert obj["spec"]["triggers"][0]["authenticationRef"]["name"] == "rel-kmsbridge-kafka"
+        (kafka,) = [t for t in obj["spec"]["triggers"] if t["type"] == "kafka"]
+        assert (kafka["metadata"]["sasl"], kafka["metadata"]["tls"]) == ("scram_sha512", "enable")
+        assert kafka["authenticationRef"]["name"] == "rel-kmsbridge-kafka"
+
+
+def test_the_executor_scaler_reports_no_lag_while_the_kms_breaker_is_open() -> None:
+    scalers = _by_kind(_rendering("ci-everything-enabled"), "ScaledObject")
+    executor = scalers["rel-kmsbridge-executor"]["spec"]
+    triggers = {t["name"]: t for t in executor["triggers"]}
+
+    assert set(triggers) == {"breaker_open", "lag"}
+    breaker = triggers["breaker_open"]
+    assert breaker["type"] == "prometheus" and breaker["metadata"]["serverAddress"] == PROMETHEUS
+    assert breaker["metadata"]["query"] == 'max(kmsbridge_kms_breaker_open{namespace="kms"}) or vector(0)'
+    modifiers = executor["advanced"]["scalingModifiers"]
+    assert modifiers["formula"] == "breaker_open > 0 ? 0 : lag"
+    assert modifiers["target"] == triggers["lag"]["metadata"]["lagThreshold"]
+    # the translator never calls the KMS: its scaler is the lag alone
+    assert [t["type"] for t in scalers["rel-kmsbridge-translator"]["spec"]["triggers"]] == ["kafka"]
+
+
+def test_the_breaker_gate_needs_the_prometheus_address() -> None:
+    result = _run_helm("template", "rel", str(CHART), "--kube-version", K8S_VERSION, "-f", str(CI_VALUES),
+                       "--set", "executor.keda.enabled=true")
+    assert result.returncode != 0
+    assert "executor.keda.breakerGate.prometheusServerAddress is required" in result.stderr
+
+
+def test_every_pdb_lets_drains_evict_pods_that_are_not_ready() -> None:
+    budgets = _by_kind(_rendering("ci-defaults"), "PodDisruptionBudget")
+    assert set(budgets) == {f"rel-kmsbridge-{c}" for c in DEPLOYMENTS}
+    assert {b["spec"]["unhealthyPodEvictionPolicy"] for b in budgets.values()} == {"AlwaysAllow"}
 
 
 # --- security and probes -----------------------------------------------------------------------------
@@ -232,6 +261,22 @@ def test_every_workload_runs_hardened(rendering: str) -> None:
             assert mounts["/tmp"]["name"] == "tmp", name
             assert all(m.get("readOnly") for path, m in mounts.items() if path != "/tmp"), name
             assert container["resources"]["requests"] and container["resources"]["limits"]["memory"], name
+
+
+def test_security_contexts_are_overridable_for_openshift() -> None:
+    """OpenShift's restricted SCC assigns the user itself: unsetting the ids keeps the rest restricted."""
+    ids = [f"{ctx}.{field}=null" for ctx in ("podSecurityContext", "containerSecurityContext")
+           for field in ("runAsUser", "runAsGroup")]
+    sets = (*ids, "podSecurityContext.fsGroup=null")
+    pods = list(_pod_specs(_objects(str(CI_VALUES), sets=sets)))
+    assert len(pods) == 8
+    for name, pod in pods:
+        assert not {"runAsUser", "runAsGroup", "fsGroup"} & set(pod["securityContext"]), name
+        assert pod["securityContext"]["runAsNonRoot"] is True, name
+        for container in pod["containers"]:
+            csc = container["securityContext"]
+            assert "runAsUser" not in csc and csc["runAsNonRoot"] is True, name
+            assert csc["readOnlyRootFilesystem"] is True and csc["capabilities"]["drop"] == ["ALL"], name
 
 
 def test_every_deployment_probes_healthz_and_readyz_on_its_metrics_port() -> None:
@@ -482,3 +527,68 @@ def test_dockerfile_builds_a_non_root_image_matching_the_chart() -> None:
     assert re.search(r'^ENTRYPOINT \["kmsbridge"\]$', text, re.MULTILINE)
     ignored = (ROOT / ".dockerignore").read_text().split()
     assert {".venv", ".cache", ".git"} <= set(ignored)
+
+
+# --- values schema, NOTES, helm test, schema registry -------------------------------------------------
+
+
+@pytest.mark.parametrize(("setting", "error"), [
+    ("executor.replicas=two", "/executor/replicas"),
+    ("logFormat=yaml", "/logFormat"),
+    ("schemaRegistry.autoRegister=maybe", "/schemaRegistry/autoRegister"),
+    ("schemaRegistryUrl=http://sr:8081", "schemaRegistryUrl"),  # an unknown key, e.g. a renamed value
+])
+def test_a_value_of_the_wrong_type_or_an_unknown_key_fails_helm_lint(setting: str, error: str) -> None:
+    result = _run_helm("lint", "--strict", str(CHART), "-f", str(CI_VALUES), "--kube-version", K8S_VERSION,
+                       "--set", setting)
+    assert result.returncode != 0
+    assert error in result.stdout + result.stderr
+
+
+def test_values_schema_describes_every_value() -> None:
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    assert set(values) <= set(schema["properties"])
+    assert schema["additionalProperties"] is False
+
+
+def test_notes_tell_how_to_check_the_release() -> None:
+    notes = (CHART / "templates" / "NOTES.txt").read_text()
+    assert "helm test {{ .Release.Name }}" in notes and "kmsbridge lag" in notes
+
+
+def test_helm_test_hook_reads_the_groups_lag_with_the_release_settings() -> None:
+    objects = _rendering("sasl-tls")
+    (pod,) = [o for o in objects if o["kind"] == "Pod"]
+    assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
+    spec = pod["spec"]
+    (container,) = spec["containers"]
+    assert container["args"] == ["lag", "--json"]
+    env = {e["name"] for e in container["env"]}
+    assert {"KMSBRIDGE_KAFKA__BOOTSTRAP_SERVERS", "KMSBRIDGE_KAFKA__SASL_PASSWORD"} <= env
+    assert spec["securityContext"]["runAsNonRoot"] is True
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+
+
+def test_schema_registry_credentials_and_ca_come_from_existing_secrets() -> None:
+    sets = ("schemaRegistry.url=https://registry.example.net", "schemaRegistry.existingSecret=kmsbridge-registry",
+            "schemaRegistry.caSecret=kmsbridge-registry-ca")
+    objects = _objects(str(CI_VALUES), sets=sets)
+    deployments = _by_kind(objects, "Deployment")
+    for name, deployment in deployments.items():
+        pod = deployment["spec"]["template"]["spec"]
+        (container,) = pod["containers"]
+        env = {e["name"]: e for e in container["env"]}
+        assert env["KMSBRIDGE_SCHEMA_REGISTRY_URL"]["value"] == "https://registry.example.net", name
+        assert env["KMSBRIDGE_SCHEMA_REGISTRY__AUTO_REGISTER"]["value"] == "false", name
+        assert env["KMSBRIDGE_SCHEMA_REGISTRY__USERNAME"]["valueFrom"]["secretKeyRef"] == {
+            "name": "kmsbridge-registry", "key": "username"}, name
+        password_file = env["KMSBRIDGE_SCHEMA_REGISTRY__PASSWORD_FILE"]["value"]
+        ca_file = env["KMSBRIDGE_SCHEMA_REGISTRY__CA_LOCATION"]["value"]
+        mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        assert password_file == f"{mounts['schema-registry']}/password", name
+        assert ca_file == f"{mounts['schema-registry-ca']}/ca.crt", name
+        assert volumes["schema-registry"]["secret"]["secretName"] == "kmsbridge-registry", name
+        assert volumes["schema-registry-ca"]["secret"]["secretName"] == "kmsbridge-registry-ca", name
+    assert not [o for o in objects if o["kind"] == "Secret"]

@@ -61,34 +61,19 @@ app.kubernetes.io/component: {{ .component }}
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
 {{- end }}
 
-{{/* Hardened pod-level security context (restricted Pod Security Standard). */}}
+{{/* Pod-level security context: values.podSecurityContext (restricted Pod Security Standard by default). */}}
 {{- define "kmsbridge.podSecurityContext" -}}
-runAsNonRoot: true
-runAsUser: 10001
-runAsGroup: 10001
-fsGroup: 10001
-seccompProfile:
-  type: RuntimeDefault
+{{- toYaml .Values.podSecurityContext }}
 {{- end }}
 
-{{/* Hardened container security context. */}}
+{{/* Container security context: values.containerSecurityContext (restricted by default). */}}
 {{- define "kmsbridge.containerSecurityContext" -}}
-runAsNonRoot: true
-runAsUser: 10001
-runAsGroup: 10001
-allowPrivilegeEscalation: false
-readOnlyRootFilesystem: true
-privileged: false
-capabilities:
-  drop:
-    - ALL
-seccompProfile:
-  type: RuntimeDefault
+{{- toYaml .Values.containerSecurityContext }}
 {{- end }}
 
 {{/*
 Environment of a kmsbridge container:
-(dict "root" $ "kms" bool "db" bool "apiKeys" bool "pins" bool "extra" list).
+(dict "root" $ "component" name "kms" bool "db" bool "apiKeys" bool "pins" bool "extra" list).
 Secrets come only from existing Secrets: files for the KMS token, the API keys and the PIN keys (the
 settings read *_FILE), secretKeyRef for the database URL and the Kafka SASL credentials.
 */}}
@@ -128,9 +113,30 @@ settings read *_FILE), secretKeyRef for the database URL and the Kafka SASL cred
   value: {{ $v.topics.partitions | quote }}
 - name: KMSBRIDGE_TOPICS__REPLICATION_FACTOR
   value: {{ $v.topics.replicationFactor | quote }}
-{{- if $v.schemaRegistryUrl }}
+{{- with $v.schemaRegistry }}
+{{- if .url }}
 - name: KMSBRIDGE_SCHEMA_REGISTRY_URL
-  value: {{ $v.schemaRegistryUrl | quote }}
+  value: {{ .url | quote }}
+- name: KMSBRIDGE_SCHEMA_REGISTRY__SUBJECT_NAME_STRATEGY
+  value: {{ .subjectNameStrategy | quote }}
+- name: KMSBRIDGE_SCHEMA_REGISTRY__AUTO_REGISTER
+  value: {{ .autoRegister | quote }}
+- name: KMSBRIDGE_SCHEMA_REGISTRY__USE_LATEST_VERSION
+  value: {{ .useLatestVersion | quote }}
+{{- if .existingSecret }}
+- name: KMSBRIDGE_SCHEMA_REGISTRY__USERNAME
+  valueFrom:
+    secretKeyRef:
+      name: {{ .existingSecret }}
+      key: {{ .usernameKey }}
+- name: KMSBRIDGE_SCHEMA_REGISTRY__PASSWORD_FILE
+  value: /etc/kmsbridge/schema-registry/password
+{{- end }}
+{{- if .caSecret }}
+- name: KMSBRIDGE_SCHEMA_REGISTRY__CA_LOCATION
+  value: /etc/kmsbridge/schema-registry-ca/ca.crt
+{{- end }}
+{{- end }}
 {{- end }}
 - name: KMSBRIDGE_PROVIDER_FILE
   value: /etc/kmsbridge/provider/provider.yaml
@@ -142,6 +148,14 @@ settings read *_FILE), secretKeyRef for the database URL and the Kafka SASL cred
   value: {{ $v.shutdownGraceSeconds | quote }}
 - name: KMSBRIDGE_LOG_LEVEL
   value: {{ $v.logLevel | quote }}
+- name: KMSBRIDGE_LOG_FORMAT
+  value: {{ $v.logFormat | quote }}
+{{- if $v.otlpEndpoint }}
+- name: OTEL_EXPORTER_OTLP_ENDPOINT
+  value: {{ $v.otlpEndpoint | quote }}
+- name: OTEL_SERVICE_NAME
+  value: {{ printf "%s-%s" (include "kmsbridge.fullname" .root) (.component | default "job") | quote }}
+{{- end }}
 - name: POD_NAME
   valueFrom:
     fieldRef:
@@ -200,6 +214,16 @@ settings read *_FILE), secretKeyRef for the database URL and the Kafka SASL cred
   mountPath: /etc/kmsbridge/kafka-ca
   readOnly: true
 {{- end }}
+{{- if and $v.schemaRegistry.url $v.schemaRegistry.existingSecret }}
+- name: schema-registry
+  mountPath: /etc/kmsbridge/schema-registry
+  readOnly: true
+{{- end }}
+{{- if and $v.schemaRegistry.url $v.schemaRegistry.caSecret }}
+- name: schema-registry-ca
+  mountPath: /etc/kmsbridge/schema-registry-ca
+  readOnly: true
+{{- end }}
 {{- if .kms }}
 - name: kms-token
   mountPath: /etc/kmsbridge/kms
@@ -238,6 +262,23 @@ settings read *_FILE), secretKeyRef for the database URL and the Kafka SASL cred
     secretName: {{ $v.kafka.tls.caSecret }}
     items:
       - key: {{ $v.kafka.tls.caKey }}
+        path: ca.crt
+{{- end }}
+{{- if and $v.schemaRegistry.url $v.schemaRegistry.existingSecret }}
+- name: schema-registry
+  secret:
+    secretName: {{ $v.schemaRegistry.existingSecret }}
+    defaultMode: 0440
+    items:
+      - key: {{ $v.schemaRegistry.passwordKey }}
+        path: password
+{{- end }}
+{{- if and $v.schemaRegistry.url $v.schemaRegistry.caSecret }}
+- name: schema-registry-ca
+  secret:
+    secretName: {{ $v.schemaRegistry.caSecret }}
+    items:
+      - key: {{ $v.schemaRegistry.caKey }}
         path: ca.crt
 {{- end }}
 {{- if .kms }}
@@ -366,7 +407,7 @@ spec:
           imagePullPolicy: {{ $v.image.pullPolicy }}
           args: ["run", {{ .component | quote }}]
           env:
-            {{- include "kmsbridge.env" (dict "root" $root "kms" .kms "db" .db "apiKeys" .apiKeys "pins" .pins "extra" $c.extraEnv) | nindent 12 }}
+            {{- include "kmsbridge.env" (dict "root" $root "component" .component "kms" .kms "db" .db "apiKeys" .apiKeys "pins" .pins "extra" $c.extraEnv) | nindent 12 }}
           ports:
             - name: metrics
               containerPort: {{ $v.metrics.port }}
@@ -418,6 +459,7 @@ metadata:
     {{- include "kmsbridge.componentLabels" . | nindent 4 }}
 spec:
   maxUnavailable: {{ $c.pdb.maxUnavailable }}
+  unhealthyPodEvictionPolicy: {{ .root.Values.pdbUnhealthyPodEvictionPolicy }}
   selector:
     matchLabels:
       {{- include "kmsbridge.componentSelectorLabels" . | nindent 6 }}
@@ -425,7 +467,10 @@ spec:
 
 {{/*
 KEDA ScaledObject of one consumer: (dict "root" $ "component" "executor"). The kafka trigger reads the
-group's lag like `kmsbridge lag` does; KEDA never scales past the partition count.
+group's lag like `kmsbridge lag` does; KEDA never scales past the partition count. With keda.breakerGate
+(the executor's), a prometheus trigger reads kmsbridge_kms_breaker_open and a scalingModifiers formula
+reports no lag while the breaker is open: lag grows during a KMS outage, and more executors would only
+hammer a KMS that is down.
 */}}
 {{- define "kmsbridge.scaledObject" -}}
 {{- $root := .root -}}
@@ -447,8 +492,27 @@ spec:
   maxReplicaCount: {{ $c.keda.maxReplicas }}
   pollingInterval: 30
   cooldownPeriod: 300
+  {{- $gate := and (hasKey $c.keda "breakerGate") $c.keda.breakerGate.enabled }}
+  {{- if $gate }}
+  advanced:
+    scalingModifiers:
+      formula: "breaker_open > 0 ? 0 : lag"
+      target: {{ $c.keda.lagThreshold | quote }}
+      metricType: AverageValue
+  {{- end }}
   triggers:
+    {{- if $gate }}
+    - type: prometheus
+      name: breaker_open
+      metadata:
+        serverAddress: {{ required "executor.keda.breakerGate.prometheusServerAddress is required when the breaker gate is enabled (or set breakerGate.enabled=false)" $c.keda.breakerGate.prometheusServerAddress | quote }}
+        query: {{ printf "max(kmsbridge_kms_breaker_open{namespace=\"%s\"}) or vector(0)" $root.Release.Namespace | quote }}
+        threshold: "1"
+    {{- end }}
     - type: kafka
+      {{- if $gate }}
+      name: lag
+      {{- end }}
       metadata:
         bootstrapServers: {{ required "kafka.bootstrapServers is required" $v.kafka.bootstrapServers | quote }}
         consumerGroup: {{ printf "%s-%s" $v.groupPrefix .component | quote }}
