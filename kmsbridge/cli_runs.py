@@ -52,10 +52,7 @@ def _store() -> RunDefinitionStore:
 
 
 def definition_view(definition: RunDefinition) -> dict[str, Any]:
-    view = definition.model_dump(mode="json")
-    nxt = definition.next_due(datetime.now(UTC)) if definition.effective else None
-    view["next_due"] = nxt.isoformat() if nxt else None
-    return view
+    return definition.view(datetime.now(UTC))
 
 
 def _define(fields: dict[str, Any]) -> None:
@@ -137,7 +134,7 @@ def list_cmd(as_json: bool) -> None:
         click.echo(json.dumps(views))
         return
     rows = [(v["name"], v["kind"], "Effective" if v["effective"] else "Not Effective",
-             v["schedule"] or v["once_at"] or "by hand", v["next_due"]) for v in views]
+             v["schedule"] or v["once_at"] or "by hand", v["next_due_at"]) for v in views]
     for line in format_rows(("NAME", "KIND", "STATE", "SCHEDULE", "NEXT DUE"), rows):
         click.echo(line)
 

@@ -169,12 +169,16 @@ def run_api(settings: Settings) -> None:
                     signal.signal(s, handler)
 
     from kmsbridge.wiring import engine_for, migrate
+    from reconciler.communications_queue import CommunicationQueue
+    from reconciler.run_definitions import RunDefinitionStore
     from reconciler.store import DesiredStateStore
 
     engine = engine_for(settings)
     migrate(engine)
     try:
         process = build_api(settings, directory=DesiredStateStore(engine), request_log=RequestLog(engine))
+        process.app.state.run_store = RunDefinitionStore(engine)
+        process.app.state.communication_queue = CommunicationQueue(engine)
     except ValueError as exc:
         raise SettingsError(str(exc)) from exc
     config = uvicorn.Config(process.app, host=settings.api.host, port=settings.api.port, log_config=None,

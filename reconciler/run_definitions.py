@@ -153,6 +153,11 @@ class RunDefinition(BaseModel):
         due = due.astimezone(UTC)
         return due if since < due <= now else None
 
+    def view(self, now: datetime) -> dict[str, Any]:
+        """The definition as JSON values, with ``next_due_at`` (``None``: Not Effective or no schedule)."""
+        nxt = self.next_due(now) if self.effective else None
+        return {**self.model_dump(mode="json"), "next_due_at": nxt.isoformat() if nxt else None}
+
     def next_due(self, after: datetime) -> datetime | None:
         if self.once_at is not None:
             return self.once_at if self.once_at > after else None

@@ -33,15 +33,18 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import Counter, Histogram, make_asgi_app
 from pydantic import SecretStr
+from starlette.exceptions import HTTPException
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from kms_adapter.port import KmsPort
+from producers.api.allow import complete_allow_header
 from producers.api.auth import ApiKeyAuth
 from producers.api.deps import AlwaysReady, ApiServices, OutcomeSource, Probe
 from producers.api.ratelimit import KeyRateLimit, limited_caller
 from producers.api.routes import router
 from producers.api.routes_log import log_router
+from producers.api.routes_runs import runs_router
 from producers.requests import RequestPublisher
 
 __all__ = ["API_REQUESTS", "API_REQUEST_SECONDS", "METHODS", "ApiConfig", "create_app", "validation_error"]
@@ -123,8 +126,10 @@ def create_app(settings: ApiConfig, publisher: RequestPublisher, outcomes: Outco
     app.state.services = ApiServices(publisher=publisher, outcomes=outcomes, kms=kms,
                                      wait_seconds=settings.api.wait_seconds, probe=probe or AlwaysReady())
     app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_exception_handler(HTTPException, complete_allow_header)
     app.include_router(router)
     app.include_router(log_router)  # the request log: app.state.request_log, set by kmsbridge.wiring_api
+    app.include_router(runs_router)  # run definitions and the queue: app.state.run_store, .communication_queue
 
     @app.get("/healthz", include_in_schema=False)
     def healthz(request: Request) -> PlainTextResponse:

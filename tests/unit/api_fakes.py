@@ -27,6 +27,8 @@ from producers.errors import ProducerError
 from producers.outcomes import OutcomeStore, planning_expectation
 from provisioning.provider import load_provider
 from provisioning.text import TextLimits
+from reconciler.communications_queue import CommunicationQueue
+from reconciler.run_definitions import RunDefinitionStore
 from schemas.records import KmsResult, ReconcileRequest, ResultState, ServiceRequest
 
 __all__ = ["KEY", "PROVIDER", "ApiUnderTest", "FakePublisher", "auth", "build", "result_for"]
@@ -88,4 +90,6 @@ def build(keys: list[str] | None = None, *, wait_seconds: float = 2.0, kms: InMe
     fake_kms = kms or InMemoryKms()
     app = create_app(settings, publisher, store, fake_kms)
     app.state.request_log = memory_request_log()
+    app.state.run_store = RunDefinitionStore(app.state.request_log.engine)
+    app.state.communication_queue = CommunicationQueue(app.state.request_log.engine)
     return ApiUnderTest(app, TestClient(app), publisher, store, fake_kms)

@@ -342,6 +342,9 @@ def test_the_openapi_document_lists_every_route() -> None:
     client = "/v1/secure-clients/{secure_client_id}"
     assert set(paths) == {f"{client}/pin", f"{client}/reauthorise", client, "/v1/messages",
                           "/v1/subscriptions/{subscription_id}/reset", "/v1/reconcile-runs",
-                          "/v1/requests/{request_id}", "/v1/provisioning-requests", f"{client}/history"}
+                          "/v1/requests/{request_id}", "/v1/provisioning-requests", f"{client}/history",
+                          "/v1/run-definitions", "/v1/run-definitions/{name}", "/v1/run-definitions/{name}/effective",
+                          "/v1/run-definitions/{name}/not-effective", "/v1/run-definitions/{name}/executions",
+                          "/v1/communications"}
     assert "process_immediately" in {p["name"] for p in paths["/v1/messages"]["post"]["parameters"]}
     assert KEY not in str(paths)
