@@ -276,12 +276,17 @@ class RequestLog:
     def search(self, where: LogFilter, *, limit: int = 50, cursor: str | None = None) -> LogPage:
         """Entries matching every filter, newest first; ``next_cursor`` continues after the last one."""
         query: Select[Any] = select(*[T.c[n] for n in _VIEW_COLUMNS])
+        # The most selective filter given leads (its index ending in (created_at, entry_key) serves the
+        # range and the order); the others are written `column || '' = value`, which no index serves, so
+        # a planner without statistics (SQLite) cannot walk, say, every REJECTED row to find one box's.
+        leading = True
         for column, value in ((T.c.secure_client_id, where.secure_client_id),
-                              (T.c.subscription_id, where.subscription_id), (T.c.operation, where.operation),
-                              (T.c.state, where.state), (T.c.process_name, where.process_name),
-                              (T.c.kind, where.kind)):
-            if value is not None:
-                query = query.where(column == value)
+                              (T.c.subscription_id, where.subscription_id), (T.c.process_name, where.process_name),
+                              (T.c.operation, where.operation), (T.c.state, where.state), (T.c.kind, where.kind)):
+            if value is None:
+                continue
+            query = query.where(column == value if leading else column.concat("") == value)
+            leading = False
         if where.since is not None:
             query = query.where(T.c.created_at >= where.since)
         if where.until is not None:
