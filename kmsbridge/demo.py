@@ -253,6 +253,9 @@ def run_demo(settings: Settings, simulator_url: str, token: str) -> int:
         from kmsbridge.demo_selection import selection_steps
 
         second = selection_steps(demo)
+        from kmsbridge.demo_runs import runs_steps
+
+        runs_steps(demo, hh)
         click.echo("")
         click.echo(click.style("Final KMS state of the households, per box", bold=True))
         demo.table(hh)
