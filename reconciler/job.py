@@ -62,7 +62,7 @@ from provisioning.provider import ProviderConfig
 from provisioning.repair import plan_repair
 from reconciler.drift import DesiredStates, SubscriptionDrift, cards_to_query, compare
 from reconciler.expectations import Expectations, fingerprint
-from reconciler.lock import RunLock
+from reconciler.lock import LeaseLost, LockTimeout, RunLock
 from reconciler.model import Selection, StoredSubscription
 from reconciler.progress import Progress
 from reconciler.publish import CommandSink
@@ -70,7 +70,7 @@ from reconciler.store import DesiredStateStore
 from schemas.errors import describe_validation_error
 from schemas.records import DriftItem, KmsCommand, ReconcileReport, ReconcileRequest
 
-__all__ = ["JobConfig", "ResetJob", "RunInterrupted", "RunStats"]
+__all__ = ["JobConfig", "ResetJob", "RunInterrupted", "RunStats", "report_error"]
 
 log = logging.getLogger(__name__)
 PROCESS = "reconciler"
@@ -165,8 +165,8 @@ class ResetJob:
             log.warning("reconcile interrupted run_id=%s checked=%d", request.run_id, stats.checked)
             raise
         except Exception as exc:
-            error = f"{type(exc).__name__}: {exc}"
-            log.error("reconcile failed run_id=%s error=%s", request.run_id, error)
+            error = report_error(exc)
+            log.error("reconcile failed run_id=%s error=%s: %s", request.run_id, type(exc).__name__, exc)
         duration = time.monotonic() - t0
         finished = started + timedelta(seconds=duration)
         RECONCILE_DRIFTED.labels(kind).inc(stats.drifted)
@@ -360,3 +360,13 @@ class ResetJob:
         room = max(0, self.config.item_cap - len(stats.items))
         stats.items.extend(items[:room])
         stats.items_omitted += max(0, len(items) - room)
+
+
+def report_error(exc: BaseException) -> str:
+    """The ``error`` of a failed run's report, which the CLI, the Web API and CRM read: our own errors
+    (the KMS's, the run lock's) carry texts we wrote (an error kind, a KMS code, the lock's holder); any
+    other exception (a database driver's, a library's) is named by its class only, since its text may
+    quote SQL, parameters or addresses. The reconciler's log keeps the whole text."""
+    if isinstance(exc, KmsError | LockTimeout | LeaseLost):
+        return f"{type(exc).__name__}: {exc}"
+    return f"{type(exc).__name__} (details in the reconciler's log)"

@@ -296,3 +296,21 @@ def test_a_stop_request_ends_the_run_between_batches_without_a_report(world: Wor
 
     assert {c.secure_client_id for c in world.sink.commands} == {f"C{n:03d}" for n in range(5)}  # the first batch
     assert RunLock(world.engine).holder() is None
+
+
+class BrokenStore(DesiredStateStore):
+    """The store, failing the way a database driver does: its text quotes the statement and a parameter."""
+
+    def count(self, *args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("SELECT * FROM desired_subscriptions WHERE password='hunter2' at db.internal:5432")
+
+
+def test_a_run_that_fails_outside_our_own_errors_reports_the_error_class_and_quotes_no_internals(
+        world: World) -> None:
+    world.store = BrokenStore(world.engine)
+    world.job = world.make_job()
+
+    report = world.run()
+
+    assert not report.succeeded
+    assert report.error == "RuntimeError (details in the reconciler's log)"
