@@ -68,6 +68,7 @@ __all__ = [
     "LogPage",
     "RequestLog",
     "entry_view",
+    "search_statement",
 ]
 
 #: Rows per INSERT statement: 22 columns x 500 rows stays far below SQLite's 32,766 parameters.
@@ -275,29 +276,8 @@ class RequestLog:
 
     def search(self, where: LogFilter, *, limit: int = 50, cursor: str | None = None) -> LogPage:
         """Entries matching every filter, newest first; ``next_cursor`` continues after the last one."""
-        query: Select[Any] = select(*[T.c[n] for n in _VIEW_COLUMNS])
-        # The most selective filter given leads (its index ending in (created_at, entry_key) serves the
-        # range and the order); the others are written `column || '' = value`, which no index serves, so
-        # a planner without statistics (SQLite) cannot walk, say, every REJECTED row to find one box's.
-        leading = True
-        for column, value in ((T.c.secure_client_id, where.secure_client_id),
-                              (T.c.subscription_id, where.subscription_id), (T.c.process_name, where.process_name),
-                              (T.c.operation, where.operation), (T.c.state, where.state), (T.c.kind, where.kind)):
-            if value is None:
-                continue
-            query = query.where(column == value if leading else column.concat("") == value)
-            leading = False
-        if where.since is not None:
-            query = query.where(T.c.created_at >= where.since)
-        if where.until is not None:
-            query = query.where(T.c.created_at < where.until)
-        if cursor:
-            at, key = _decode_cursor(cursor)
-            query = query.where(tuple_(T.c.created_at, T.c.entry_key) < tuple_(
-                bindparam("cursor_at", at, type_=T.c.created_at.type), bindparam("cursor_key", key)))
-        query = query.order_by(desc(T.c.created_at), desc(T.c.entry_key)).limit(limit + 1)
         with self._engine.connect() as conn:
-            rows = conn.execute(query).all()
+            rows = conn.execute(search_statement(where, limit=limit, cursor=cursor)).all()
         more = len(rows) > limit
         rows = rows[:limit]
         next_cursor = _encode_cursor(rows[-1].created_at, rows[-1].entry_key) if more else None
@@ -366,6 +346,31 @@ class RequestLog:
     def count(self) -> int:
         with self._engine.connect() as conn:
             return int(conn.execute(select(func.count()).select_from(T)).scalar_one())
+
+
+def search_statement(where: LogFilter, *, limit: int = 50, cursor: str | None = None) -> Select[Any]:
+    """The SELECT of :meth:`RequestLog.search`: ``limit + 1`` rows, newest first (one more says "more")."""
+    query: Select[Any] = select(*[T.c[n] for n in _VIEW_COLUMNS])
+    # The most selective filter given leads (its index ending in (created_at, entry_key) serves the
+    # range and the order); the others are written `column || '' = value`, which no index serves, so
+    # a planner without statistics (SQLite) cannot walk, say, every REJECTED row to find one box's.
+    leading = True
+    for column, value in ((T.c.secure_client_id, where.secure_client_id),
+                          (T.c.subscription_id, where.subscription_id), (T.c.process_name, where.process_name),
+                          (T.c.operation, where.operation), (T.c.state, where.state), (T.c.kind, where.kind)):
+        if value is None:
+            continue
+        query = query.where(column == value if leading else column.concat("") == value)
+        leading = False
+    if where.since is not None:
+        query = query.where(T.c.created_at >= where.since)
+    if where.until is not None:
+        query = query.where(T.c.created_at < where.until)
+    if cursor:
+        at, key = _decode_cursor(cursor)
+        query = query.where(tuple_(T.c.created_at, T.c.entry_key) < tuple_(
+            bindparam("cursor_at", at, type_=T.c.created_at.type), bindparam("cursor_key", key)))
+    return query.order_by(desc(T.c.created_at), desc(T.c.entry_key)).limit(limit + 1)
 
 
 def _planned_name(kind: str) -> str:
