@@ -14,8 +14,9 @@ It reads ``crm.communications`` and ``kms.results`` in its own consumer group
    :meth:`~CommunicationQueue.settle`.
 4. Commit the offsets after the batch synchronously.
 
-If step 3 fails (the database is unreachable) nothing is committed: the assigned partitions are
-rewound to their committed offsets and the batch is read again after ``retry_seconds``.
+If step 2 or 3 fails (the schema registry or the database is unreachable) nothing is committed: the
+assigned partitions are rewound to their committed offsets and the batch is read again after
+``retry_seconds``.
 """
 
 from __future__ import annotations
@@ -25,16 +26,16 @@ import threading
 from dataclasses import dataclass
 from datetime import timedelta
 
-from confluent_kafka import Consumer, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaException, Message, Producer
 from sqlalchemy.exc import SQLAlchemyError
 
-from consumers.batch_commit import is_eof_or_error, positions_after
+from consumers.batch_commit import Assignment, is_eof_or_error, positions_after
 from consumers.dlq import DeadLetters, screen_size, screen_times
 from consumers.health import HealthState
 from consumers.metrics import MESSAGES_CONSUMED, MESSAGES_PROCESSED
 from reconciler.communications_queue import CommunicationQueue
 from schemas.codec import Codec
-from schemas.errors import PoisonMessage
+from schemas.errors import PoisonMessage, SchemaRegistryUnavailable
 from schemas.records import CommunicationEvent, KmsResult
 
 __all__ = ["PROCESS", "QueueReader", "QueueReaderConfig"]
@@ -69,14 +70,15 @@ class QueueReader:
         self._health = health or HealthState(ttl_seconds=30)
         self._dead_letters = DeadLetters(producer, PROCESS)
         self._stop = threading.Event()
-        self._assigned: set[tuple[str, int]] = set()
+        self._assignment = Assignment(self._health)
 
     def request_stop(self) -> None:
         self._stop.set()
 
     def run(self) -> None:
         self._consumer.subscribe([self._cfg.communications_topic, self._cfg.results_topic],
-                                 on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_revoke)
+                                 on_assign=self._assignment.on_assign, on_revoke=self._assignment.on_revoke,
+                                 on_lost=self._assignment.on_revoke)
         try:
             while not self._stop.is_set():
                 msgs = self._consumer.consume(self._cfg.batch_size, self._cfg.batch_seconds)  # step 1
@@ -92,20 +94,19 @@ class QueueReader:
         comms: list[CommunicationEvent] = []
         results: list[KmsResult] = []
         outcomes: list[tuple[str, str]] = []
-        for msg in msgs:  # step 2
-            topic = msg.topic() or ""
-            outcomes.append((topic, self._decode(msg, comms, results)))
-        if self._producer.flush(self._cfg.flush_timeout_seconds):
-            log.error("DLQ copies not delivered; the batch is read again")
-            self._rewind()
-            return
         try:
+            for msg in msgs:  # step 2
+                outcomes.append((msg.topic() or "", self._decode(msg, comms, results)))
+            if self._producer.flush(self._cfg.flush_timeout_seconds):
+                log.error("DLQ copies not delivered; the batch is read again")
+                self._assignment.rewind(self._consumer)
+                return
             self._queue.enqueue(comms)  # step 3
             self._queue.settle(results)
-        except SQLAlchemyError as exc:
+        except (SQLAlchemyError, SchemaRegistryUnavailable) as exc:
             log.warning("communication queue write failed (%s); rewinding and retrying in %.1fs",
                         type(exc).__name__, self._cfg.retry_seconds)
-            self._rewind()
+            self._assignment.rewind(self._consumer)
             self._stop.wait(self._cfg.retry_seconds)
             return
         try:
@@ -135,19 +136,3 @@ class QueueReader:
             return "dlq"
         comms.append(comm)
         return "ok"
-
-    def _rewind(self) -> None:
-        parts = [TopicPartition(t, p) for t, p in self._assigned]
-        if not parts:
-            return
-        for tp in self._consumer.committed(parts, timeout=10):
-            self._consumer.seek(tp if tp.offset >= 0 else TopicPartition(tp.topic, tp.partition, -2))
-
-    def _on_assign(self, consumer: Consumer, parts: list[TopicPartition]) -> None:
-        self._assigned.update((tp.topic, tp.partition) for tp in parts)
-        self._health.assigned = bool(self._assigned)
-
-    def _on_revoke(self, consumer: Consumer, parts: list[TopicPartition]) -> None:
-        for tp in parts:
-            self._assigned.discard((tp.topic, tp.partition))
-        self._health.assigned = bool(self._assigned)
