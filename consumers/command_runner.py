@@ -44,6 +44,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from consumers import tracing
 from consumers.breaker import Breaker, Diagnosis
 from consumers.dlq import DatabaseRejected, is_content_error
 from consumers.errors import CommandAbandoned
@@ -227,11 +228,12 @@ class CommandRunner:
                 await asyncio.wait_for(self._breaker.wait_closed(), timeout=_ABANDON_CHECK_SECONDS)
 
     async def _call(self, cmd: KmsCommand) -> tuple[str, dict[str, dict[str, str]] | None]:
-        if cmd.operation is Operation.QUERY_CLIENT:
-            info = await self._kms.query_client(cmd.secure_client_id)
-            return "OK", info
-        outcome = await self._kms.execute(cmd)
-        return outcome.provider_code, None
+        with tracing.kms_call_span(cmd.operation.value):  # a span per KMS call when tracing
+            if cmd.operation is Operation.QUERY_CLIENT:
+                info = await self._kms.query_client(cmd.secure_client_id)
+                return "OK", info
+            outcome = await self._kms.execute(cmd)
+            return outcome.provider_code, None
 
     @staticmethod
     def _stale(cmd: KmsCommand, applied: tuple[str | None, int] | None) -> str | None:

@@ -51,11 +51,12 @@ from datetime import timedelta
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
+from consumers import tracing
 from consumers.command_runner import CommandRunner, LedgerRejected, RunOutcome
 from consumers.dlq import HEADER_PREFIX, DeadLetters, screen_size, screen_times
 from consumers.errors import CommandAbandoned, FatalKafkaError
 from consumers.health import HealthState
-from consumers.kafka_clients import HangWatchdog, consume_available, is_fatal, produce
+from consumers.kafka_clients import HangWatchdog, Headers, consume_available, is_fatal, produce
 from consumers.metrics import (
     COMMANDS_INFLIGHT,
     MESSAGES_CONSUMED,
@@ -188,7 +189,9 @@ class Executor:
         # step 4: chain behind the same secure client
         key = cmd.secure_client_id
         prev = self._tails.get(key)
-        task = asyncio.get_running_loop().create_task(self._execute(cmd, msg, prev, time.monotonic(), epoch))
+        run = tracing.traced("execute", msg, self._execute(cmd, msg, prev, time.monotonic(), epoch),
+                             {"kms.operation": cmd.operation.value, "kms.idempotency_key": cmd.idempotency_key})
+        task = asyncio.get_running_loop().create_task(run)
         self._tails[key] = task
         self._tasks.add(task)
         COMMANDS_INFLIGHT.set(len(self._tasks))
@@ -255,7 +258,7 @@ class Executor:
             self._dead_letters.send(self._cfg.dlq_topic, msg, err, reason="transport_budget", trusted=trusted)
         try:
             encoded = self._codec.encode(result, self._cfg.results_topic)
-            self._produce_result(_result_key(result), encoded, on_done)
+            self._produce_result(_result_key(result), encoded, on_done, tracing.propagation_headers())
         except (KafkaException, RecordEncodeError, ValueError) as exc:
             # the result cannot be published (a record the codec or the broker refuses): the command is
             # dead-lettered instead of holding its partition's offset forever
@@ -263,15 +266,16 @@ class Executor:
                       type(exc).__name__)
             self._dead_letters.send(self._cfg.dlq_topic, msg, ResultNotPublished(exc), on_delivered=on_done)
 
-    def _produce_result(self, key: str, value: bytes, on_done: OnDone) -> None:
+    def _produce_result(self, key: str, value: bytes, on_done: OnDone,
+                        headers: Headers | None = None) -> None:
         def delivered(err: KafkaError | None, _msg: Message) -> None:
             if err is not None:
                 log.error("delivery to %s failed (%s); producing again", self._cfg.results_topic, err)
-                self._produce_result(key, value, on_done)
+                self._produce_result(key, value, on_done, headers)
                 return
             on_done()
 
-        produce(self._producer, self._cfg.results_topic, key, value, on_delivery=delivered)
+        produce(self._producer, self._cfg.results_topic, key, value, headers, on_delivery=delivered)
 
     def _store_offsets(self) -> None:
         offsets = [TopicPartition(t, p, o) for (t, p), o in self._tracker.all_committable().items()

@@ -47,6 +47,7 @@ from datetime import timedelta
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
+from consumers import tracing
 from consumers.dlq import (
     DeadLetters,
     OutputTooLarge,
@@ -141,7 +142,8 @@ class TransactionalTranslator:
         t0 = time.monotonic()
         try:
             self._producer.begin_transaction()  # step 2
-            outcomes = [self._process_one(m) for m in msgs]  # step 3
+            process_one = tracing.wrap("translate", self._process_one)  # a span per input when tracing
+            outcomes = [process_one(m) for m in msgs]  # step 3
             positions = _positions_after(msgs)
             # step 4; a short timeout: it normally takes milliseconds, and it is the call that can hang
             offsets_timeout = min(_SEND_OFFSETS_TIMEOUT_SECONDS, self._cfg.transaction_timeout_seconds)
@@ -200,8 +202,9 @@ class TransactionalTranslator:
         except (PoisonMessage, OutputTooLarge, UnexpectedError) as exc:
             self._dead_letters.send(topic + self._cfg.dlq_suffix, msg, exc)
             return "dlq"
+        headers = tracing.propagation_headers()  # None unless tracing: the outputs continue the trace
         for out_topic, key, encoded in outputs:
-            produce(self._producer, out_topic, key, encoded)
+            produce(self._producer, out_topic, key, encoded, headers)
         return translation.outcome
 
     def _outputs(self, translation: Translation) -> list[tuple[str, bytes, bytes]]:

@@ -8,6 +8,7 @@ from typing import NoReturn
 
 import click
 
+from consumers import tracing
 from kmsbridge.logs import setup_logging
 from kmsbridge.settings import Settings, SettingsError, load_settings
 from kmsbridge.stack import load_state
@@ -49,5 +50,5 @@ def cli_settings(*, logging: bool = True) -> Settings:
     except SettingsError as exc:
         fail(str(exc))
     if logging:
-        setup_logging(settings.log_level, settings.log_format)
+        setup_logging(settings.log_level, settings.log_format, tracing.current_ids)
     return settings

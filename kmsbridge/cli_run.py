@@ -11,6 +11,7 @@ import click
 from consumers.errors import FatalKafkaError
 from kmsbridge.cli_common import EXIT_FAILED, cli_settings, fail
 from kmsbridge.settings import SettingsError
+from kmsbridge.tracing import setup_tracing
 from schemas.errors import SchemaRegistryRefused
 
 __all__ = ["PROCESS_RUNNERS", "resolve_runner", "run_cmd"]
@@ -46,6 +47,7 @@ def run_cmd(process: str) -> None:
     runner = resolve_runner(process)
     if runner is None:
         fail(f"process {process!r} is not available in this build")
+    setup_tracing(process)  # OTLP export when OTEL_EXPORTER_OTLP_ENDPOINT is set, else off
     try:
         runner(settings)
     except SettingsError as exc:
