@@ -49,6 +49,7 @@ from fastavro import parse_schema, schemaless_reader, schemaless_writer
 from kms_adapter.simulator.testing import SimulatorHandle
 from kmsbridge.local_broker import BrokerHandle, free_port, restart_broker, stop_broker
 from kmsbridge.pipeline_harness import Pipeline
+from kmsbridge.settings import Settings
 from provisioning.planning import plan_subscription
 from provisioning.provider import ProviderConfig
 from schemas.codec import SINGLE_OBJECT_MAGIC, Codec, load_schema
@@ -90,7 +91,8 @@ log = logging.getLogger(__name__)
 PRODUCTS = {"BASIC": ("P100", "P101"), "SPORTS": ("P200",)}
 POISON_KINDS = ("bad_magic", "unknown_fingerprint", "unknown_schema_id", "invalid_record", "oversized",
                 "future_timestamp", "tombstone")
-CHAOS_MAX_MESSAGE_BYTES = 4096
+#: The product's input limit at its default (``KMSBRIDGE_MAX_MESSAGE_BYTES``): the drills run at it.
+MAX_MESSAGE_BYTES: int = Settings.model_fields["max_message_bytes"].default
 
 
 # --------------------------------------------------------------------------------------------------
@@ -151,7 +153,7 @@ def poison_value(kind: str, codec: Codec, topic: str, template: SubscriptionEven
     if kind == "invalid_record":
         return reencode(codec, template, topic, version=-1)
     if kind == "oversized":
-        return good + b"\x00" * CHAOS_MAX_MESSAGE_BYTES
+        return good + b"\x00" * MAX_MESSAGE_BYTES
     if kind == "future_timestamp":
         future = template.model_copy(update={"occurred_at": datetime.now(UTC) + timedelta(days=400)})
         return codec.encode(future, topic)
@@ -169,7 +171,7 @@ def poison_command(kind: str, codec: Codec, topic: str, card: str) -> bytes | No
     if kind == "invalid_record":
         return reencode(codec, cmd, topic, secure_client_id="")
     if kind == "oversized":
-        return good + b"\x00" * CHAOS_MAX_MESSAGE_BYTES
+        return good + b"\x00" * MAX_MESSAGE_BYTES
     if kind == "future_timestamp":
         return codec.encode(cmd.model_copy(update={"created_at": datetime.now(UTC) + timedelta(days=400)}), topic)
     if kind == "bad_magic":

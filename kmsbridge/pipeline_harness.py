@@ -170,8 +170,10 @@ class Pipeline:
     @property
     def producer(self) -> Producer:
         if self._producer is None:
+            # upstream systems may send anything the broker takes (its default message.max.bytes is
+            # 1,048,588), so the harness can produce a record just over the product's input limit
             self._producer = Producer({"bootstrap.servers": self.bootstrap, "enable.idempotence": True,
-                                       "linger.ms": 5})
+                                       "linger.ms": 5, "message.max.bytes": 1_048_576})
         return self._producer
 
     def produce(self, logical: str, records: Iterable[Any], *, flush: bool = True) -> int:

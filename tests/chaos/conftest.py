@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from kms_adapter.simulator.testing import SimulatorHandle
-from kmsbridge.chaos import CHAOS_MAX_MESSAGE_BYTES, DrillReport, RestartableBroker, markdown_table, start_simulator
+from kmsbridge.chaos import DrillReport, RestartableBroker, markdown_table, start_simulator
 from kmsbridge.local_broker import repo_root, start_broker
 from kmsbridge.pipeline_harness import Pipeline
 
@@ -74,8 +74,7 @@ def drill_env(chaos_broker: RestartableBroker, tmp_path: Path) -> Iterator[Calla
         token_file = tmp_path / "simulator.token"
         token_file.write_text(secrets.token_urlsafe(16))
         proc, sim, audit = start_simulator(tmp_path, token_file)
-        pipeline = Pipeline(chaos_broker.bootstrap, sim.url, sim.token, tmp_path / "pipeline", partitions=partitions,
-                            extra_env={"KMSBRIDGE_MAX_MESSAGE_BYTES": str(CHAOS_MAX_MESSAGE_BYTES)})
+        pipeline = Pipeline(chaos_broker.bootstrap, sim.url, sim.token, tmp_path / "pipeline", partitions=partitions)
         made.append((pipeline, proc, sim))
         return pipeline, sim, audit
 

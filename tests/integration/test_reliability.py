@@ -350,7 +350,7 @@ def test_the_watchdog_ends_a_process_whose_librdkafka_call_hangs_past_its_timeou
 
 def test_bad_input_to_the_translator_is_dead_lettered_or_skipped_and_the_loop_goes_on(
         pipeline: Pipeline, kms_simulator: SimulatorHandle, threads: list[RunningProcess]) -> None:
-    settings = pipeline.settings_with(max_message_bytes=4096)
+    settings = pipeline.settings
     start(threads, settings)
     topic = settings.topic("subscriptions")
     template = event("BI-0", 1, ["7200000"], event_type="ACTIVATED")
@@ -375,7 +375,7 @@ def test_bad_input_to_the_translator_is_dead_lettered_or_skipped_and_the_loop_go
 
 def test_bad_input_to_the_executor_is_dead_lettered_or_skipped_and_never_reaches_the_kms(
         pipeline: Pipeline, kms_simulator: SimulatorHandle, threads: list[RunningProcess]) -> None:
-    settings = pipeline.settings_with(max_message_bytes=4096)
+    settings = pipeline.settings
     threads.append(start_executor(settings))
     topic = settings.topic("commands")
     kinds = ["bad_magic", "unknown_fingerprint", "unknown_schema_id", "invalid_record", "oversized",
