@@ -5,7 +5,10 @@
 #
 # The Helm chart runs it as user 10001 with a read-only root filesystem and an emptyDir at /tmp.
 # confluent-kafka's wheel bundles librdkafka, psycopg[binary] bundles libpq: no build tools are needed.
-FROM python:3.11-slim
+# The base image is pinned by digest (a tag moves); re-resolve it to take base-image security fixes:
+#   docker buildx imagetools inspect python:3.11-slim --format '{{json .Manifest.Digest}}'
+# The Python packages are pinned by constraints.txt, the same versions `make test` runs.
+FROM python:3.11-slim@sha256:9c900dea9e8fb7e16277c179b555cc72d29a352dbc33cff48ad5a0412fd5bfc7
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
@@ -17,7 +20,7 @@ RUN groupadd --system --gid 10001 kmsbridge \
       --shell /usr/sbin/nologin kmsbridge
 
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md constraints.txt ./
 COPY schemas ./schemas
 COPY provisioning ./provisioning
 COPY kms_adapter ./kms_adapter
@@ -25,7 +28,7 @@ COPY consumers ./consumers
 COPY producers ./producers
 COPY reconciler ./reconciler
 COPY kmsbridge ./kmsbridge
-RUN pip install . && rm -rf /src
+RUN pip install -c constraints.txt . && rm -rf /src
 
 # Nothing is written under the working directory in a pod (database and state are external).
 WORKDIR /app

@@ -522,7 +522,9 @@ def test_every_value_in_values_yaml_is_commented() -> None:
 
 def test_dockerfile_builds_a_non_root_image_matching_the_chart() -> None:
     text = DOCKERFILE.read_text()
-    assert re.search(r"^FROM python:3\.11-slim", text, re.MULTILINE)
+    assert re.search(r"^FROM python:3\.11-slim@sha256:[0-9a-f]{64}$", text, re.MULTILINE), "base image by digest"
+    assert re.search(r"^RUN pip install -c constraints\.txt \. ", text, re.MULTILINE), "packages from the lock"
+    assert "constraints.txt" in re.search(r"^COPY pyproject\.toml .*$", text, re.MULTILINE).group(0)  # type: ignore[union-attr]
     assert re.search(rf"^USER {UID}(:{UID})?$", text, re.MULTILINE), "image user must match runAsUser"
     assert re.search(r'^ENTRYPOINT \["kmsbridge"\]$', text, re.MULTILINE)
     ignored = (ROOT / ".dockerignore").read_text().split()
