@@ -157,7 +157,7 @@ def build_reconciler(settings: Settings, health: HealthState | None = None,
     )
     stopping = threading.Event()
     runs = build_run_services(settings, engine=engine, job=job, loop=loop, producer=producer, codec=codec,
-                              stop=stopping)
+                              stop=stopping, expectations=Expectations(engine, job.config.expectation_ttl))
     return ReconcilerApp(runner, loop, thread, kms, runs, stopping)
 
 

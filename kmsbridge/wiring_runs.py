@@ -2,9 +2,10 @@
 
 The reconciler process runs, next to the reset-run loop of ``reconcile.requests``: the scheduler
 (:mod:`reconciler.scheduler`), which executes Effective definitions when due and executions
-requested by hand, and, in ``queue`` delivery, the queue reader (:mod:`reconciler.queue_reader`),
-which fills and settles the communication queue. The CLI verbs and the Web API read and write the
-same database through :func:`open_run_store` and :func:`open_queue`.
+requested by hand, and the queue reader (:mod:`reconciler.queue_reader`), which fills and settles
+the communication queue (``queue`` delivery) and withdraws the expectations of rejected repairs.
+The CLI verbs and the Web API read and write the same database through :func:`open_run_store` and
+:func:`open_queue`.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from kmsbridge.db import upgrade
 from kmsbridge.settings import Settings
 from kmsbridge.wiring import engine_for, text_limits
 from reconciler.communications_queue import CommunicationQueue, MailRun
+from reconciler.expectations import Expectations
 from reconciler.job import ResetJob
 from reconciler.publish import KafkaCommandSink
 from reconciler.queue_reader import PROCESS as QUEUE_PROCESS
@@ -56,7 +58,7 @@ def open_queue(settings: Settings, engine: Engine | None = None) -> Communicatio
 
 @dataclass
 class RunServices:
-    """The scheduler and (``queue`` delivery) the queue reader, each on its own thread."""
+    """The scheduler and the queue reader, each on its own thread."""
 
     scheduler: Scheduler
     reader: QueueReader | None
@@ -79,21 +81,23 @@ class RunServices:
             thread.join(timeout)
 
 
-def build_queue_reader(settings: Settings, producer: Producer, codec: Codec, queue: CommunicationQueue) -> QueueReader:
+def build_queue_reader(settings: Settings, producer: Producer, codec: Codec, queue: CommunicationQueue,
+                       expectations: Expectations | None = None) -> QueueReader:
     config = consumer_config(settings.kafka_config(), settings.group_id(QUEUE_PROCESS),
                              instance_id=settings.instance_id(QUEUE_PROCESS))
     config["enable.auto.commit"] = False  # offsets are committed synchronously after the DB commit
     topic = settings.topic("communications")
     return QueueReader(make_consumer(config), producer, codec, queue, QueueReaderConfig(
-        communications_topic=topic, results_topic=settings.topic("results"), dlq_topic=settings.dlq(topic),
+        communications_topic=topic if settings.communications.delivery == "queue" else None,
+        results_topic=settings.topic("results"), dlq_topic=settings.dlq(topic),
         max_message_bytes=settings.max_message_bytes,
-        max_future_skew=timedelta(seconds=settings.max_future_skew_seconds)))
+        max_future_skew=timedelta(seconds=settings.max_future_skew_seconds)), expectations=expectations)
 
 
 def build_run_services(settings: Settings, *, engine: Engine, job: ResetJob, loop: asyncio.AbstractEventLoop,
-                       producer: Producer, codec: Codec, stop: threading.Event,
+                       producer: Producer, codec: Codec, stop: threading.Event, expectations: Expectations,
                        owner: str | None = None) -> RunServices:
-    """The scheduler (reset executions run ``job`` on ``loop``) and, in ``queue`` delivery, the reader."""
+    """The scheduler (reset executions run ``job`` on ``loop``) and the queue reader."""
     store = RunDefinitionStore(engine)
     queue = CommunicationQueue(engine)
     directory = DesiredStateStore(engine)
@@ -106,6 +110,5 @@ def build_run_services(settings: Settings, *, engine: Engine, job: ResetJob, loo
     scheduler = Scheduler(store, RunExecutor(store, reset, mail),
                           owner or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}",
                           tick_seconds=settings.communications.scheduler_tick_seconds)
-    reader = (build_queue_reader(settings, producer, codec, queue)
-              if settings.communications.delivery == "queue" else None)
+    reader = build_queue_reader(settings, producer, codec, queue, expectations)
     return RunServices(scheduler, reader)

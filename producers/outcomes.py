@@ -19,10 +19,11 @@ translator the same directory and the counts agree.
   command's duplicate result counts once);
 * a request whose expectation is unknown (one this process did not plan, e.g. first seen through its
   result) settles on its first result;
-* a reset (``RESET_SUBSCRIPTION`` request or reconcile run) settles on its ``ReconcileReport``:
-  REJECTED when the report carries an ``error``, counts ``failed`` subscriptions or names
-  ``unknown_subscriptions`` (code ``UNKNOWN_SUBSCRIPTION``), else COMPLETED.
-  The results of the commands a reset publishes (keyed by ``run_id``) are attached but do not change it;
+* a reset (``RESET_SUBSCRIPTION`` request or reconcile run) settles on its ``ReconcileReport`` and
+  the results of the commands it published (keyed by ``run_id``): REJECTED when the report carries
+  an ``error``, counts ``failed`` subscriptions or names ``unknown_subscriptions`` (code
+  ``UNKNOWN_SUBSCRIPTION``), or as soon as one of its commands is REJECTED by the KMS; COMPLETED
+  once the KMS completed all ``commands_published`` of them (the repair is applied);
 * otherwise PENDING.
 
 The store is in memory, bounded (least recently updated entries are evicted first) and thread-safe:
@@ -161,16 +162,25 @@ class _Entry:
 
 
 def settle(results: Sequence[KmsResult], expected: int | None, *, is_reset: bool = False,
-           report: ReconcileReport | None = None) -> RequestState:
-    """The aggregate state of one request (the rule of the module docstring)."""
+           report: ReconcileReport | None = None, commands_seen: bool = True) -> RequestState:
+    """The aggregate state of one request (the rule of the module docstring).
+
+    ``commands_seen``: ``results`` holds the results of the commands a reset published (the outcome
+    store's feed reads them by run id); a reader that holds only the request's own rows passes
+    ``False`` and a reset then settles on its report alone.
+    """
     if is_reset:
-        # the translator's rejection of the request itself carries its request id; results of the
-        # commands the reset published carry only the run id and do not decide the state
-        if any(r.state is ResultState.REJECTED and r.request_id for r in results):
+        # the translator's rejection of the request itself, or the KMS's of a command the reset published
+        if any(r.state is ResultState.REJECTED for r in results):
             return RequestState.REJECTED
         if report is None:
             return RequestState.PENDING
-        return RequestState.COMPLETED if report.succeeded else RequestState.REJECTED
+        if not report.succeeded:
+            return RequestState.REJECTED
+        if not commands_seen:
+            return RequestState.COMPLETED
+        applied = sum(1 for r in results if r.state is ResultState.COMPLETED)
+        return RequestState.COMPLETED if applied >= report.commands_published else RequestState.PENDING
     if any(r.state is ResultState.REJECTED for r in results):
         return RequestState.REJECTED
     completed = sum(1 for r in results if r.state is ResultState.COMPLETED)

@@ -12,8 +12,10 @@ cache shows the first ones) with *expectations*; this is that idea:
 * a later run that finds the subscription still drifted with an **unexpired expectation of the same
   fingerprint** publishes nothing for it (the repair is in flight); it still reports the drift;
 * a different fingerprint (CRM changed since, or the KMS drifted differently) publishes at once;
-* a subscription found in sync forgets its expectation; an expired one is ignored (the executor may
-  have rejected the commands, or lost them: the next run repairs again).
+* a subscription found in sync forgets its expectation; a command of the repair the KMS rejected
+  withdraws it (:meth:`Expectations.withdraw`, from ``kms.results``), so a reset repeated right after
+  a failed repair publishes it again; an expired one is ignored (the executor may have lost the
+  commands: the next run repairs again).
 
 Previews read nothing from here and write nothing.
 """
@@ -86,6 +88,13 @@ class Expectations:
             return
         with self._engine.begin() as conn:
             conn.execute(delete(expectations_table).where(expectations_table.c.subscription_id.in_(ids)))
+
+    def withdraw(self, rejected: Iterable[tuple[str, str]]) -> None:
+        """Drop the expectations ``(subscription, run_id)`` whose repair the KMS rejected a command of."""
+        t = expectations_table
+        with self._engine.begin() as conn:
+            for subscription_id, run_id in set(rejected):
+                conn.execute(delete(t).where(t.c.subscription_id == subscription_id, t.c.run_id == run_id))
 
     def purge_expired(self, now: datetime) -> int:
         with self._engine.begin() as conn:

@@ -1,9 +1,12 @@
-"""The queue reader (part of ``kmsbridge run reconciler`` in ``queue`` delivery): fills and settles
-the communication queue (:mod:`reconciler.communications_queue`).
+"""The queue reader (part of ``kmsbridge run reconciler``): fills and settles the communication queue
+(:mod:`reconciler.communications_queue`) and withdraws the expectations of rejected repairs.
 
-It reads ``crm.communications`` and ``kms.results`` in its own consumer group
-(``<prefix>-communication-queue``). At-least-once, correct because both writes are idempotent
-(a communication stored already is left as it is; a result settles its command once):
+It reads ``kms.results`` and, in ``queue`` delivery, ``crm.communications`` in its own consumer group
+(``<prefix>-communication-queue``). A REJECTED result of a reset run's command withdraws that run's
+expectation for the subscription (:meth:`~reconciler.expectations.Expectations.withdraw`), so a
+reset repeated after a failed repair publishes it again. At-least-once, correct because every write
+is idempotent (a communication stored already is left as it is; a result settles its command once;
+a withdrawn expectation stays withdrawn):
 
 1. Poll a batch (up to ``batch_size`` messages or ``batch_seconds``).
 2. Decode each message. A communication that is oversized, undecodable, invalid or dated too far in
@@ -11,7 +14,7 @@ It reads ``crm.communications`` and ``kms.results`` in its own consumer group
    ``queue`` delivery this reader owns the topic. A result that does not decode is skipped (the
    executor, which owns ``kms.results``, never publishes one). A tombstone is skipped.
 3. Write the batch in the database: :meth:`~CommunicationQueue.enqueue`, then
-   :meth:`~CommunicationQueue.settle`.
+   :meth:`~CommunicationQueue.settle`, then the withdrawals.
 4. Commit the offsets after the batch synchronously.
 
 If step 2 or 3 fails (the schema registry or the database is unreachable) nothing is committed: the
@@ -34,9 +37,10 @@ from consumers.dlq import DeadLetters, screen_size, screen_times
 from consumers.health import HealthState
 from consumers.metrics import MESSAGES_CONSUMED, MESSAGES_PROCESSED
 from reconciler.communications_queue import CommunicationQueue
+from reconciler.expectations import Expectations
 from schemas.codec import Codec
 from schemas.errors import PoisonMessage, SchemaRegistryUnavailable
-from schemas.records import CommunicationEvent, KmsResult
+from schemas.records import CommunicationEvent, KmsResult, ResultState
 
 __all__ = ["PROCESS", "QueueReader", "QueueReaderConfig"]
 
@@ -46,7 +50,7 @@ PROCESS = "communication-queue"
 
 @dataclass(frozen=True)
 class QueueReaderConfig:
-    communications_topic: str
+    communications_topic: str | None  # None: immediate delivery, the translator reads it
     results_topic: str
     dlq_topic: str
     batch_size: int = 500
@@ -61,8 +65,10 @@ class QueueReader:
     """The loop of the protocol above; ``run()`` blocks until :meth:`request_stop`."""
 
     def __init__(self, consumer: Consumer, producer: Producer, codec: Codec, queue: CommunicationQueue,
-                 config: QueueReaderConfig, health: HealthState | None = None) -> None:
+                 config: QueueReaderConfig, health: HealthState | None = None,
+                 expectations: Expectations | None = None) -> None:
         self._consumer = consumer
+        self._expectations = expectations
         self._producer = producer
         self._codec = codec
         self._queue = queue
@@ -76,7 +82,8 @@ class QueueReader:
         self._stop.set()
 
     def run(self) -> None:
-        self._consumer.subscribe([self._cfg.communications_topic, self._cfg.results_topic],
+        topics = [t for t in (self._cfg.communications_topic, self._cfg.results_topic) if t]
+        self._consumer.subscribe(topics,
                                  on_assign=self._assignment.on_assign, on_revoke=self._assignment.on_revoke,
                                  on_lost=self._assignment.on_revoke)
         try:
@@ -103,6 +110,9 @@ class QueueReader:
                 return
             self._queue.enqueue(comms)  # step 3
             self._queue.settle(results)
+            if self._expectations is not None:
+                self._expectations.withdraw((r.subscription_id, r.run_id) for r in results
+                                            if r.state is ResultState.REJECTED and r.run_id and r.subscription_id)
         except (SQLAlchemyError, SchemaRegistryUnavailable) as exc:
             log.warning("communication queue write failed (%s); rewinding and retrying in %.1fs",
                         type(exc).__name__, self._cfg.retry_seconds)

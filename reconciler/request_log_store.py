@@ -224,7 +224,7 @@ class RequestLog:
         rows = []
         for report in reports:
             outcome = Outcome(request_id=report.run_id, report=report,
-                              state=settle((), None, is_reset=True, report=report))
+                              state=settle((), None, is_reset=True, report=report, commands_seen=False))
             errors = outcome.errors
             rows.append(report_row(report, errors[0] if errors else None))
         for chunk in _chunks(_last_per_key(rows)):
@@ -387,7 +387,7 @@ def _outcome(request_id: str, group: Sequence[Row[Any]]) -> Outcome:
     results = [res for r in children if (res := parse_detail(r.kind, r.detail_json).result) is not None]
     is_reset = run is not None or (request is not None and request.operation == RequestType.RESET_SUBSCRIPTION.value)
     expected = sum(1 for r in children if r.kind == EntryKind.COMMAND.value) or None
-    state = settle(results, expected, is_reset=is_reset, report=report)
+    state = settle(results, expected, is_reset=is_reset, report=report, commands_seen=False)
     first = request if request is not None else run
     return Outcome(request_id=request_id, state=state,
                    request_type=request.operation if request is not None else ("RECONCILE_RUN" if run else None),

@@ -4,7 +4,8 @@ Issue #14's "done when": two reconciler replicas (each built as ``kmsbridge run 
 it, with its scheduler and queue reader) execute a recurring definition once per due time; a Not
 Effective one never runs; a rolling period selects exactly the subscriptions created in it; a preview
 changes nothing; communications stay PENDING until the matching mail run and each ends with its own
-outcome; one for an unhandled system stays PENDING; ``scheduled_at`` in the future holds one back.
+outcome; one for an unhandled system stays PENDING; ``scheduled_at`` in the future holds one back; a
+reset whose repair the KMS rejects is REJECTED and, repeated at once, repairs.
 The translator runs in the default ``queue`` delivery throughout.
 """
 
@@ -21,17 +22,19 @@ from typing import Any
 import pytest
 from pg import new_database, postgres_url  # noqa: F401 (the session fixture)
 from sqlalchemy import create_engine
-from test_reconciler import event, start_projector, start_reconciler, wait_projected
+from test_reconciler import event, run, start_projector, start_reconciler, wait_projected
 
 from kms_adapter.simulator.testing import SimulatorHandle
 from kmsbridge.db import upgrade
 from kmsbridge.pipeline_harness import Pipeline, wait_until
 from kmsbridge.testing import RunningProcess, start_executor, start_translator
 from kmsbridge.wiring import engine_for
+from producers.outcomes import Outcome, OutcomeStore, RequestState
 from reconciler.communications_queue import CommunicationQueue, CommunicationState
+from reconciler.expectations import Expectations
 from reconciler.run_definitions import Execution, ExecutionState, RunDefinition, RunDefinitionStore, RunKind
 from reconciler.store import DesiredStateStore
-from schemas.records import CommunicationEvent, Device, KmsCommand, MessageKind, TextMode
+from schemas.records import CommunicationEvent, Device, KmsCommand, MessageKind, ReconcileReport, TextMode
 
 pytestmark = pytest.mark.integration
 
@@ -162,6 +165,48 @@ def test_replicas_racing_for_one_due_time_execute_it_once(database_url: str) -> 
     assert len(won) == 1
     assert [e.execution_id for e in store.executions("nightly")] == won
     engine.dispose()
+
+
+# --- a single reset tells the truth ---------------------------------------------------------------------
+
+
+def test_a_reset_whose_repair_the_kms_rejects_is_rejected_and_repeating_it_repairs(
+        pipeline: Pipeline, product: dict[str, RunningProcess], kms_simulator: SimulatorHandle) -> None:
+    box = Device(distributor="MAIN", secure_client_id=card(), stb_serial="STB-R")
+    pipeline.produce("subscriptions", [event("S-R", 1, [box])])
+    engine = engine_for(pipeline.settings)
+    wait_projected(DesiredStateStore(engine), {"S-R": 1})
+    wait_until("real-time provisioning applied", lambda: entitled(kms_simulator, box.secure_client_id), timeout=30)
+    kms_simulator.set_state({"secure_clients": {box.secure_client_id: {"entitlements": []}}})
+    kms_simulator.set_faults(card_errors={box.secure_client_id: "UNKNOWN_CLIENT"})  # commands fail, queries work
+
+    first = run(pipeline, subscription_ids=["S-R"])
+    assert first.commands_published >= 1
+    assert outcome_of(pipeline, first).state is RequestState.REJECTED  # the repair did not reach the KMS
+    expectations = Expectations(engine, timedelta(minutes=10))
+    wait_until("the failed repair no longer counts as in flight",
+               lambda: expectations.pending(["S-R"], datetime.now(UTC)) == {}, timeout=30)
+
+    kms_simulator.clear_faults()
+    second = run(pipeline, subscription_ids=["S-R"])
+
+    assert second.commands_published == first.commands_published  # tried again
+    assert outcome_of(pipeline, second).state is RequestState.COMPLETED
+    assert entitled(kms_simulator, box.secure_client_id)
+    engine.dispose()
+
+
+def outcome_of(pipeline: Pipeline, report: ReconcileReport) -> Outcome:
+    """The outcome store's answer once every command of the run has its result on ``kms.results``."""
+    results = pipeline.results(lambda rs: sum(r.run_id == report.run_id for r in rs) >= report.commands_published,
+                               timeout=60)
+    store = OutcomeStore()
+    store.add_report(report)
+    for result in results:
+        store.add_result(result)
+    found = store.get(report.run_id)
+    assert found is not None
+    return found
 
 
 # --- the communication queue --------------------------------------------------------------------------

@@ -119,22 +119,51 @@ def test_a_request_with_an_unknown_expectation_settles_on_its_first_result() -> 
     assert outcome.expected is None
 
 
-def test_a_reset_settles_on_its_report_and_its_commands_results_do_not_decide() -> None:
+def _command_result(run_id: str, card: str, state: ResultState = ResultState.COMPLETED) -> KmsResult:
+    return KmsResult(idempotency_key=f"run:{run_id}:{card}:SYNC_ENTITLEMENTS", operation="SYNC_ENTITLEMENTS",
+                     run_id=run_id, secure_client_id=card, state=state,
+                     error_code="UNKNOWN_CLIENT" if state is ResultState.REJECTED else None,
+                     executed_at=datetime.now(UTC))
+
+
+def test_a_reset_completes_only_once_the_kms_applied_every_command_it_published() -> None:
     store = OutcomeStore()
     req = new_request(RequestType.RESET_SUBSCRIPTION, subscription_id="S-1")
     store.track(req)
-    command_result = KmsResult(idempotency_key=f"run:{req.request_id}:100:SYNC_ENTITLEMENTS",
-                               operation="SYNC_ENTITLEMENTS", run_id=req.request_id, secure_client_id="100",
-                               state=ResultState.REJECTED, error_code="UNKNOWN_CLIENT",
-                               executed_at=datetime.now(UTC))
 
-    store.add_result(command_result)
-    before = store.get(req.request_id)
+    store.add_report(report(req.request_id, checked=1, drifted=1, commands_published=2))
+    published = store.get(req.request_id)
+    store.add_result(_command_result(req.request_id, "100"))
+    store.add_result(_command_result(req.request_id, "100"))  # a redelivered duplicate counts once
+    halfway = store.get(req.request_id)
+    store.add_result(_command_result(req.request_id, "200"))
+    applied = store.get(req.request_id)
+
+    assert published is not None and published.state is RequestState.PENDING
+    assert halfway is not None and halfway.state is RequestState.PENDING
+    assert applied is not None and applied.state is RequestState.COMPLETED
+
+
+def test_a_reset_one_of_whose_commands_the_kms_rejects_is_rejected() -> None:
+    store = OutcomeStore()
+    req = new_request(RequestType.RESET_SUBSCRIPTION, subscription_id="S-1")
+    store.track(req)
+
+    store.add_result(_command_result(req.request_id, "100", ResultState.REJECTED))
     store.add_report(report(req.request_id, checked=1, drifted=1, commands_published=1))
-    after = store.get(req.request_id)
 
-    assert before is not None and before.state is RequestState.PENDING
-    assert after is not None and after.state is RequestState.COMPLETED
+    outcome = store.get(req.request_id)
+    assert outcome is not None and outcome.state is RequestState.REJECTED
+
+
+def test_a_reset_that_found_nothing_to_repair_completes_on_its_report() -> None:
+    store = OutcomeStore()
+    run_id = str(uuid.uuid4())
+
+    store.add_report(report(run_id, checked=1, in_sync=1))
+
+    outcome = store.get(run_id)
+    assert outcome is not None and outcome.state is RequestState.COMPLETED
 
 
 def test_a_reset_whose_report_counts_failures_is_rejected_with_reset_failed() -> None:
