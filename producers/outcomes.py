@@ -177,7 +177,7 @@ def settle(results: Sequence[KmsResult], expected: int | None, *, is_reset: bool
             return RequestState.PENDING
         if not report.succeeded:
             return RequestState.REJECTED
-        if not commands_seen:
+        if not commands_seen or report.preview:  # a preview publishes nothing
             return RequestState.COMPLETED
         applied = sum(1 for r in results if r.state is ResultState.COMPLETED)
         return RequestState.COMPLETED if applied >= report.commands_published else RequestState.PENDING

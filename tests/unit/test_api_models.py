@@ -19,6 +19,7 @@ from kms_adapter.fake import InMemoryKms
 from kms_adapter.port import QUERY_SECTIONS
 from producers.api.models import Section
 from schemas.records import (
+    KmsResult,
     MessageKind,
     ReconcileReport,
     ReconcileRequest,
@@ -294,16 +295,23 @@ def _report(run_id: str, **counts: Any) -> ReconcileReport:
     return ReconcileReport(run_id=run_id, preview=False, started_at=now, finished_at=now, **counts)
 
 
-def test_a_subscription_reset_is_a_reset_request_that_settles_on_its_report(api: ApiUnderTest) -> None:
+def test_a_subscription_reset_is_a_reset_request_that_settles_on_its_report_and_its_commands(
+        api: ApiUnderTest) -> None:
     request_id = api.client.post("/v1/subscriptions/S-1/reset", headers=auth()).json()["request_id"]
     [req] = api.publisher.requests
     assert (req.type, req.subscription_id) == (RequestType.RESET_SUBSCRIPTION, "S-1")
 
     pending = api.client.get(f"/v1/requests/{request_id}", headers=auth()).json()
     api.store.add_report(_report(request_id, checked=1, drifted=1, commands_published=2))
+    published = api.client.get(f"/v1/requests/{request_id}", headers=auth()).json()
+    for card in ("100", "200"):
+        api.store.add_result(KmsResult(idempotency_key=f"run:{request_id}:{card}:SYNC_ENTITLEMENTS",
+                                       operation="SYNC_ENTITLEMENTS", run_id=request_id, secure_client_id=card,
+                                       state=ResultState.COMPLETED, executed_at=datetime.now(UTC)))
     done = api.client.get(f"/v1/requests/{request_id}", headers=auth()).json()
 
     assert pending["state"] == "PENDING"
+    assert published["state"] == "PENDING"  # the KMS has not applied the repair yet
     assert done["state"] == "COMPLETED"
     assert done["report"]["commands_published"] == 2
 
@@ -311,7 +319,7 @@ def test_a_subscription_reset_is_a_reset_request_that_settles_on_its_report(api:
 def test_a_reconcile_run_is_published_and_process_immediately_returns_its_report(api: ApiUnderTest) -> None:
     def reconciler(record: ServiceRequest | ReconcileRequest) -> None:
         assert isinstance(record, ReconcileRequest)
-        api.store.add_report(_report(record.run_id, checked=3, in_sync=2, drifted=1, commands_published=1))
+        api.store.add_report(_report(record.run_id, checked=3, in_sync=2, drifted=1))  # a preview publishes nothing
 
     api.publisher.then = reconciler
     body = {"subscription_types": ["RESIDENTIAL"], "created_from": "2026-01-01T00:00:00Z", "preview": True}
