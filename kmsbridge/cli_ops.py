@@ -276,6 +276,9 @@ def _processed(topic: str) -> dict[str, float]:
 def mail_run_cmd(as_json: bool) -> None:
     """Send the pending communications up to the current end of crm.communications, then exit."""
     settings = cli_settings()
+    if settings.communications.delivery == "queue":
+        fail("communications wait in the queue (KMSBRIDGE_COMMUNICATIONS__DELIVERY=queue): execute a mail run "
+             "definition instead (kmsbridge runs execute NAME); mail-run is for immediate delivery")
     from kmsbridge.wiring import run_translator
 
     topic = settings.topic("communications")

@@ -452,7 +452,8 @@ def test_the_continuous_translator_sends_communications_in_real_time_and_skips_o
 @pytest.fixture
 def mail_pipeline(kafka_bootstrap: str, kms_simulator: SimulatorHandle, tmp_path: Path) -> Iterator[Pipeline]:
     """Fresh topics with an executor and *no* continuous translator: only mail-run translates."""
-    pipe = Pipeline(kafka_bootstrap, kms_simulator.url, kms_simulator.token, tmp_path)
+    pipe = Pipeline(kafka_bootstrap, kms_simulator.url, kms_simulator.token, tmp_path,
+                    extra_env={"KMSBRIDGE_COMMUNICATIONS__DELIVERY": "immediate"})
     # Fresh topics: a new partition's leader may answer NOT_LEADER_FOR_PARTITION to an end-offset query
     # for a moment, and the translator's one-shot mode does not retry that yet (reported to the lead), so
     # wait until the broker answers one for every partition of crm.communications.
@@ -508,6 +509,18 @@ def test_a_mail_run_sends_skips_and_rejects_what_is_pending_then_exits_and_never
     assert "1 sent, 0 skipped, 0 rejected" in second.output  # C-1..C-4 were not handled again
     wait_until("the second mail", lambda: len((kms_simulator.client_state(a) or {}).get("mailbox", [])) == 2)
     assert len([e for e in kms_simulator.audit() if e["secure_client_id"] == a and not e["duplicate"]]) == 2
+
+
+def test_mail_run_refuses_when_communications_wait_in_the_queue(mail_pipeline: Pipeline) -> None:
+    queued = Pipeline(mail_pipeline.bootstrap, mail_pipeline.simulator_url, mail_pipeline.token,
+                      mail_pipeline.workdir / "queued")
+    try:
+        result = invoke(queued, mail_run_cmd, [])
+    finally:
+        queued.close()
+
+    assert result.exit_code == 2
+    assert "runs execute" in result.output
 
 
 def test_a_mail_run_on_an_empty_topic_exits_at_once_with_zero_counts(mail_pipeline: Pipeline) -> None:
