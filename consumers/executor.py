@@ -65,7 +65,7 @@ from consumers.metrics import (
 )
 from consumers.offsets import OffsetTracker
 from schemas.codec import Codec
-from schemas.errors import PoisonMessage, RecordEncodeError
+from schemas.errors import PoisonMessage, RecordEncodeError, SchemaRegistryRefused
 from schemas.records import KmsCommand, KmsResult, ResultState
 
 __all__ = ["Executor", "ExecutorConfig"]
@@ -105,6 +105,7 @@ class Executor:
         self._sem = asyncio.Semaphore(config.max_inflight)
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kafka-poll")
         self._stopping = asyncio.Event()
+        self._refused: SchemaRegistryRefused | None = None  # the registry refused us: the process ends
         self._assigned: set[tuple[str, int]] = set()
         self._paused = False
         self.breaker_open = False
@@ -153,6 +154,8 @@ class Executor:
                     await asyncio.sleep(0)  # let finished tasks run their callbacks
         finally:
             await self._shutdown(loop)
+        if self._refused is not None:
+            raise self._refused
 
     # --- steps -------------------------------------------------------------------------------------
 
@@ -259,6 +262,9 @@ class Executor:
         try:
             encoded = self._codec.encode(result, self._cfg.results_topic)
             self._produce_result(_result_key(result), encoded, on_done, tracing.propagation_headers())
+        except SchemaRegistryRefused as exc:  # no retry helps: stop, and end naming the setting
+            self._refused = self._refused or exc
+            self._stopping.set()
         except (KafkaException, RecordEncodeError, ValueError) as exc:
             # the result cannot be published (a record the codec or the broker refuses): the command is
             # dead-lettered instead of holding its partition's offset forever
