@@ -30,6 +30,8 @@ from kmsbridge.pipeline_harness import Pipeline, wait_until
 from kmsbridge.testing import RunningProcess, start_executor, start_translator
 from kmsbridge.wiring import engine_for
 from kmsbridge.wiring_request_log import build_request_log_writer
+from producers.dead_letters import read_dead_letters
+from producers.topics import wait_for_topics
 from reconciler.request_log_store import LogFilter, RequestLog
 from schemas.records import (
     Device,
@@ -74,6 +76,7 @@ def pipeline(kafka_bootstrap: str, kms_simulator: SimulatorHandle, tmp_path: Pat
 @pytest.fixture
 def sqlite_pipeline(kafka_bootstrap: str, kms_simulator: SimulatorHandle, tmp_path: Path) -> Iterator[Pipeline]:
     pipe = Pipeline(kafka_bootstrap, kms_simulator.url, kms_simulator.token, tmp_path / "work")
+    wait_for_topics(pipe.settings.kafka_config(), pipe.settings.all_topics())  # leaders elected: the API reads at once
     yield pipe
     pipe.close()
 
@@ -125,11 +128,6 @@ def service_request(type_: RequestType, card: str, *, process: str, pin: str | N
                           requested_at=_now_ms())
 
 
-def on_topic(pipeline: Pipeline, logical: str, kind: type, until: Any) -> list[Any]:
-    return [r for r in pipeline.read(logical, lambda got: until([r for r in got if isinstance(r, kind)]), timeout=60)
-            if isinstance(r, kind)]
-
-
 def test_every_command_of_events_requests_and_a_reset_run_is_logged_once_with_its_final_state(
         pipeline: Pipeline, processes: dict[str, RunningProcess], log: RequestLog,
         kms_simulator: SimulatorHandle) -> None:
@@ -152,12 +150,9 @@ def test_every_command_of_events_requests_and_a_reset_run_is_logged_once_with_it
     report = run(pipeline, subscription_ids=["S-2"])
     assert report.commands_published >= 1
 
-    commands: list[KmsCommand] = on_topic(pipeline, "commands", KmsCommand, lambda got: any(
-        c.source.run_id == report.run_id for c in got))
-    keys = {c.idempotency_key for c in commands}
-    results: list[KmsResult] = on_topic(pipeline, "results", KmsResult, lambda got: keys <= {
-        r.idempotency_key for r in got})
-    final = {r.idempotency_key: r.state.value for r in results if not r.duplicate}
+    def to_end(logical: str) -> list[Any]:  # every record of the topic up to its current end
+        letters = read_dead_letters(pipeline.settings.kafka_config(), pipeline.settings.topic(logical))
+        return [pipeline.codec.decode_any(d.value) for d in letters]
 
     def logged() -> dict[str, dict[str, Any]]:
         out: dict[str, dict[str, Any]] = {}
@@ -171,8 +166,19 @@ def test_every_command_of_events_requests_and_a_reset_run_is_logged_once_with_it
                 return out
             cursor = page.next_cursor
 
-    wait_until("the log caught up", lambda: all(logged().get(k, {}).get("state") == s for k, s in final.items())
-               and logged().get(f"@run:{report.run_id}", {}).get("state") == "COMPLETED", timeout=60)
+    def settled() -> bool:
+        rows = logged()
+        commands = {c.idempotency_key for c in to_end("commands")}
+        return (rows.get(f"@run:{report.run_id}", {}).get("state") == "COMPLETED"
+                and {k for k, e in rows.items() if e["kind"] == "COMMAND" and e["state"] != "PENDING"} == commands)
+
+    wait_until("the log caught up with kms.commands and kms.results", settled, timeout=60)
+    commands: list[KmsCommand] = to_end("commands")
+    keys = {c.idempotency_key for c in commands}
+    assert any(c.source.run_id == report.run_id for c in commands)
+    results: list[KmsResult] = to_end("results")
+    final = {r.idempotency_key: r.state.value for r in results if not r.duplicate}
+    assert keys <= set(final)
     rows = logged()
     assert {k for k, e in rows.items() if e["kind"] == "COMMAND"} == keys  # every command once, nothing else
     assert {k: rows[k]["state"] for k in final} == final
@@ -216,16 +222,6 @@ def test_every_command_of_events_requests_and_a_reset_run_is_logged_once_with_it
     assert all(position[("command", k)] > activated_at for k in mine)
 
 
-def end_offsets(pipeline: Pipeline, logical: str) -> list[int]:
-    topic = pipeline.settings.topic(logical)
-    consumer = Consumer({"bootstrap.servers": pipeline.bootstrap, "group.id": f"offsets-{uuid.uuid4().hex}"})
-    try:
-        return [consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
-                for p in range(pipeline.partitions)]
-    finally:
-        consumer.close()
-
-
 def test_a_dead_letter_valid_now_is_provisioned_once_by_replay_and_replaying_again_does_nothing(
         sqlite_pipeline: Pipeline, kms_simulator: SimulatorHandle) -> None:
     pipeline = sqlite_pipeline
@@ -250,11 +246,11 @@ def test_a_dead_letter_valid_now_is_provisioned_once_by_replay_and_replaying_aga
     translator = start_translator(pipeline.settings)  # the default skew (one day) accepts it
     executor = start_executor(pipeline.settings)
     try:
-        before = end_offsets(pipeline, "subscriptions")
+        before = end_offsets_of(pipeline, pipeline.settings.topic("subscriptions"))
         dry = CliRunner().invoke(cli_main, ["dlq", "replay", dlq, "--dry-run"], env=env)
         assert dry.exit_code == 0, dry.output
         assert "dry run: 1 would be replayed" in dry.output
-        assert end_offsets(pipeline, "subscriptions") == before  # a dry run produces nothing
+        assert end_offsets_of(pipeline, pipeline.settings.topic("subscriptions")) == before  # a dry run: nothing
 
         filtered = CliRunner().invoke(cli_main, ["dlq", "replay", dlq, "--error-class", "Oversized"], env=env)
         assert "replayed 0" in filtered.output and "1 filtered out" in filtered.output
@@ -267,7 +263,7 @@ def test_a_dead_letter_valid_now_is_provisioned_once_by_replay_and_replaying_aga
         again = CliRunner().invoke(cli_main, ["dlq", "replay", dlq], env=env)
         assert again.exit_code == 0, again.output
         assert "replayed 0" in again.output and "1 replayed before" in again.output
-        assert sum(end_offsets(pipeline, "subscriptions")) == sum(before) + 1  # one record, replayed once
+        assert end_offsets_of(pipeline, pipeline.settings.topic("subscriptions")) == before + 1  # replayed once
         applied = [a for a in sim.audit() if a["idempotency_key"].startswith(f"ev:{ahead.event_id}:")]
         assert applied and len({a["idempotency_key"] for a in applied}) == len(applied)  # each key once
     finally:
@@ -287,7 +283,19 @@ def test_a_requests_outcome_is_answered_after_the_api_restarts_from_the_durable_
         sqlite_pipeline: Pipeline, kms_simulator: SimulatorHandle) -> None:
     from fastapi.testclient import TestClient
 
-    from kmsbridge.wiring_api import build_api
+    from kmsbridge.wiring_api import ApiProcess, build_api
+    from producers.results_feed import OutcomeFeedError
+
+    def build(**kwargs: Any) -> ApiProcess:
+        # the outcome feed refuses to start (fail-fast, by design) while a fresh topic's leader still moves
+        def attempt() -> ApiProcess | None:
+            try:
+                return build_api(settings, **kwargs)
+            except OutcomeFeedError:
+                return None
+        started = wait_until("the Web API started", attempt)
+        assert started is not None
+        return started
 
     pipeline = sqlite_pipeline
     settings = pipeline.settings_with(api__api_keys=[SecretStr("log-test-key")])
@@ -298,7 +306,7 @@ def test_a_requests_outcome_is_answered_after_the_api_restarts_from_the_durable_
     started = {"translator": start_translator(settings), "executor": start_executor(settings),
                 "request-log": start_request_log(pipeline)}
     try:
-        first = build_api(settings, request_log=log)
+        first = build(request_log=log)
         try:
             answer = TestClient(first.app).post(f"/v1/secure-clients/{MAIN.secure_client_id}/reauthorise",
                                                 params={"process_immediately": "true"}, headers=headers)
@@ -310,12 +318,12 @@ def test_a_requests_outcome_is_answered_after_the_api_restarts_from_the_durable_
         wait_until("the log settled the request", lambda: (o := log.outcome(request_id)) is not None and o.settled)
 
         # restarted, and the request is outside the window the outcome feed reads back (history 0)
-        forgetful = build_api(settings, history_seconds=0.0)
+        forgetful = build(history_seconds=0.0)
         try:
             assert TestClient(forgetful.app).get(f"/v1/requests/{request_id}", headers=headers).status_code == 404
         finally:
             forgetful.close()
-        restarted = build_api(settings, history_seconds=0.0, request_log=log)
+        restarted = build(history_seconds=0.0, request_log=log)
         try:
             got = TestClient(restarted.app).get(f"/v1/requests/{request_id}", headers=headers)
             history = TestClient(restarted.app).get(f"/v1/secure-clients/{MAIN.secure_client_id}/history",
@@ -332,3 +340,44 @@ def test_a_requests_outcome_is_answered_after_the_api_restarts_from_the_durable_
         for proc in reversed(list(started.values())):
             proc.stop()
         engine.dispose()
+
+
+def test_the_writer_skips_what_it_cannot_read_dead_letters_nothing_and_enforces_the_retention(
+        sqlite_pipeline: Pipeline) -> None:
+    from provisioning.keys import KeySource, idempotency_key
+    from reconciler.request_log_store import LogBatch
+    from schemas.records import Operation, Source
+
+    pipeline = sqlite_pipeline
+    engine = engine_for(pipeline.settings)
+    upgrade(engine)
+    log = RequestLog(engine)
+
+    def cmd(event_id: str, created: datetime) -> KmsCommand:
+        return KmsCommand(idempotency_key=idempotency_key(KeySource.EVENT, event_id, "C-1", Operation.PAIR),
+                          operation=Operation.PAIR, secure_client_id="C-1", created_at=created,
+                          source=Source(process_name="translator", event_id=event_id))
+
+    old = cmd("E-old", datetime.now(UTC) - timedelta(days=91))  # beyond the default 90 days
+    log.write(LogBatch(commands=[old]))
+    fresh = cmd("E-new", _now_ms())
+    pipeline.produce_raw("commands", b"\x00not avro at all")
+    pipeline.produce("commands", [fresh])
+    writer = start_request_log(pipeline)
+    try:
+        wait_until("the fresh command logged and the old one purged", lambda: {
+            e["entry_key"] for e in log.search(LogFilter(), limit=10).entries} == {fresh.idempotency_key})
+    finally:
+        writer.stop()  # raises if the writer died on the bad record
+        engine.dispose()
+    dlq = pipeline.settings.dlq(pipeline.settings.topic("commands"))
+    assert end_offsets_of(pipeline, dlq) == 0  # the executor dead-letters its input, not the log
+
+
+def end_offsets_of(pipeline: Pipeline, topic: str) -> int:
+    consumer = Consumer({"bootstrap.servers": pipeline.bootstrap, "group.id": f"offsets-{uuid.uuid4().hex}"})
+    try:
+        return sum(consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
+                   for p in range(pipeline.partitions))
+    finally:
+        consumer.close()
