@@ -32,6 +32,8 @@ def _short_time(value: str | None) -> str | None:
 
 
 def _error(entry: dict[str, Any]) -> str | None:
+    if entry["state"] == "COMPLETED":
+        return None  # the KMS's "OK" is no error
     parts = [p for p in (entry.get("error_code"), entry.get("provider_error_code")) if p]
     return "/".join(parts) or None
 
