@@ -19,7 +19,10 @@ Commit protocol, at-least-once (correct because every write is idempotent, see t
    which changes nothing (step 3 is idempotent).
 
 If step 3 fails (database unreachable) nothing is committed: every assigned partition is rewound to
-its committed offset and the batch is tried again after ``retry_seconds``.
+its committed offset and the batch is tried again after ``retry_seconds``. If the database refuses the
+batch for what a record holds (:func:`~consumers.dlq.is_content_error`), the batch is written record
+by record instead: the refused record is **skipped and counted** (as in step 2) and the others are
+written, so no record can stop a partition of the log.
 
 Every ``purge_interval_seconds`` the writer deletes the rows older than the retention (in chunks).
 """
@@ -37,6 +40,7 @@ from pydantic import BaseModel
 from sqlalchemy.exc import SQLAlchemyError
 
 from consumers.batch_commit import Assignment, is_eof_or_error, positions_after
+from consumers.dlq import is_content_error
 from consumers.health import HealthState
 from consumers.metrics import MESSAGES_CONSUMED, MESSAGES_PROCESSED, PROCESSING_SECONDS
 from reconciler.request_log_store import LogBatch, RequestLog
@@ -112,8 +116,13 @@ class RequestLogWriter:
     def _process_batch(self, msgs: list[Message]) -> None:
         t0 = time.monotonic()
         try:
-            batch, outcomes = self._decode(msgs)  # step 2
-            self._store.write(batch)  # step 3
+            batch, outcomes, decoded = self._decode(msgs)  # step 2
+            try:
+                self._store.write(batch)  # step 3
+            except SQLAlchemyError as exc:
+                if not is_content_error(exc):
+                    raise
+                self._write_one_by_one(msgs, decoded, outcomes)
         except (SQLAlchemyError, SchemaRegistryUnavailable) as exc:
             log.warning("request-log batch failed (%s: %s); rewinding and retrying in %.1fs",
                         type(exc).__name__, exc, self._cfg.retry_seconds)
@@ -132,10 +141,28 @@ class RequestLogWriter:
             MESSAGES_PROCESSED.labels(PROCESS, topic, outcome).inc()
             PROCESSING_SECONDS.labels(PROCESS, topic).observe(elapsed)
 
-    def _decode(self, msgs: list[Message]) -> tuple[LogBatch, list[str]]:
+    def _write_one_by_one(self, msgs: list[Message], decoded: list[tuple[int, BaseModel]],
+                          outcomes: list[str]) -> None:
+        """Step 3 again, one record a transaction: the record the database refuses is skipped."""
+        for index, record in decoded:
+            single = LogBatch()
+            _add(single, record, _timestamp(msgs[index]))
+            try:
+                self._store.write(single)
+            except SQLAlchemyError as exc:
+                if not is_content_error(exc):
+                    raise
+                msg = msgs[index]
+                log.error("request-log skipped a record the database refused topic=%s partition=%s offset=%s "
+                          "error=%s", msg.topic(), msg.partition(), msg.offset(), type(exc).__name__)
+                outcomes[index] = "skipped"
+
+    def _decode(self, msgs: list[Message]) -> tuple[LogBatch, list[str], list[tuple[int, BaseModel]]]:
+        """The batch to write, each message's outcome, and the decoded records with their positions."""
         batch = LogBatch()
         outcomes: list[str] = []
-        for msg in msgs:
+        decoded: list[tuple[int, BaseModel]] = []
+        for index, msg in enumerate(msgs):
             value = msg.value()
             record_type = self._types.get(msg.topic() or "")
             if value is None or record_type is None:
@@ -149,8 +176,9 @@ class RequestLogWriter:
                 outcomes.append("skipped")
                 continue
             _add(batch, record, _timestamp(msg))
+            decoded.append((index, record))
             outcomes.append("ok")
-        return batch, outcomes
+        return batch, outcomes, decoded
 
     def _purge_when_due(self) -> None:
         now = time.monotonic()

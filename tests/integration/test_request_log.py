@@ -381,3 +381,44 @@ def end_offsets_of(pipeline: Pipeline, topic: str) -> int:
                    for p in range(pipeline.partitions))
     finally:
         consumer.close()
+
+
+def test_a_record_the_log_database_refuses_is_skipped_and_the_records_around_it_are_written(
+        kafka_bootstrap: str, kms_simulator: SimulatorHandle, tmp_path: Path,
+        postgres_url: str) -> None:  # noqa: F811 (the fixture imported above)
+    from sqlalchemy import text
+
+    from provisioning.keys import KeySource, idempotency_key
+    from schemas.records import Operation, Source
+
+    pipe = Pipeline(kafka_bootstrap, kms_simulator.url, kms_simulator.token, tmp_path / "work",
+                    database_url=new_database(postgres_url), partitions=1)
+    engine = engine_for(pipe.settings)
+    upgrade(engine)
+    with engine.begin() as conn:  # a content rule of the database, which one record breaks
+        conn.execute(text(f"ALTER TABLE {log_table_name()} ADD CONSTRAINT test_refused_card "
+                          "CHECK (secure_client_id IS NULL OR secure_client_id <> 'C-REFUSED')"))
+    log = RequestLog(engine)
+
+    def cmd(card: str) -> KmsCommand:
+        event_id = str(uuid.uuid4())
+        return KmsCommand(idempotency_key=idempotency_key(KeySource.EVENT, event_id, card, Operation.PAIR),
+                          operation=Operation.PAIR, secure_client_id=card, created_at=_now_ms(),
+                          source=Source(process_name="translator", event_id=event_id))
+
+    before, refused, after = cmd("C-BEFORE"), cmd("C-REFUSED"), cmd("C-AFTER")
+    pipe.produce("commands", [before, refused, after])  # one partition: one batch, in this order
+    writer = start_request_log(pipe)
+    try:
+        wait_until("the records around the refused one logged", lambda: {
+            e["entry_key"] for e in log.search(LogFilter(), limit=10).entries} == {
+            before.idempotency_key, after.idempotency_key}, 60)
+    finally:
+        writer.stop()  # raises if the writer died on the refused record
+        engine.dispose()
+        pipe.close()
+
+
+def log_table_name() -> str:
+    from reconciler.request_log_tables import log_table
+    return log_table.name
