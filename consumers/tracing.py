@@ -14,7 +14,7 @@ global: no span, no context look-up, no header, no wrapper coroutine.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Iterator, Mapping
 from typing import Any, TypeVar
 
 from confluent_kafka import Message
@@ -32,6 +32,7 @@ __all__ = [
     "enabled",
     "kms_call_span",
     "propagation_headers",
+    "server_span",
     "traced",
     "wrap",
 ]
@@ -118,6 +119,17 @@ def kms_call_span(operation: str) -> contextlib.AbstractContextManager[Any]:
         return contextlib.nullcontext()
     return tracer.start_as_current_span(f"kms {operation}", kind=SpanKind.CLIENT,
                                         attributes={"rpc.system": "soap", "rpc.method": operation})
+
+
+def server_span(name: str, headers: Mapping[str, str]) -> contextlib.AbstractContextManager[Any]:
+    """The span of one Web API request, continuing the caller's W3C ``traceparent`` header (or starting
+    a trace); records published while it is current carry it on (:func:`propagation_headers`). A no-op
+    context (yielding None) when off."""
+    tracer = _tracer
+    if tracer is None:
+        return contextlib.nullcontext()
+    carrier = {key: value for key in (TRACEPARENT, "tracestate") if (value := headers.get(key)) is not None}
+    return tracer.start_as_current_span(name, context=_PROPAGATOR.extract(carrier), kind=SpanKind.SERVER)
 
 
 def propagation_headers() -> Headers | None:

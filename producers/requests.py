@@ -25,6 +25,7 @@ from typing import Protocol
 from confluent_kafka import KafkaError, KafkaException, Producer
 from pydantic import SecretStr
 
+from consumers.tracing import propagation_headers
 from producers.errors import ProducerError
 from schemas.codec import Codec
 from schemas.records import MessageKind, ReconcileRequest, RequestType, ServiceRequest, TextMode
@@ -126,7 +127,9 @@ class KafkaRequestPublisher:
             done.set()
 
         try:
-            self._producer.produce(topic, key=key.encode(), value=value, on_delivery=delivered)
+            # the Web API request's trace goes on with the record (nothing when tracing is off)
+            self._producer.produce(topic, key=key.encode(), value=value, on_delivery=delivered,
+                                   headers=propagation_headers())
         except (KafkaException, BufferError) as exc:
             raise ProducerError(f"producing to {topic}: {exc}") from exc
         # flush() serves delivery callbacks of every thread's messages; ours sets ``done``.

@@ -37,6 +37,7 @@ from starlette.exceptions import HTTPException
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from consumers.tracing import server_span
 from kms_adapter.port import KmsPort
 from producers.api.allow import complete_allow_header
 from producers.api.auth import ApiKeyAuth
@@ -153,21 +154,26 @@ def create_app(settings: ApiConfig, publisher: RequestPublisher, outcomes: Outco
 
 
 async def _observe(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-    """Count and time every request by its route *template* (ids stay out of labels); log one line."""
+    """Count and time every request by its route *template* (ids stay out of labels); log one line; trace
+    it in a span that continues the caller's ``traceparent`` when tracing is on."""
     started = time.monotonic()
     status = 500
-    try:
-        response = await call_next(request)
-        status = response.status_code
-        return response
-    finally:
-        elapsed = time.monotonic() - started
-        route = _route_template(request.scope)
-        method = request.method if request.method in METHODS else "OTHER"
-        API_REQUESTS.labels(method, route, str(status)).inc()
-        API_REQUEST_SECONDS.labels(method, route).observe(elapsed)
-        if route not in ("/healthz", "/readyz", "/metrics"):
-            log.info("api method=%s route=%s status=%s ms=%.1f", method, route, status, elapsed * 1000)
+    method = request.method if request.method in METHODS else "OTHER"
+    with server_span(f"{method} request", request.headers) as span:
+        try:
+            response = await call_next(request)
+            status = response.status_code
+            return response
+        finally:
+            elapsed = time.monotonic() - started
+            route = _route_template(request.scope)
+            if span is not None:
+                span.update_name(f"{method} {route}")
+                span.set_attribute("http.response.status_code", status)
+            API_REQUESTS.labels(method, route, str(status)).inc()
+            API_REQUEST_SECONDS.labels(method, route).observe(elapsed)
+            if route not in ("/healthz", "/readyz", "/metrics"):
+                log.info("api method=%s route=%s status=%s ms=%.1f", method, route, status, elapsed * 1000)
 
 
 def _route_template(scope: Scope) -> str:

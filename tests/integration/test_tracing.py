@@ -124,3 +124,46 @@ def test_tracing_off_adds_no_span_no_header_and_no_wrapper() -> None:
     finally:
         coro.close()
     assert tracing.propagation_headers() is None and tracing.current_ids() is None
+
+
+def test_a_web_api_request_continues_the_callers_trace_into_kms_requests_and_the_translator(
+    pipeline: Pipeline, provider: tuple[TracerProvider, InMemorySpanExporter]
+) -> None:
+    from fastapi.testclient import TestClient
+    from pydantic import SecretStr
+
+    from kmsbridge.wiring_api import build_api
+    from producers.topics import wait_for_topics
+
+    tracer_provider, exporter = provider
+    card = f"92{uuid.uuid4().int % 10**8:08d}"
+    settings = pipeline.settings.model_copy(update={"api": pipeline.settings.api.model_copy(
+        update={"api_keys": [SecretStr("trace-key")]})})
+    with tracer_provider.get_tracer("crm").start_as_current_span("agent clicks reset PIN") as caller:
+        carrier: dict[str, str] = {}
+        TraceContextTextMapPropagator().inject(carrier)
+    trace_id = caller.get_span_context().trace_id
+    wait_for_topics(settings.kafka_config(), settings.all_topics())  # leaders elected: the API reads at once
+    api = build_api(settings)
+    try:
+        with TestClient(api.app) as client:
+            answer = client.post(f"/v1/secure-clients/{card}/pin", json={"default": True},
+                                 headers={"Authorization": "Bearer trace-key", "traceparent": carrier["traceparent"]})
+    finally:
+        api.close()
+    assert answer.status_code == 202, answer.text
+    requests = pipeline.read("requests", lambda msgs: any(
+        pipeline.codec.decode_any(m.value()).secure_client_id == card for m in msgs), decode=False)
+    (published,) = [m for m in requests if pipeline.codec.decode_any(m.value()).secure_client_id == card]
+    assert _trace_id(published) == trace_id
+    translator = start_translator(pipeline.settings)
+    try:
+        spans = wait_until("the translator's span of the request", lambda: [
+            s for s in exporter.get_finished_spans() if s.context.trace_id == trace_id and s.name == "translate"])
+    finally:
+        translator.stop()
+    (server,) = [s for s in exporter.get_finished_spans()
+                 if s.context.trace_id == trace_id and s.kind is SpanKind.SERVER]
+    assert server.name == "POST /v1/secure-clients/{secure_client_id}/pin"
+    assert server.parent is not None and server.parent.span_id == caller.get_span_context().span_id
+    assert spans[0].parent is not None and spans[0].parent.span_id == server.context.span_id
