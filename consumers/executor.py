@@ -56,7 +56,14 @@ from consumers.command_runner import CommandRunner, LedgerRejected, RunOutcome
 from consumers.dlq import HEADER_PREFIX, DeadLetters, screen_size, screen_times
 from consumers.errors import CommandAbandoned, FatalKafkaError
 from consumers.health import HealthState
-from consumers.kafka_clients import HangWatchdog, Headers, consume_available, is_fatal, produce
+from consumers.kafka_clients import (
+    HangWatchdog,
+    Headers,
+    consume_available,
+    is_fatal,
+    produce,
+    schema_id_header,
+)
 from consumers.metrics import (
     COMMANDS_INFLIGHT,
     MESSAGES_CONSUMED,
@@ -183,7 +190,7 @@ class Executor:
             return
         try:  # step 3
             screen_size(value, self._cfg.max_message_bytes)
-            cmd = self._codec.decode(value, KmsCommand)
+            cmd = self._codec.decode(value, KmsCommand, schema_id_header(msg))
             screen_times(cmd, _TIME_FIELDS, self._cfg.max_future_skew)
         except PoisonMessage as exc:
             self._dead_letters.send(self._cfg.dlq_topic, msg, exc, on_delivered=finish)

@@ -29,6 +29,7 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer
 
 from consumers.errors import FatalKafkaError, KafkaAuthenticationFailed, KafkaTlsFailed
+from schemas.codec import SCHEMA_ID_HEADER
 
 KafkaConfig = Mapping[str, str]
 
@@ -45,6 +46,7 @@ __all__ = [
     "make_producer",
     "produce",
     "producer_config",
+    "schema_id_header",
 ]
 
 log = logging.getLogger(__name__)
@@ -244,3 +246,16 @@ def make_consumer(config: dict[str, Any]) -> Consumer:
 
 def make_producer(config: dict[str, Any]) -> Producer:
     return Producer(config)
+
+
+def schema_id_header(msg: Message) -> bytes | None:
+    """The schema GUID of ``msg``'s ``__value_schema_id`` header (Confluent's header serializer puts it
+    there and the bare Avro body in the value), for :meth:`schemas.codec.Codec.decode`; None when the
+    message has no such header, as every record kmsbridge writes."""
+    headers: Any = msg.headers()
+    if not headers:
+        return None
+    for key, value in headers.items() if isinstance(headers, dict) else headers:
+        if key == SCHEMA_ID_HEADER:
+            return value if isinstance(value, bytes) else None
+    return None

@@ -60,7 +60,7 @@ from consumers.dlq import (
 )
 from consumers.errors import FatalKafkaError
 from consumers.health import HealthState
-from consumers.kafka_clients import HangWatchdog, is_fatal, kafka_error, produce
+from consumers.kafka_clients import HangWatchdog, is_fatal, kafka_error, produce, schema_id_header
 from consumers.metrics import MESSAGES_CONSUMED, MESSAGES_PROCESSED, PROCESSING_SECONDS
 from consumers.translation import Translation
 from schemas.codec import Codec
@@ -187,7 +187,7 @@ class TransactionalTranslator:
             return "skipped"
         try:
             screen_size(value, self._cfg.max_message_bytes)
-            record: object = self._codec.decode(value, record_type)
+            record: object = self._codec.decode(value, record_type, schema_id_header(msg))
             screen_times(record, _TIME_FIELDS, self._cfg.max_future_skew)
             try:
                 translation = handler(record, topic)

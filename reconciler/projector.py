@@ -36,6 +36,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from consumers.batch_commit import Assignment, is_eof_or_error, positions_after
 from consumers.dlq import DatabaseRejected, DeadLetters, is_content_error, screen_size, screen_times
 from consumers.health import HealthState
+from consumers.kafka_clients import schema_id_header
 from consumers.metrics import MESSAGES_CONSUMED, MESSAGES_PROCESSED, PROCESSING_SECONDS
 from reconciler.publish import PublishFailed
 from reconciler.store import DesiredStateStore, UpsertResult
@@ -134,7 +135,7 @@ class Projector:
                 continue
             try:
                 screen_size(value, self._cfg.max_message_bytes)
-                event = self._codec.decode(value, SubscriptionEvent)
+                event = self._codec.decode(value, SubscriptionEvent, schema_id_header(msg))
                 screen_times(event, _TIME_FIELDS, self._cfg.max_future_skew)
             except PoisonMessage as exc:
                 self._dead_letters.send(self._cfg.dlq_topic, msg, exc)

@@ -35,6 +35,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from consumers.batch_commit import Assignment, is_eof_or_error, positions_after
 from consumers.dlq import DeadLetters, screen_size, screen_times
 from consumers.health import HealthState
+from consumers.kafka_clients import schema_id_header
 from consumers.metrics import MESSAGES_CONSUMED, MESSAGES_PROCESSED
 from reconciler.communications_queue import CommunicationQueue
 from reconciler.expectations import Expectations
@@ -133,13 +134,13 @@ class QueueReader:
             return "skipped"
         if msg.topic() == self._cfg.results_topic:
             try:
-                results.append(self._codec.decode(value, KmsResult))
+                results.append(self._codec.decode(value, KmsResult, schema_id_header(msg)))
             except PoisonMessage:
                 return "skipped"
             return "ok"
         try:
             screen_size(value, self._cfg.max_message_bytes)
-            comm = self._codec.decode(value, CommunicationEvent)
+            comm = self._codec.decode(value, CommunicationEvent, schema_id_header(msg))
             screen_times(comm, ("created_at",), self._cfg.max_future_skew)
         except PoisonMessage as exc:
             self._dead_letters.send(self._cfg.dlq_topic, msg, exc)

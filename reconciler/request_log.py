@@ -42,6 +42,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from consumers.batch_commit import Assignment, is_eof_or_error, positions_after
 from consumers.dlq import is_content_error
 from consumers.health import HealthState
+from consumers.kafka_clients import schema_id_header
 from consumers.metrics import MESSAGES_CONSUMED, MESSAGES_PROCESSED, PROCESSING_SECONDS
 from reconciler.request_log_store import LogBatch, RequestLog
 from schemas.codec import Codec
@@ -169,7 +170,7 @@ class RequestLogWriter:
                 outcomes.append("skipped")
                 continue
             try:
-                record: BaseModel = self._codec.decode(value, record_type)
+                record: BaseModel = self._codec.decode(value, record_type, schema_id_header(msg))
             except PoisonMessage as exc:
                 log.info("request-log skipped an undecodable record topic=%s partition=%s offset=%s reason=%s",
                          msg.topic(), msg.partition(), msg.offset(), exc.reason)

@@ -36,7 +36,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 
 from consumers.dlq import DeadLetters, OutputTooLarge, screen_output, screen_size, screen_times
 from consumers.health import HealthState
-from consumers.kafka_clients import produce
+from consumers.kafka_clients import produce, schema_id_header
 from consumers.metrics import MESSAGES_CONSUMED, MESSAGES_PROCESSED
 from reconciler.job import ResetJob, RunInterrupted
 from reconciler.publish import PublishFailed
@@ -108,7 +108,7 @@ class ReconcileRunner:
             return
         try:
             screen_size(value, self._cfg.max_message_bytes)
-            request = self._codec.decode(value, ReconcileRequest)
+            request = self._codec.decode(value, ReconcileRequest, schema_id_header(msg))
             screen_times(request, _TIME_FIELDS, self._cfg.max_future_skew)
         except PoisonMessage as exc:
             self._dead_letters.send(self._cfg.dlq_topic, msg, exc)

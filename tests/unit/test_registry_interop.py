@@ -185,3 +185,29 @@ def test_refused_credentials_are_fatal_and_name_the_settings(
 def test_a_server_error_stays_retryable(sample_records: dict[str, BaseModel]) -> None:
     with pytest.raises(SchemaRegistryUnavailable):
         Codec(registry_client=_Refusing(503), pins=RING).encode(sample_records["KmsResult"], TOPIC)
+
+
+def test_the_consumers_read_a_record_whose_schema_guid_travels_in_its_header(
+        sample_records: dict[str, BaseModel], tmp_path: Any) -> None:
+    from confluent_kafka import Message
+
+    from consumers.kafka_clients import schema_id_header
+    from reconciler.projector import Projector, ProjectorConfig
+
+    registry = _mock_registry()
+    record = sample_records["SubscriptionEvent"]
+    serializer = AvroSerializer(registry, json.dumps(load_schema("SubscriptionEvent")),
+                                to_dict=lambda value, ctx: record_to_dict(value),
+                                conf={"schema.id.serializer": header_schema_id_serializer})
+    headers: list[tuple[str, bytes]] = [("traceparent", b"00-" + b"1" * 32 + b"-" + b"2" * 16 + b"-01")]
+    body = serializer(record, _ctx(headers))
+    msg = Message(topic=TOPIC, partition=0, offset=0, key=b"k", value=body, headers=headers)
+    projector = Projector(None, None, Codec(registry_client=registry, pins=RING), None,  # type: ignore[arg-type]
+                          ProjectorConfig(topic=TOPIC, dlq_topic=f"{TOPIC}.dlq"))
+
+    decoded, outcomes = projector._decode([msg])  # the decode step every consumer shares
+
+    assert schema_id_header(msg) == dict(headers)[SCHEMA_ID_HEADER]
+    assert outcomes == ["ok"] and decoded == [(0, record)]
+    plain = Message(topic=TOPIC, partition=0, offset=1, key=b"k", value=b"x", headers=None)
+    assert schema_id_header(plain) is None
