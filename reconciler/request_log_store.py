@@ -293,12 +293,15 @@ class RequestLog:
             event_rows_ = conn.execute(events).all()
             entry_rows = conn.execute(entries).all()
         items: list[tuple[datetime, int, HistoryItem]] = []
-        for ev in event_rows_:
+        for ev in reversed(event_rows_):
             items.append((ev.occurred_at, 0, HistoryItem(ev.occurred_at, "event", {
                 "event_id": ev.event_id, "event_type": ev.event_type, "subscription_id": ev.subscription_id,
                 "version": ev.version, "subscription_state": ev.subscription_state, "role": ev.role,
                 "distributor": ev.distributor})))
-        for row in entry_rows:
+        # rows come newest first; read oldest first so entries of one instant keep their key order (the
+        # commands of one event: PAIR, SET_PIN, SYNC_ENTITLEMENTS; CLEAR_ENTITLEMENTS, UNPAIR), which the
+        # stable sort below preserves
+        for row in reversed(entry_rows):
             view = entry_view(row)
             planned = {k: view[k] for k in ("entry_key", "kind", "operation", "subscription_id", "distributor",
                                             "source_kind", "source_id", "process_name", "priority")}

@@ -250,6 +250,13 @@ def test_a_boxs_history_lists_its_events_commands_and_results_oldest_first_and_n
     assert store.history("C-unknown") == []
 
 
+def test_a_boxs_history_lists_the_commands_of_one_instant_in_the_order_they_were_planned(store: RequestLog) -> None:
+    planned = [command("C-3", op, at=T0) for op in (Operation.PAIR, Operation.SET_PIN, Operation.SYNC_ENTITLEMENTS)]
+    store.write(LogBatch(commands=list(reversed(planned))))
+
+    assert [i.detail["operation"] for i in store.history("C-3")] == ["PAIR", "SET_PIN", "SYNC_ENTITLEMENTS"]
+
+
 def test_retention_deletes_only_what_is_older(store: RequestLog) -> None:
     old = command("C-1", event_id="E-old", at=T0 - timedelta(days=100))
     new = command("C-1", event_id="E-new", at=T0)
