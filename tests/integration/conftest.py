@@ -5,13 +5,17 @@
   ``endpoint``, ``token``, ``soap_client(...)``, ``state()``, ``set_state(...)``, ``audit()``,
   ``set_faults(...)``, ``clear_faults()``, ``reset()``.
 - ``strict_kms_simulator``: the same with ``strict_clients`` on.
+- ``database_url``: each test that asks for it runs twice, on a fresh SQLite file and on a fresh
+  PostgreSQL database (``pg.py``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+from pg import new_database, postgres_url  # noqa: F401 (the session fixture database_url asks for)
 
 from kms_adapter.simulator.testing import SimulatorHandle, running_simulator
 
@@ -40,3 +44,10 @@ def strict_kms_simulator(_strict_kms_simulator_server: SimulatorHandle) -> Itera
     _strict_kms_simulator_server.reset()
     yield _strict_kms_simulator_server
     _strict_kms_simulator_server.reset()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'kmsbridge.db'}"
+    return new_database(request.getfixturevalue("postgres_url"))

@@ -22,7 +22,6 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 from confluent_kafka import Producer
-from pg import new_database, postgres_url  # noqa: F401 (the session fixture)
 
 from kms_adapter.simulator.testing import SimulatorHandle
 from kmsbridge.cli_reconcile import reconcile_cmd
@@ -79,13 +78,6 @@ def start_reconciler(pipeline: Pipeline) -> RunningProcess:
 
 
 # --- fixtures -----------------------------------------------------------------------------------------
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'kmsbridge.db'}"
-    return new_database(request.getfixturevalue("postgres_url"))
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 from confluent_kafka import Consumer, TopicPartition
-from pg import new_database, postgres_url  # noqa: F401 (the session fixture)
+from pg import new_database
 from pydantic import SecretStr
 from test_reconciler import _in_thread, run, start_projector, start_reconciler
 
@@ -52,13 +52,6 @@ MAIN = Device(distributor="MAIN", secure_client_id="9100001", stb_serial="STB-1"
 TWIN = Device(distributor="TWIN1", secure_client_id="9100002", stb_serial="STB-2")
 OTHER = Device(distributor="MAIN", secure_client_id="9100011", stb_serial="STB-3")
 LONELY_TWIN = Device(distributor="TWIN1", secure_client_id="9100021", stb_serial="STB-4")
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'kmsbridge.db'}"
-    return new_database(request.getfixturevalue("postgres_url"))
 
 
 @pytest.fixture
@@ -385,7 +378,7 @@ def end_offsets_of(pipeline: Pipeline, topic: str) -> int:
 
 def test_a_record_the_log_database_refuses_is_skipped_and_the_records_around_it_are_written(
         kafka_bootstrap: str, kms_simulator: SimulatorHandle, tmp_path: Path,
-        postgres_url: str) -> None:  # noqa: F811 (the fixture imported above)
+        postgres_url: str) -> None:
     from sqlalchemy import text
 
     from provisioning.keys import KeySource, idempotency_key

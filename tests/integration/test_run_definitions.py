@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pg import new_database, postgres_url  # noqa: F401 (the session fixture)
 from sqlalchemy import create_engine
 from test_reconciler import event, run, start_projector, start_reconciler, wait_projected
 
@@ -37,13 +36,6 @@ from reconciler.store import DesiredStateStore
 from schemas.records import CommunicationEvent, Device, KmsCommand, MessageKind, ReconcileReport, TextMode
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'kmsbridge.db'}"
-    return new_database(request.getfixturevalue("postgres_url"))
 
 
 @pytest.fixture
