@@ -33,7 +33,7 @@ from datetime import timedelta
 from confluent_kafka import Consumer, KafkaException, Message, Producer
 from sqlalchemy.exc import SQLAlchemyError
 
-from consumers.batch_commit import Assignment, is_eof_or_error, positions_after
+from consumers.batch_commit import Assignment, poll_batches, positions_after
 from consumers.dlq import DatabaseRejected, DeadLetters, is_content_error, screen_size, screen_times
 from consumers.health import HealthState
 from consumers.kafka_clients import schema_id_header
@@ -84,15 +84,10 @@ class Projector:
         self._stop.set()
 
     def run(self) -> None:
-        a = self._assignment
-        self._consumer.subscribe([self._cfg.topic], on_assign=a.on_assign, on_revoke=a.on_revoke, on_lost=a.on_revoke)
         try:
-            while not self._stop.is_set():
-                msgs = self._consumer.consume(self._cfg.batch_size, self._cfg.batch_seconds)  # step 1
-                self._health.polled()
-                msgs = [m for m in msgs if not is_eof_or_error(m)]
-                if msgs:
-                    self._process_batch(msgs)
+            poll_batches(self._consumer, [self._cfg.topic], self._assignment, self._health, self._stop,  # step 1
+                         batch_size=self._cfg.batch_size, batch_seconds=self._cfg.batch_seconds,
+                         handle=self._process_batch)
         finally:
             self._producer.flush(self._cfg.flush_timeout_seconds)
             self._consumer.close()  # leaves the group at once; everything processed is committed

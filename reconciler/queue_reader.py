@@ -32,7 +32,7 @@ from datetime import timedelta
 from confluent_kafka import Consumer, KafkaException, Message, Producer
 from sqlalchemy.exc import SQLAlchemyError
 
-from consumers.batch_commit import Assignment, is_eof_or_error, positions_after
+from consumers.batch_commit import Assignment, poll_batches, positions_after
 from consumers.dlq import DeadLetters, screen_size, screen_times
 from consumers.health import HealthState
 from consumers.kafka_clients import schema_id_header
@@ -84,16 +84,10 @@ class QueueReader:
 
     def run(self) -> None:
         topics = [t for t in (self._cfg.communications_topic, self._cfg.results_topic) if t]
-        self._consumer.subscribe(topics,
-                                 on_assign=self._assignment.on_assign, on_revoke=self._assignment.on_revoke,
-                                 on_lost=self._assignment.on_revoke)
         try:
-            while not self._stop.is_set():
-                msgs = self._consumer.consume(self._cfg.batch_size, self._cfg.batch_seconds)  # step 1
-                self._health.polled()
-                msgs = [m for m in msgs if not is_eof_or_error(m)]
-                if msgs:
-                    self._process(msgs)
+            poll_batches(self._consumer, topics, self._assignment, self._health, self._stop,  # step 1
+                         batch_size=self._cfg.batch_size, batch_seconds=self._cfg.batch_seconds,
+                         handle=self._process)
         finally:
             self._producer.flush(self._cfg.flush_timeout_seconds)
             self._consumer.close()

@@ -39,7 +39,7 @@ from confluent_kafka import Consumer, KafkaException, Message
 from pydantic import BaseModel
 from sqlalchemy.exc import SQLAlchemyError
 
-from consumers.batch_commit import Assignment, is_eof_or_error, positions_after
+from consumers.batch_commit import Assignment, poll_batches, positions_after
 from consumers.dlq import is_content_error
 from consumers.health import HealthState
 from consumers.kafka_clients import schema_id_header
@@ -100,17 +100,10 @@ class RequestLogWriter:
         self._stop.set()
 
     def run(self) -> None:
-        a = self._assignment
-        self._consumer.subscribe(sorted(self._types), on_assign=a.on_assign, on_revoke=a.on_revoke,
-                                 on_lost=a.on_revoke)
         try:
-            while not self._stop.is_set():
-                msgs = self._consumer.consume(self._cfg.batch_size, self._cfg.batch_seconds)  # step 1
-                self._health.polled()
-                msgs = [m for m in msgs if not is_eof_or_error(m)]
-                if msgs:
-                    self._process_batch(msgs)
-                self._purge_when_due()
+            poll_batches(self._consumer, sorted(self._types), self._assignment, self._health, self._stop,  # step 1
+                         batch_size=self._cfg.batch_size, batch_seconds=self._cfg.batch_seconds,
+                         handle=self._process_batch, between=self._purge_when_due)
         finally:
             self._consumer.close()
 
