@@ -23,11 +23,13 @@ WORKDIR /src
 COPY pyproject.toml README.md constraints.txt ./
 COPY schemas ./schemas
 COPY provisioning ./provisioning
+COPY kafka_edge ./kafka_edge
 COPY kms_adapter ./kms_adapter
 COPY consumers ./consumers
 COPY producers ./producers
 COPY reconciler ./reconciler
 COPY kmsbridge ./kmsbridge
+# Not copied: localdev/ (the local broker, stack and demo) and tests/: the image holds only what runs in production.
 RUN pip install -c constraints.txt . && rm -rf /src
 
 # Nothing is written under the working directory in a pod (database and state are external).

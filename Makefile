@@ -42,6 +42,7 @@ system-deps:
 lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports  # the floors of docs/architecture.md (pyproject.toml [tool.importlinter])
 
 typecheck: lint
 

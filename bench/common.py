@@ -5,7 +5,7 @@ and reports the ratio, because absolute figures on a shared two-core machine mov
 whatever else runs (the load average is recorded with each result).
 
 - :class:`BenchEnv` gives a broker (``KMSBRIDGE_KAFKA__BOOTSTRAP_SERVERS`` when set, else a local
-  Apache Kafka started with the C2 JIT, see :mod:`kmsbridge.local_broker`), a KMS simulator in its own
+  Apache Kafka started with the C2 JIT, see :mod:`localdev.local_broker`), a KMS simulator in its own
   process (audit lines to a file, so the applied order and ``at`` times of every call can be read back)
   and a work folder; it stops everything it started.
 - :func:`campaign_values` makes the event stream of the benchmarks, encoded once (see its docstring).
@@ -386,7 +386,7 @@ class BenchEnv:
         return self._simulator
 
     def _start_broker(self) -> str:
-        from kmsbridge.local_broker import start_broker, stop_broker
+        from localdev.local_broker import start_broker, stop_broker
 
         # Throughput figures want the broker's full JIT; the C1-only default is for fast test start-up.
         os.environ.setdefault(_JVM_OPTS_ENV, "-XX:TieredStopAtLevel=4")
@@ -399,8 +399,8 @@ class BenchEnv:
 
     def pipeline(self, run: str, *, partitions: int = 6, database_url: str | None = None,
                  extra_env: dict[str, str] | None = None) -> Any:
-        """A :class:`~kmsbridge.pipeline_harness.Pipeline` on fresh topics; its processes die with the env."""
-        from kmsbridge.pipeline_harness import Pipeline
+        """A :class:`~tests.support.pipeline.Pipeline` on fresh topics; its processes die with the env."""
+        from tests.support.pipeline import Pipeline
 
         sim_url = self._simulator.url if self._simulator else "http://127.0.0.1:9"
         token = self._simulator.token if self._simulator else "unused"

@@ -54,7 +54,7 @@ def kafka_hop(bootstrap: str, topic: str, *, rate: float, seconds: float, idempo
 
     from confluent_kafka import Consumer, Producer
 
-    from consumers.kafka_clients import consume_available
+    from kafka_edge.kafka_clients import consume_available
 
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"hop-{uuid.uuid4().hex}",
                          "auto.offset.reset": "latest", "isolation.level": "read_committed"})

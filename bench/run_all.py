@@ -35,7 +35,7 @@ def _shared_broker() -> Iterator[None]:
     if os.environ.get(_BOOTSTRAP_ENV):
         yield
         return
-    from kmsbridge.local_broker import JVM_OPTS_ENV, start_broker, stop_broker
+    from localdev.local_broker import JVM_OPTS_ENV, start_broker, stop_broker
 
     os.environ.setdefault(JVM_OPTS_ENV, "-XX:TieredStopAtLevel=4")
     with tempfile.TemporaryDirectory(prefix="kmsbridge-bench-kafka-") as tmp:

@@ -4,7 +4,7 @@ transactional consume-produce loop can do on the same broker in the same run.
 1. Produce ``--events`` campaign events (:func:`bench.common.campaign_values`) to a fresh
    ``crm.subscriptions`` topic (6 partitions, as the product's default topic setting).
 2. **Passthrough** (the baseline): a child process with the translator's own Kafka settings
-   (:func:`consumers.kafka_clients.consumer_config` / ``producer_config``, read_committed, one
+   (:func:`kafka_edge.kafka_clients.consumer_config` / ``producer_config``, read_committed, one
    transaction per polled batch of up to ``KMSBRIDGE_TRANSLATOR__BATCH_SIZE`` messages or
    ``__BATCH_SECONDS``, ``send_offsets_to_transaction``) that
    copies every value unchanged to another topic. Nothing is decoded.
@@ -65,8 +65,8 @@ def _passthrough(bootstrap: str, topic_in: str, topic_out: str, group: str, txn_
     """The translator's loop with the work taken out: consume, copy bytes, send offsets, commit."""
     from confluent_kafka import TopicPartition
 
-    from consumers.kafka_clients import consumer_config, make_consumer, make_producer, producer_config
     from consumers.translator import TranslatorConfig
+    from kafka_edge.kafka_clients import consumer_config, make_consumer, make_producer, producer_config
     from kmsbridge.settings import TranslatorSettings
 
     defaults = TranslatorConfig(inputs={}, commands_topic="", results_topic="",

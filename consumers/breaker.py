@@ -28,7 +28,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from enum import Enum
 
-from consumers.metrics import KMS_BREAKER_OPEN
+from kafka_edge.metrics import KMS_BREAKER_OPEN
 
 __all__ = ["CHANCE_FLOOR", "Breaker", "Diagnosis"]
 

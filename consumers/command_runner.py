@@ -18,7 +18,7 @@ commands one after the other):
 5. The outcome goes to the ledger (and the client's version rises) before the result is published.
 
 A database error caused by the command's content (a value too long for its ledger column, a NUL
-byte: :func:`~consumers.dlq.is_content_error`) raises :class:`LedgerRejected` with the result to
+byte: :func:`~kafka_edge.dlq.is_content_error`) raises :class:`LedgerRejected` with the result to
 publish: the caller dead-letters the command and never retries it, so a KMS call already made is
 never repeated. Other database errors propagate for the caller to retry (the database is away).
 
@@ -44,12 +44,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from consumers import tracing
 from consumers.breaker import Breaker, Diagnosis
-from consumers.dlq import DatabaseRejected, is_content_error
-from consumers.errors import CommandAbandoned
 from consumers.ledger import GroupCommit, Ledger
-from consumers.metrics import KMS_REQUEST_SECONDS, KMS_REQUESTS, KMS_RETRIES
+from kafka_edge import tracing
+from kafka_edge.dlq import DatabaseRejected, is_content_error
+from kafka_edge.errors import CommandAbandoned
+from kafka_edge.metrics import KMS_REQUEST_SECONDS, KMS_REQUESTS, KMS_RETRIES
 from kms_adapter.errors import KmsError, KmsRejected
 from kms_adapter.port import KmsPort
 from schemas.records import KmsCommand, KmsResult, Operation, ResultState

@@ -19,7 +19,7 @@ Commit protocol (the numbers appear again in the code):
    content (:class:`~consumers.command_runner.LedgerRejected`) is poison instead: the command goes to
    the DLQ with its result and is never retried, so the KMS is never called twice for it. A result
    that cannot be published dead-letters its command. DLQ copies go through
-   :class:`~consumers.dlq.DeadLetters` (truncated when too large, any produce error handled).
+   :class:`~kafka_edge.dlq.DeadLetters` (truncated when too large, any produce error handled).
 6. Before each poll, store the offset below the lowest unfinished message of every partition;
    librdkafka's background commit commits stored offsets only, so nothing past unfinished work is
    ever committed.
@@ -34,7 +34,7 @@ Partitions are paused while the breaker is open or the buffer is full (``max_buf
 after; paused, the loop still polls, so the member stays in the group.
 
 A fatal consumer error (e.g. a static member fenced after a coordinator failover) or refused
-credentials end the loop with :class:`~consumers.errors.FatalKafkaError`: the shutdown above still
+credentials end the loop with :class:`~kafka_edge.errors.FatalKafkaError`: the shutdown above still
 runs, then the process exits non-zero and its supervisor restarts it.
 """
 
@@ -51,12 +51,12 @@ from datetime import timedelta
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
-from consumers import tracing
 from consumers.command_runner import CommandRunner, LedgerRejected, RunOutcome
-from consumers.dlq import HEADER_PREFIX, DeadLetters, screen_size, screen_times
-from consumers.errors import CommandAbandoned, FatalKafkaError
-from consumers.health import HealthState
-from consumers.kafka_clients import (
+from kafka_edge import tracing
+from kafka_edge.dlq import HEADER_PREFIX, DeadLetters, screen_size, screen_times
+from kafka_edge.errors import CommandAbandoned, FatalKafkaError
+from kafka_edge.health import HealthState
+from kafka_edge.kafka_clients import (
     HangWatchdog,
     Headers,
     consume_available,
@@ -64,13 +64,13 @@ from consumers.kafka_clients import (
     produce,
     schema_id_header,
 )
-from consumers.metrics import (
+from kafka_edge.metrics import (
     COMMANDS_INFLIGHT,
     MESSAGES_CONSUMED,
     MESSAGES_PROCESSED,
     PROCESSING_SECONDS,
 )
-from consumers.offsets import OffsetTracker
+from kafka_edge.offsets import OffsetTracker
 from schemas.codec import Codec
 from schemas.errors import PoisonMessage, RecordEncodeError, SchemaRegistryRefused
 from schemas.records import KmsCommand, KmsResult, ResultState

@@ -23,7 +23,7 @@ from sqlalchemy import BigInteger, Column, DateTime, MetaData, String, Table, Te
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 
-from consumers.dlq import is_content_error
+from kafka_edge.dlq import is_content_error
 from schemas.records import KmsResult
 
 __all__ = ["LEDGER_METADATA", "Entry", "GroupCommit", "Ledger"]
@@ -84,7 +84,7 @@ class GroupCommit:
     :meth:`record` returns once its entry is committed, so a caller still publishes a result only
     after its ledger row is durable; commands that finish together (a burst of KMS answers) share
     one commit instead of paying one each. A failed commit fails every entry of its batch, except
-    when the database refused an entry's content (:func:`~consumers.dlq.is_content_error`): then each
+    when the database refused an entry's content (:func:`~kafka_edge.dlq.is_content_error`): then each
     entry is written alone, so only the entries at fault fail and the others are recorded.
     """
 

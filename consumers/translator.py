@@ -17,20 +17,20 @@ Commit protocol, one Kafka transaction per polled batch:
    commands. Abort and rewind themselves are retried until the broker answers, so a broker outage
    only pauses the loop. A fatal error (fenced) ends the process non-zero; its supervisor restarts it.
 
-Every blocking librdkafka call runs under a :class:`~consumers.kafka_clients.HangWatchdog`: if it is
+Every blocking librdkafka call runs under a :class:`~kafka_edge.kafka_clients.HangWatchdog`: if it is
 still blocked well past its own timeout (a known librdkafka hang after a coordinator failover), the
 process exits and its supervisor starts a fresh one, which fences this one's transaction.
 
 Before the loop, ``init_transactions`` is retried in short slices while the producer is polled, so a
 broker that is not up yet is waited for, and refused credentials end the process with a clear error
-(:class:`~consumers.kafka_clients.KafkaErrorHandler`) instead of a silent hang.
+(:class:`~kafka_edge.kafka_clients.KafkaErrorHandler`) instead of a silent hang.
 
 Input screening (step 3): a tombstone is a counted skip; an oversized value, bytes that do not decode
 (bad magic, unknown fingerprint or schema id, invalid record) and a record dated too far in the future
 go to the DLQ with reason headers; so does a record whose handler fails unexpectedly (a bug) and one
 whose output would exceed the producer's message limit, so one record cannot stop its partition.
 Nothing of a screened record reaches ``kms.commands``. DLQ copies go through
-:class:`~consumers.dlq.DeadLetters`: a copy too large for the producer is truncated, and one the broker
+:class:`~kafka_edge.dlq.DeadLetters`: a copy too large for the producer is truncated, and one the broker
 refuses on delivery fails the commit, so the rewound batch produces it truncated.
 """
 
@@ -47,8 +47,9 @@ from datetime import timedelta
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
-from consumers import tracing
-from consumers.dlq import (
+from consumers.translation import Translation
+from kafka_edge import tracing
+from kafka_edge.dlq import (
     DeadLetters,
     OutputTooLarge,
     Oversized,
@@ -58,11 +59,10 @@ from consumers.dlq import (
     screen_size,
     screen_times,
 )
-from consumers.errors import FatalKafkaError
-from consumers.health import HealthState
-from consumers.kafka_clients import HangWatchdog, is_fatal, kafka_error, produce, schema_id_header
-from consumers.metrics import MESSAGES_CONSUMED, MESSAGES_PROCESSED, PROCESSING_SECONDS
-from consumers.translation import Translation
+from kafka_edge.errors import FatalKafkaError
+from kafka_edge.health import HealthState
+from kafka_edge.kafka_clients import HangWatchdog, is_fatal, kafka_error, produce, schema_id_header
+from kafka_edge.metrics import MESSAGES_CONSUMED, MESSAGES_PROCESSED, PROCESSING_SECONDS
 from schemas.codec import Codec
 from schemas.errors import PoisonMessage, SchemaRegistryRefused, SchemaRegistryUnavailable
 from schemas.records import KmsResult

@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, f
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from pydantic_settings import SettingsError as PydanticSettingsError
 
+from kmsbridge.errors import SettingsError
 from kmsbridge.settings_registry import SchemaRegistrySettings
 from kmsbridge.settings_request_log import RequestLogSettings
 from schemas.pin_seal import PinKeyError, PinKeyRing
@@ -40,10 +41,6 @@ __all__ = [
 ]
 
 ENV_PREFIX = "KMSBRIDGE_"
-
-
-class SettingsError(Exception):
-    """A setting is missing or invalid; the message names the environment variable."""
 
 
 #: Words that make a pass-through Kafka key (dotted, lower case) a secret: passwords, private keys and
@@ -132,6 +129,8 @@ class TopicSettings(BaseModel):
 
 
 class KmsSettings(BaseModel):
+    #: the entry point of group ``kmsbridge.kms_adapters`` that builds the KMS adapter (:mod:`kmsbridge.kms`)
+    adapter: str = Field(default="soap", min_length=1)
     endpoint: str = "http://127.0.0.1:8089/kms"
     token: SecretStr | None = None
     token_file: Path | None = None
@@ -139,6 +138,28 @@ class KmsSettings(BaseModel):
     verify_tls: bool = True
     ca_file: Path | None = None
     max_connections: int = Field(default=100, ge=1)
+    #: PEM client certificate presented to the KMS (mTLS); its key in ``client_key_file`` or in the same file
+    client_cert_file: Path | None = None
+    client_key_file: Path | None = None
+    #: passphrase of an encrypted ``client_key_file``
+    client_key_password: SecretStr | None = None
+    #: cap on the body of one KMS answer; a larger one is a transient error, never read whole
+    max_response_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+    #: how long an idle keep-alive connection to the KMS is reused (less if the KMS says it keeps it less)
+    keepalive_seconds: float = Field(default=15.0, ge=0)
+
+    def client_options(self) -> dict[str, Any]:
+        """The keyword arguments of :class:`kms_adapter.soap_client.SoapKmsClient` these settings give,
+        beyond endpoint, token, ``timeout``, ``verify`` and ``max_connections``."""
+        if self.client_key_file is not None and self.client_cert_file is None:
+            raise SettingsError(f"{ENV_PREFIX}KMS__CLIENT_KEY_FILE is set without {ENV_PREFIX}KMS__CLIENT_CERT_FILE")
+        return {
+            "client_cert": str(self.client_cert_file) if self.client_cert_file else None,
+            "client_key": str(self.client_key_file) if self.client_key_file else None,
+            "client_key_password": self.client_key_password,
+            "max_response_bytes": self.max_response_bytes,
+            "keepalive_expiry": self.keepalive_seconds,
+        }
 
     def resolved_token(self) -> SecretStr:
         if self.token is not None:

@@ -14,6 +14,7 @@ from typing import Any
 
 from pydantic import BaseModel, SecretStr, model_validator
 
+from kmsbridge.errors import SettingsError
 from schemas.codec import RegistryOptions, SubjectNameStrategy
 
 __all__ = ["SchemaRegistrySettings"]
@@ -58,7 +59,5 @@ class SchemaRegistrySettings(BaseModel):
             try:
                 return self.password_file.read_text().strip()
             except OSError as exc:
-                from kmsbridge.settings import SettingsError  # settings imports this module
-
                 raise SettingsError(f"{_PREFIX}PASSWORD_FILE: cannot read {self.password_file}: {exc}") from exc
         return ""

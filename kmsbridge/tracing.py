@@ -4,7 +4,7 @@ OTLP over HTTP, batched. The standard ``OTEL_*`` variables apply as the SDK read
 (``OTEL_SERVICE_NAME``, ``OTEL_RESOURCE_ATTRIBUTES``, ``OTEL_TRACES_SAMPLER``[``_ARG``],
 ``OTEL_EXPORTER_OTLP_HEADERS``, ``OTEL_EXPORTER_OTLP_TIMEOUT``, ...); ``OTEL_SDK_DISABLED=true`` or
 ``OTEL_TRACES_EXPORTER=none`` keeps tracing off. Without an endpoint nothing is imported or built and
-the hooks of :mod:`consumers.tracing` cost one check each.
+the hooks of :mod:`kafka_edge.tracing` cost one check each.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import atexit
 import os
 from collections.abc import Mapping
 
-from consumers import tracing
+from kafka_edge import tracing
 
 __all__ = ["setup_tracing"]
 

@@ -17,13 +17,14 @@ from sqlalchemy.engine import Engine
 from consumers.breaker import Breaker
 from consumers.command_runner import CommandRunner
 from consumers.executor import Executor, ExecutorConfig
-from consumers.health import HealthServer, HealthState
-from consumers.kafka_clients import consumer_config, make_consumer, make_producer, producer_config
-from consumers.lag import LagMonitor
 from consumers.ledger import Ledger
 from consumers.translation import DeviceDirectory, HandlerContext, build_handlers
 from consumers.translator import TransactionalTranslator, TranslatorConfig
-from kms_adapter.soap_client import SoapKmsClient
+from kafka_edge.health import HealthServer, HealthState
+from kafka_edge.kafka_clients import consumer_config, make_consumer, make_producer, producer_config
+from kafka_edge.lag import LagMonitor
+from kms_adapter.port import KmsPort
+from kmsbridge.kms import build_kms
 from kmsbridge.settings import Settings, SettingsError, mask_url
 from provisioning.provider import ProviderConfig, ProviderConfigError, load_provider
 from provisioning.text import TextLimits
@@ -188,7 +189,7 @@ def run_translator(settings: Settings, *, until_end: bool = False, only: list[st
 class ExecutorApp:
     executor: Executor
     breaker: Breaker
-    kms: SoapKmsClient
+    kms: KmsPort
 
     async def run(self) -> None:
         try:
@@ -205,9 +206,7 @@ def build_executor(settings: Settings, health: HealthState | None = None) -> Exe
     kafka = settings.kafka_config()
     engine = engine_for(settings)
     migrate(engine)
-    kms = SoapKmsClient(settings.kms.endpoint, provider.operator_tag, settings.kms.resolved_token(),
-                        timeout=settings.kms.timeout_seconds, verify=settings.kms.verify(),
-                        max_connections=settings.kms.max_connections)
+    kms = build_kms(settings, provider)
     ex_cfg = settings.executor
     executor_ref: list[Executor] = []
     breaker = Breaker(kms.ping, threshold=ex_cfg.breaker_failure_threshold,

@@ -28,8 +28,8 @@ from dataclasses import dataclass, field
 
 from fastapi import FastAPI
 
-from consumers.health import HealthServer, HealthState
-from kms_adapter.soap_client import SoapKmsClient
+from kafka_edge.health import HealthServer, HealthState
+from kmsbridge.kms import build_kms
 from kmsbridge.settings import Settings, SettingsError
 from kmsbridge.wiring import build_codec, load_provider_or_exit, text_limits
 from producers.api import create_app
@@ -46,7 +46,6 @@ __all__ = [
     "HISTORY_SECONDS",
     "ApiProcess",
     "build_api",
-    "build_kms",
     "build_outcome_store",
     "build_publisher",
     "run_api",
@@ -80,12 +79,6 @@ def start_outcome_feed(settings: Settings, store: OutcomeStore, *, with_requests
     feed = OutcomeFeed(settings.kafka_config(), build_codec(settings), store,
                        [settings.topic(n) for n in names], history_seconds=history_seconds, name=name)
     return feed.start()
-
-
-def build_kms(settings: Settings, provider: ProviderConfig) -> SoapKmsClient:
-    return SoapKmsClient(settings.kms.endpoint, provider.operator_tag, settings.kms.resolved_token(),
-                         timeout=settings.kms.timeout_seconds, verify=settings.kms.verify(),
-                         max_connections=settings.kms.max_connections)
 
 
 class _FeedProbe(HealthState):

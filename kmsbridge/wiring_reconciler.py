@@ -16,11 +16,11 @@ from dataclasses import dataclass, field
 
 from sqlalchemy.engine import Engine
 
-from consumers.health import HealthState
-from consumers.kafka_clients import consumer_config, make_consumer, make_producer, producer_config
+from kafka_edge.health import HealthState
+from kafka_edge.kafka_clients import consumer_config, make_consumer, make_producer, producer_config
 from kms_adapter.port import KmsPort
-from kms_adapter.soap_client import SoapKmsClient
 from kmsbridge.db import upgrade
+from kmsbridge.kms import build_kms
 from kmsbridge.settings import Settings, mask_url
 from kmsbridge.wiring import build_codec, engine_for, load_provider_or_exit, start_health
 from kmsbridge.wiring_runs import RunServices, build_run_services
@@ -106,7 +106,7 @@ class ReconcilerApp:
     runner: ReconcileRunner
     loop: asyncio.AbstractEventLoop
     thread: threading.Thread
-    kms: SoapKmsClient
+    kms: KmsPort
     runs: RunServices | None = None  # the scheduler of run definitions and the communication queue
     stopping: threading.Event = field(default_factory=threading.Event)
 
@@ -136,9 +136,7 @@ def build_reconciler(settings: Settings, health: HealthState | None = None,
     provider = load_provider_or_exit(settings)
     kafka = settings.kafka_config()
     engine = engine or migrated_engine(settings)
-    kms = SoapKmsClient(settings.kms.endpoint, provider.operator_tag, settings.kms.resolved_token(),
-                        timeout=settings.kms.timeout_seconds, verify=settings.kms.verify(),
-                        max_connections=settings.kms.max_connections)
+    kms = build_kms(settings, provider)
     producer = make_producer(producer_config(kafka))
     codec = build_codec(settings)
     job = build_reset_job(settings, kms, KafkaCommandSink(producer, codec, settings.topic("commands")),

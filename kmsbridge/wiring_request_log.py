@@ -13,8 +13,8 @@ import signal
 
 from sqlalchemy.engine import Engine
 
-from consumers.health import HealthState
-from consumers.kafka_clients import consumer_config, make_consumer
+from kafka_edge.health import HealthState
+from kafka_edge.kafka_clients import consumer_config, make_consumer
 from kmsbridge.db import upgrade
 from kmsbridge.settings import Settings
 from kmsbridge.wiring import build_codec, engine_for, start_health

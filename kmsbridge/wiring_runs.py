@@ -23,7 +23,7 @@ from datetime import timedelta
 from confluent_kafka import Producer
 from sqlalchemy.engine import Engine
 
-from consumers.kafka_clients import consumer_config, make_consumer
+from kafka_edge.kafka_clients import consumer_config, make_consumer
 from kmsbridge.db import upgrade
 from kmsbridge.settings import Settings
 from kmsbridge.wiring import engine_for, text_limits

@@ -1,6 +1,6 @@
 """Dead letters: read a ``<topic>.dlq`` to its end, choose what to replay, produce it to its origin.
 
-What a dead letter shows (:class:`DeadLetter`) is what its headers say (``consumers.dlq.dlq_headers``:
+What a dead letter shows (:class:`DeadLetter`) is what its headers say (``kafka_edge.dlq.dlq_headers``:
 original topic, partition, offset, error class and reason) plus its own position and time, never the
 payload: it may hold a PIN (sealed) or a message text.
 
@@ -24,7 +24,7 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
 
-from consumers.dlq import HEADER_PREFIX
+from kafka_edge.dlq import HEADER_PREFIX
 
 __all__ = ["DeadLetter", "ReplayPlan", "origin_of", "plan_replay", "read_dead_letters", "replay"]
 

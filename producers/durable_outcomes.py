@@ -4,7 +4,7 @@
 when the Web API starts. :class:`DurableOutcomes` answers from it and, for a request it does not hold
 (older than that window, or submitted before a restart the feed did not reach back to), from the
 durable provisioning request log (:class:`reconciler.request_log_store.RequestLog`), which settles a
-request by the same rule (:func:`producers.outcomes.settle`). So a request is never reported unknown
+request by the same rule (:func:`provisioning.outcomes.settle`). So a request is never reported unknown
 because a process restarted.
 """
 

@@ -6,7 +6,7 @@ The CLI verbs and the Web API use the same two pieces:
   (uuid4) and ``requested_at`` now (UTC);
 * :class:`KafkaRequestPublisher` encodes it and produces it, keyed by its target
   (:func:`request_key`: the secure client, else the subscription, else ``"*"``, the same rule as
-  ``kmsbridge.cli_io.record_key``), and waits for the broker's acknowledgement. Reset runs
+  ``kmsbridge.cli.io.record_key``), and waits for the broker's acknowledgement. Reset runs
   (``ReconcileRequest``) go to ``reconcile.requests`` keyed by ``run_id``.
 
 librdkafka errors are wrapped into :class:`~producers.errors.ProducerError` here, at the edge. Logs name
@@ -25,7 +25,7 @@ from typing import Protocol
 from confluent_kafka import KafkaError, KafkaException, Producer
 from pydantic import SecretStr
 
-from consumers.tracing import propagation_headers
+from kafka_edge.tracing import propagation_headers
 from producers.errors import ProducerError
 from schemas.codec import Codec
 from schemas.records import MessageKind, ReconcileRequest, RequestType, ServiceRequest, TextMode

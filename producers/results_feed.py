@@ -28,9 +28,9 @@ from collections.abc import Sequence
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
-from consumers.dlq import screen_size
-from consumers.kafka_clients import KafkaErrorHandler, consume_available
-from consumers.metrics import MESSAGES_CONSUMED, MESSAGES_PROCESSED
+from kafka_edge.dlq import screen_size
+from kafka_edge.kafka_clients import KafkaErrorHandler, consume_available
+from kafka_edge.metrics import MESSAGES_CONSUMED, MESSAGES_PROCESSED
 from producers.errors import ProducerError
 from producers.outcomes import OutcomeStore
 from schemas.codec import Codec

@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from consumers.kafka_clients import kafka_error
+from kafka_edge.kafka_clients import kafka_error
 from producers.errors import TopicAdminError
 
 __all__ = ["create_topics", "wait_for_topics"]

@@ -55,7 +55,7 @@ from datetime import UTC, datetime, timedelta
 
 from pydantic import ValidationError
 
-from consumers.metrics import RECONCILE_DRIFTED, RECONCILE_LAST_SUCCESS
+from kafka_edge.metrics import RECONCILE_DRIFTED, RECONCILE_LAST_SUCCESS
 from kms_adapter.errors import KmsError, KmsRejected
 from kms_adapter.port import ClientState, KmsPort
 from provisioning.provider import ProviderConfig

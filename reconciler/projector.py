@@ -7,11 +7,11 @@ an event, or applying an older one, changes nothing):
    this call, between batches, when nothing is uncommitted, so a revoke needs no work.
 2. Screen and decode each message, as the translator does. A tombstone is skipped; an oversized,
    undecodable or invalid message and one dated too far in the future go to ``<topic>.dlq``
-   (:class:`consumers.dlq.DeadLetters`) and the loop goes on.
+   (:class:`kafka_edge.dlq.DeadLetters`) and the loop goes on.
 3. Upsert every decoded event in **one** database transaction
    (:meth:`~reconciler.store.DesiredStateStore.upsert`: newest per subscription, older versions are
    no-ops). When the database refuses the batch because of what a record holds
-   (:func:`consumers.dlq.is_content_error`), each event is upserted alone: the ones the database
+   (:func:`kafka_edge.dlq.is_content_error`), each event is upserted alone: the ones the database
    refuses are poison and go to the DLQ (``database_rejected``), never retried; the others apply.
 4. Flush the producer, so the batch's DLQ copies are delivered before their offsets are committed.
 5. Commit the offsets after the batch **synchronously**, only now that the database transaction
@@ -33,11 +33,11 @@ from datetime import timedelta
 from confluent_kafka import Consumer, KafkaException, Message, Producer
 from sqlalchemy.exc import SQLAlchemyError
 
-from consumers.batch_commit import Assignment, poll_batches, positions_after
-from consumers.dlq import DatabaseRejected, DeadLetters, is_content_error, screen_size, screen_times
-from consumers.health import HealthState
-from consumers.kafka_clients import schema_id_header
-from consumers.metrics import MESSAGES_CONSUMED, MESSAGES_PROCESSED, PROCESSING_SECONDS
+from kafka_edge.batch_commit import Assignment, poll_batches, positions_after
+from kafka_edge.dlq import DatabaseRejected, DeadLetters, is_content_error, screen_size, screen_times
+from kafka_edge.health import HealthState
+from kafka_edge.kafka_clients import schema_id_header
+from kafka_edge.metrics import MESSAGES_CONSUMED, MESSAGES_PROCESSED, PROCESSING_SECONDS
 from reconciler.publish import PublishFailed
 from reconciler.store import DesiredStateStore, UpsertResult
 from schemas.codec import Codec

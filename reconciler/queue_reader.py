@@ -32,11 +32,11 @@ from datetime import timedelta
 from confluent_kafka import Consumer, KafkaException, Message, Producer
 from sqlalchemy.exc import SQLAlchemyError
 
-from consumers.batch_commit import Assignment, poll_batches, positions_after
-from consumers.dlq import DeadLetters, screen_size, screen_times
-from consumers.health import HealthState
-from consumers.kafka_clients import schema_id_header
-from consumers.metrics import MESSAGES_CONSUMED, MESSAGES_PROCESSED
+from kafka_edge.batch_commit import Assignment, poll_batches, positions_after
+from kafka_edge.dlq import DeadLetters, screen_size, screen_times
+from kafka_edge.health import HealthState
+from kafka_edge.kafka_clients import schema_id_header
+from kafka_edge.metrics import MESSAGES_CONSUMED, MESSAGES_PROCESSED
 from reconciler.communications_queue import CommunicationQueue
 from reconciler.expectations import Expectations
 from schemas.codec import Codec

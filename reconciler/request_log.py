@@ -20,7 +20,7 @@ Commit protocol, at-least-once (correct because every write is idempotent, see t
 
 If step 3 fails (database unreachable) nothing is committed: every assigned partition is rewound to
 its committed offset and the batch is tried again after ``retry_seconds``. If the database refuses the
-batch for what a record holds (:func:`~consumers.dlq.is_content_error`), the batch is written record
+batch for what a record holds (:func:`~kafka_edge.dlq.is_content_error`), the batch is written record
 by record instead: the refused record is **skipped and counted** (as in step 2) and the others are
 written, so no record can stop a partition of the log.
 
@@ -39,11 +39,11 @@ from confluent_kafka import Consumer, KafkaException, Message
 from pydantic import BaseModel
 from sqlalchemy.exc import SQLAlchemyError
 
-from consumers.batch_commit import Assignment, poll_batches, positions_after
-from consumers.dlq import is_content_error
-from consumers.health import HealthState
-from consumers.kafka_clients import schema_id_header
-from consumers.metrics import MESSAGES_CONSUMED, MESSAGES_PROCESSED, PROCESSING_SECONDS
+from kafka_edge.batch_commit import Assignment, poll_batches, positions_after
+from kafka_edge.dlq import is_content_error
+from kafka_edge.health import HealthState
+from kafka_edge.kafka_clients import schema_id_header
+from kafka_edge.metrics import MESSAGES_CONSUMED, MESSAGES_PROCESSED, PROCESSING_SECONDS
 from reconciler.request_log_store import LogBatch, RequestLog
 from schemas.codec import Codec
 from schemas.errors import PoisonMessage, SchemaRegistryUnavailable

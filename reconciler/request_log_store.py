@@ -11,7 +11,7 @@ transaction, with ``INSERT ... ON CONFLICT`` statements of a few hundred rows ea
 4. service requests and run requests → their own columns, never the state;
 5. reports → the run's final state;
 6. the state of every request the batch touched is derived again from its rows with the rule the
-   Web API uses (:func:`producers.outcomes.settle`): expected results = the request's commands.
+   Web API uses (:func:`provisioning.outcomes.settle`): expected results = the request's commands.
 
 Each step writes the same values for the same record, so a replayed batch changes nothing, and the
 steps commute, so the order in which the six topics are read does not change the outcome.
@@ -32,7 +32,7 @@ from typing import Any
 from sqlalchemy import Select, and_, bindparam, case, delete, desc, func, or_, select, tuple_, update
 from sqlalchemy.engine import Connection, Engine, Row
 
-from producers.outcomes import Outcome, settle
+from provisioning.outcomes import Outcome, settle
 from reconciler.dialect import dialect_insert, insert_missing
 from reconciler.request_log_rows import (
     COMMAND_COLUMNS,
@@ -381,7 +381,7 @@ def _planned_name(kind: str) -> str:
 
 
 def _outcome(request_id: str, group: Sequence[Row[Any]]) -> Outcome:
-    """The one rule (:func:`producers.outcomes.settle`) over a request's rows."""
+    """The one rule (:func:`provisioning.outcomes.settle`) over a request's rows."""
     request = next((r for r in group if r.kind == EntryKind.REQUEST.value), None)
     run = next((r for r in group if r.kind == EntryKind.RUN.value), None)
     report = parse_detail(run.kind, run.detail_json).report if run is not None else None

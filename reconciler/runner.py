@@ -3,7 +3,7 @@
 Commit protocol, one request at a time (group ``<prefix>-reconciler``):
 
 1. Poll one request. A tombstone is a counted skip; an oversized, undecodable or invalid request and
-   one dated too far in the future go to ``<topic>.dlq`` (:class:`consumers.dlq.DeadLetters`,
+   one dated too far in the future go to ``<topic>.dlq`` (:class:`kafka_edge.dlq.DeadLetters`,
    flushed), its offset is committed, and the loop goes on.
 2. Pause every assigned partition and run the request on the job's event loop (a worker thread),
    while this thread keeps polling: the group membership stays alive however long the run takes
@@ -34,10 +34,10 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
-from consumers.dlq import DeadLetters, OutputTooLarge, screen_output, screen_size, screen_times
-from consumers.health import HealthState
-from consumers.kafka_clients import produce, schema_id_header
-from consumers.metrics import MESSAGES_CONSUMED, MESSAGES_PROCESSED
+from kafka_edge.dlq import DeadLetters, OutputTooLarge, screen_output, screen_size, screen_times
+from kafka_edge.health import HealthState
+from kafka_edge.kafka_clients import produce, schema_id_header
+from kafka_edge.metrics import MESSAGES_CONSUMED, MESSAGES_PROCESSED
 from reconciler.job import ResetJob, RunInterrupted
 from reconciler.publish import PublishFailed
 from schemas.codec import Codec

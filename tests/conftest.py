@@ -2,7 +2,7 @@
 
 The broker is chosen in this order: ``KMSBRIDGE_KAFKA__BOOTSTRAP_SERVERS`` if set (with any other
 ``KMSBRIDGE_KAFKA__*`` client settings); else a testcontainers Kafka when a Docker engine answers; else
-the local Apache Kafka broker of :mod:`kmsbridge.local_broker` under a temporary folder. Session
+the local Apache Kafka broker of :mod:`localdev.local_broker` under a temporary folder. Session
 fixtures start lazily, so unit tests never start a broker. Tier fixtures belong in
 ``tests/<tier>/conftest.py``.
 """
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from kmsbridge.local_broker import BrokerHandle, start_broker, stop_broker
+from localdev.local_broker import BrokerHandle, start_broker, stop_broker
 from producers.topics import create_topics, wait_for_topics
 
 BOOTSTRAP_ENV = "KMSBRIDGE_KAFKA__BOOTSTRAP_SERVERS"

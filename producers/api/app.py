@@ -37,7 +37,7 @@ from starlette.exceptions import HTTPException
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from consumers.tracing import server_span
+from kafka_edge.tracing import server_span
 from kms_adapter.port import KmsPort
 from producers.api.allow import complete_allow_header
 from producers.api.auth import ApiKeyAuth

@@ -19,10 +19,10 @@ from pathlib import Path
 
 import pytest
 
-from kms_adapter.simulator.testing import SimulatorHandle
-from kmsbridge.chaos import DrillReport, RestartableBroker, markdown_table, start_simulator
-from kmsbridge.local_broker import repo_root, start_broker
-from kmsbridge.pipeline_harness import Pipeline
+from localdev.local_broker import repo_root, start_broker
+from tests.support.chaos import DrillReport, RestartableBroker, markdown_table, start_simulator
+from tests.support.pipeline import Pipeline
+from tests.support.simulator import SimulatorHandle
 
 _REPORTS = pytest.StashKey[list[DrillReport]]()
 

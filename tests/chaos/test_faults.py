@@ -17,11 +17,11 @@ from typing import Any
 
 import pytest
 
-from consumers.kafka_clients import WATCHDOG_EXIT_CODE
-from kms_adapter.simulator.testing import SimulatorHandle
-from kmsbridge.chaos import FULL, SHORT, Drill, DrillReport, RestartableBroker, Size
-from kmsbridge.pipeline_harness import Pipeline
+from kafka_edge.kafka_clients import WATCHDOG_EXIT_CODE
 from provisioning.provider import load_provider
+from tests.support.chaos import FULL, SHORT, Drill, DrillReport, RestartableBroker, Size
+from tests.support.pipeline import Pipeline
+from tests.support.simulator import SimulatorHandle
 
 DrillEnv = tuple[Pipeline, SimulatorHandle, Path]
 

@@ -1,4 +1,4 @@
-"""``kmsbridge run api`` as a subprocess of a test :class:`~kmsbridge.pipeline_harness.Pipeline`, ready to call."""
+"""``kmsbridge run api`` as a subprocess of a test :class:`~tests.support.pipeline.Pipeline`, ready to call."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import subprocess
 
 import httpx
 
-from kmsbridge.local_broker import free_port
-from kmsbridge.pipeline_harness import Pipeline, wait_until
+from localdev.local_broker import free_port
+from tests.support.pipeline import Pipeline, wait_until
 
 __all__ = ["spawn_api"]
 

@@ -1,7 +1,7 @@
 """Integration fixtures for the KMS: the real simulator over real HTTP on a loopback port.
 
 - ``kms_simulator``: a simulator (lenient clients) shared by the session, emptied and cleared of faults
-  before each test. It is a :class:`kms_adapter.simulator.testing.SimulatorHandle`: ``url``,
+  before each test. It is a :class:`tests.support.simulator.SimulatorHandle`: ``url``,
   ``endpoint``, ``token``, ``soap_client(...)``, ``state()``, ``set_state(...)``, ``audit()``,
   ``set_faults(...)``, ``clear_faults()``, ``reset()``.
 - ``strict_kms_simulator``: the same with ``strict_clients`` on.
@@ -15,9 +15,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from pg import new_database, postgres_url  # noqa: F401 (the session fixture database_url asks for)
 
-from kms_adapter.simulator.testing import SimulatorHandle, running_simulator
+from tests.support.pg import new_database, postgres_url  # noqa: F401 (the session fixture database_url asks for)
+from tests.support.simulator import SimulatorHandle, running_simulator
 
 
 @pytest.fixture(scope="session")

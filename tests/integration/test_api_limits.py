@@ -19,9 +19,9 @@ import httpx
 import pytest
 from api_process import spawn_api
 
-from kms_adapter.simulator.testing import SimulatorHandle
-from kmsbridge.pipeline_harness import Pipeline
 from kmsbridge.settings import ApiSettings
+from tests.support.pipeline import Pipeline
+from tests.support.simulator import SimulatorHandle
 
 pytestmark = pytest.mark.integration
 

@@ -32,11 +32,7 @@ from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, C
 from prometheus_client import REGISTRY
 from pydantic import BaseModel
 
-from consumers.dlq import TRUNCATED_BODY_BYTES
-from kms_adapter.simulator.testing import SimulatorHandle
-from kmsbridge.chaos import read_all, reencode
-from kmsbridge.pipeline_harness import Pipeline, wait_until
-from kmsbridge.testing import RunningProcess, start_executor, start_in_thread, start_translator
+from kafka_edge.dlq import TRUNCATED_BODY_BYTES
 from kmsbridge.wiring import engine_for
 from kmsbridge.wiring_reconciler import build_projector, build_reconciler
 from producers.outcomes import OutcomeStore
@@ -60,6 +56,10 @@ from schemas.records import (
     SubscriptionEvent,
     SubscriptionState,
 )
+from tests.support.chaos import read_all, reencode
+from tests.support.pipeline import Pipeline, wait_until
+from tests.support.processes import RunningProcess, start_executor, start_in_thread, start_translator
+from tests.support.simulator import SimulatorHandle
 
 pytestmark = pytest.mark.integration
 

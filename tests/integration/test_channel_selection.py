@@ -14,9 +14,6 @@ from pathlib import Path
 
 import pytest
 
-from kms_adapter.simulator.testing import SimulatorHandle
-from kmsbridge.pipeline_harness import Pipeline, wait_until
-from kmsbridge.testing import RunningProcess, start_executor, start_translator
 from schemas.records import (
     Device,
     EventType,
@@ -27,6 +24,9 @@ from schemas.records import (
     SubscriptionEvent,
     SubscriptionState,
 )
+from tests.support.pipeline import Pipeline, wait_until
+from tests.support.processes import RunningProcess, start_executor, start_translator
+from tests.support.simulator import SimulatorHandle
 
 pytestmark = pytest.mark.integration
 

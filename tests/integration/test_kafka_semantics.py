@@ -20,7 +20,7 @@ from confluent_kafka import (
     TopicPartition,
 )
 
-from kmsbridge.local_broker import BrokerHandle
+from localdev.local_broker import BrokerHandle
 from producers.topics import create_topics, wait_for_topics
 
 pytestmark = pytest.mark.integration

@@ -24,11 +24,11 @@ import pytest
 from events import activation
 from tls import ServerCertificate, write_ca, write_ca_and_server_cert
 
-from kms_adapter.simulator.testing import SimulatorHandle
-from kmsbridge.cli_common import EXIT_FAILED
-from kmsbridge.local_broker import BrokerHandle, BrokerTls, free_port, start_broker, stop_broker
-from kmsbridge.pipeline_harness import Pipeline, wait_until
+from kmsbridge.cli.common import EXIT_FAILED
+from localdev.local_broker import BrokerHandle, BrokerTls, free_port, start_broker, stop_broker
 from schemas.records import KmsCommand
+from tests.support.pipeline import Pipeline, wait_until
+from tests.support.simulator import SimulatorHandle
 
 pytestmark = pytest.mark.integration
 

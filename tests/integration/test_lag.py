@@ -17,8 +17,8 @@ from click.testing import CliRunner
 from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
 from prometheus_client import REGISTRY
 
-from consumers.lag import LagMonitor, LagReader, PartitionLag, compute_lag, existing_groups
-from kmsbridge.cli_lag import lag_cmd
+from kafka_edge.lag import LagMonitor, LagReader, PartitionLag, compute_lag, existing_groups
+from kmsbridge.cli.lag import lag_cmd
 
 pytestmark = pytest.mark.integration
 

@@ -14,13 +14,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pg import new_database, postgres_url  # noqa: F401 (the session fixture)
 from sqlalchemy import create_engine
 from sqlalchemy.exc import OperationalError
 
 from consumers.ledger import Entry, GroupCommit, Ledger
 from kmsbridge.db import upgrade
 from schemas.records import KmsResult, ResultState
+from tests.support.pg import new_database, postgres_url  # noqa: F401 (the session fixture)
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 

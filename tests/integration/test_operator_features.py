@@ -30,10 +30,7 @@ from api_process import spawn_api
 from click.testing import CliRunner, Result
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
-from kms_adapter.simulator.testing import SimulatorHandle
-from kmsbridge.cli_ops import mail_run_cmd, query_cmd, reauthorise_cmd, send_message_cmd, set_pin_cmd
-from kmsbridge.pipeline_harness import Pipeline, wait_until
-from kmsbridge.testing import RunningProcess, start_executor, start_translator
+from kmsbridge.cli.ops import mail_run_cmd, query_cmd, reauthorise_cmd, send_message_cmd, set_pin_cmd
 from producers.topics import wait_for_topics
 from schemas.records import (
     CommunicationEvent,
@@ -44,6 +41,9 @@ from schemas.records import (
     ResultState,
     TextMode,
 )
+from tests.support.pipeline import Pipeline, wait_until
+from tests.support.processes import RunningProcess, start_executor, start_translator
+from tests.support.simulator import SimulatorHandle
 
 pytestmark = pytest.mark.integration
 

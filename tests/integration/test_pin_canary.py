@@ -29,11 +29,8 @@ from confluent_kafka import Consumer, KafkaError, TopicPartition
 from confluent_kafka.admin import AdminClient
 from pydantic import SecretStr
 
-from kms_adapter.simulator.testing import SimulatorHandle
-from kmsbridge.cli_io import tail_cmd
-from kmsbridge.cli_ops import set_pin_cmd
-from kmsbridge.pipeline_harness import EXAMPLE_PROVIDER, Pipeline, terminate, wait_until
-from kmsbridge.testing import RunningProcess, start_executor, start_translator
+from kmsbridge.cli.io import tail_cmd
+from kmsbridge.cli.ops import set_pin_cmd
 from schemas.records import (
     Device,
     EventType,
@@ -47,6 +44,9 @@ from schemas.records import (
     SubscriptionEvent,
     SubscriptionState,
 )
+from tests.support.pipeline import EXAMPLE_PROVIDER, Pipeline, terminate, wait_until
+from tests.support.processes import RunningProcess, start_executor, start_translator
+from tests.support.simulator import SimulatorHandle
 
 pytestmark = pytest.mark.integration
 

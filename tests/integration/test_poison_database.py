@@ -20,16 +20,11 @@ from typing import Any
 
 import pytest
 from confluent_kafka import Message, Producer
-from pg import new_database, postgres_url  # noqa: F401 (the session fixture)
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.exc import IntegrityError
 
 from consumers.ledger import GroupCommit, Ledger
-from kms_adapter.simulator.testing import SimulatorHandle
-from kmsbridge.chaos import read_all
 from kmsbridge.db import upgrade
-from kmsbridge.pipeline_harness import Pipeline, wait_until
-from kmsbridge.testing import RunningProcess, start_executor
 from reconciler.projector import Projector, ProjectorConfig
 from reconciler.store import DesiredStateStore
 from schemas.codec import Codec
@@ -47,6 +42,11 @@ from schemas.records import (
     SubscriptionEvent,
     SubscriptionState,
 )
+from tests.support.chaos import read_all
+from tests.support.pg import new_database, postgres_url  # noqa: F401 (the session fixture)
+from tests.support.pipeline import Pipeline, wait_until
+from tests.support.processes import RunningProcess, start_executor
+from tests.support.simulator import SimulatorHandle
 
 pytestmark = pytest.mark.integration
 

@@ -26,8 +26,8 @@ import httpx
 import pytest
 import yaml
 
-from kmsbridge.local_broker import free_port
-from kmsbridge.stack import load_state
+from localdev.local_broker import free_port
+from localdev.stack import load_state
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 

@@ -17,9 +17,6 @@ from typing import Any
 
 import pytest
 
-from kms_adapter.simulator.testing import SimulatorHandle
-from kmsbridge.pipeline_harness import Pipeline, wait_until
-from kmsbridge.testing import RunningProcess, start_executor, start_translator
 from schemas.records import (
     Device,
     EventType,
@@ -30,6 +27,9 @@ from schemas.records import (
     SubscriptionEvent,
     SubscriptionState,
 )
+from tests.support.pipeline import Pipeline, wait_until
+from tests.support.processes import RunningProcess, start_executor, start_translator
+from tests.support.simulator import SimulatorHandle
 
 pytestmark = pytest.mark.integration
 

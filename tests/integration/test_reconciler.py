@@ -23,11 +23,8 @@ import pytest
 from click.testing import CliRunner
 from confluent_kafka import Producer
 
-from kms_adapter.simulator.testing import SimulatorHandle
-from kmsbridge.cli_reconcile import reconcile_cmd
+from kmsbridge.cli.reconcile import reconcile_cmd
 from kmsbridge.db import upgrade
-from kmsbridge.pipeline_harness import Pipeline, wait_until
-from kmsbridge.testing import RunningProcess, start_executor, start_translator
 from kmsbridge.wiring import build_codec, engine_for
 from kmsbridge.wiring_reconciler import build_projector, build_reconciler, build_reset_job
 from reconciler.job import JobConfig
@@ -44,6 +41,9 @@ from schemas.records import (
     ServiceState,
     SubscriptionEvent,
 )
+from tests.support.pipeline import Pipeline, wait_until
+from tests.support.processes import RunningProcess, start_executor, start_translator
+from tests.support.simulator import SimulatorHandle
 
 pytestmark = pytest.mark.integration
 

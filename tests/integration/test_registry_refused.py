@@ -14,8 +14,6 @@ from pathlib import Path
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 
-from kms_adapter.simulator.testing import SimulatorHandle
-from kmsbridge.pipeline_harness import Pipeline
 from schemas.records import (
     Device,
     EventType,
@@ -27,6 +25,8 @@ from schemas.records import (
     SubscriptionEvent,
     SubscriptionState,
 )
+from tests.support.pipeline import Pipeline
+from tests.support.simulator import SimulatorHandle
 
 pytestmark = pytest.mark.integration
 

@@ -22,12 +22,8 @@ from confluent_kafka.admin import AdminClient
 from prometheus_client import REGISTRY
 
 from consumers.command_runner import STALE_COMMAND, TRANSPORT_ERROR
-from consumers.kafka_clients import WATCHDOG_EXIT_CODE, HangWatchdog, consumer_config
-from kms_adapter.simulator.testing import SimulatorHandle
-from kmsbridge.chaos import poison_command, poison_value, read_all
-from kmsbridge.pipeline_harness import Pipeline, wait_until
+from kafka_edge.kafka_clients import WATCHDOG_EXIT_CODE, HangWatchdog, consumer_config
 from kmsbridge.settings import Settings
-from kmsbridge.testing import RunningProcess, start_executor, start_translator
 from schemas.records import (
     Device,
     EventType,
@@ -42,6 +38,10 @@ from schemas.records import (
     SubscriptionEvent,
     SubscriptionState,
 )
+from tests.support.chaos import poison_command, poison_value, read_all
+from tests.support.pipeline import Pipeline, wait_until
+from tests.support.processes import RunningProcess, start_executor, start_translator
+from tests.support.simulator import SimulatorHandle
 
 pytestmark = pytest.mark.integration
 

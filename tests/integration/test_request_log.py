@@ -19,15 +19,11 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 from confluent_kafka import Consumer, TopicPartition
-from pg import new_database
 from pydantic import SecretStr
 from test_reconciler import _in_thread, run, start_projector, start_reconciler
 
-from kms_adapter.simulator.testing import SimulatorHandle
 from kmsbridge.cli import main as cli_main
 from kmsbridge.db import upgrade
-from kmsbridge.pipeline_harness import Pipeline, wait_until
-from kmsbridge.testing import RunningProcess, start_executor, start_translator
 from kmsbridge.wiring import engine_for
 from kmsbridge.wiring_request_log import build_request_log_writer
 from producers.dead_letters import read_dead_letters
@@ -44,6 +40,10 @@ from schemas.records import (
     ServiceState,
     SubscriptionEvent,
 )
+from tests.support.pg import new_database
+from tests.support.pipeline import Pipeline, wait_until
+from tests.support.processes import RunningProcess, start_executor, start_translator
+from tests.support.simulator import SimulatorHandle
 
 pytestmark = pytest.mark.integration
 

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pg import new_database, postgres_url  # noqa: F401 (the session fixture)
 from pydantic import SecretStr
 from sqlalchemy import create_engine, select
 
@@ -37,6 +36,7 @@ from schemas.records import (
     Source,
     SubscriptionEvent,
 )
+from tests.support.pg import new_database, postgres_url  # noqa: F401 (the session fixture)
 
 T0 = datetime(2026, 11, 1, 9, 0, tzinfo=UTC)
 PIN = "4711"

@@ -23,10 +23,7 @@ import pytest
 from sqlalchemy import create_engine
 from test_reconciler import event, run, start_projector, start_reconciler, wait_projected
 
-from kms_adapter.simulator.testing import SimulatorHandle
 from kmsbridge.db import upgrade
-from kmsbridge.pipeline_harness import Pipeline, wait_until
-from kmsbridge.testing import RunningProcess, start_executor, start_translator
 from kmsbridge.wiring import engine_for
 from producers.outcomes import Outcome, OutcomeStore, RequestState
 from reconciler.communications_queue import CommunicationQueue, CommunicationState
@@ -34,6 +31,9 @@ from reconciler.expectations import Expectations
 from reconciler.run_definitions import Execution, ExecutionState, RunDefinition, RunDefinitionStore, RunKind
 from reconciler.store import DesiredStateStore
 from schemas.records import CommunicationEvent, Device, KmsCommand, MessageKind, ReconcileReport, TextMode
+from tests.support.pipeline import Pipeline, wait_until
+from tests.support.processes import RunningProcess, start_executor, start_translator
+from tests.support.simulator import SimulatorHandle
 
 pytestmark = pytest.mark.integration
 

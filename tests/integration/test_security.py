@@ -23,17 +23,14 @@ from events import activation
 from pydantic import SecretStr
 from tls import write_ca_and_server_cert
 
-from consumers.errors import FatalKafkaError, KafkaAuthenticationFailed, KafkaTlsFailed
-from consumers.kafka_clients import KafkaErrorHandler, is_fatal
+from kafka_edge.errors import FatalKafkaError, KafkaAuthenticationFailed, KafkaTlsFailed
+from kafka_edge.kafka_clients import KafkaErrorHandler, is_fatal
 from kms_adapter.errors import KmsUnavailable
 from kms_adapter.simulator.app import create_app
 from kms_adapter.simulator.state import SimulatorState
-from kms_adapter.simulator.testing import SimulatorHandle
-from kmsbridge.chaos import read_all, reencode
-from kmsbridge.local_broker import BrokerHandle, free_port
 from kmsbridge.logs import setup_logging
-from kmsbridge.pipeline_harness import Pipeline, wait_until
 from kmsbridge.settings import ApiSettings, KmsSettings, Settings, load_settings
+from localdev.local_broker import BrokerHandle, free_port
 from schemas.records import (
     KmsResult,
     MessageKind,
@@ -41,6 +38,9 @@ from schemas.records import (
     ServiceRequest,
     TextMode,
 )
+from tests.support.chaos import read_all, reencode
+from tests.support.pipeline import Pipeline, wait_until
+from tests.support.simulator import SimulatorHandle
 
 pytestmark = pytest.mark.integration
 
@@ -175,10 +175,10 @@ def test_the_kms_client_refuses_an_untrusted_certificate_by_default_and_trusts_t
         tls_simulator: TlsSimulator) -> None:
     import asyncio
 
-    from kms_adapter.soap_client import SoapKmsClient
+    from kmsbridge.kms import soap_adapter
 
     async def ping(kms: KmsSettings) -> None:
-        client = SoapKmsClient(kms.endpoint, "ALUX", kms.resolved_token(), verify=kms.verify())
+        client = soap_adapter(kms, "ALUX")  # the adapter every process builds from these settings
         try:
             await client.ping()
         finally:

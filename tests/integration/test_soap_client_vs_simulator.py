@@ -18,10 +18,10 @@ from click.testing import CliRunner
 from pydantic import SecretStr
 
 from kms_adapter import QUERY_SECTIONS, KmsAuthError, KmsRejected, KmsUnavailable
-from kms_adapter.simulator.testing import SimulatorHandle, running_simulator
 from kms_adapter.soap_client import SoapKmsClient
-from kmsbridge.cli_simulator import simulator_group
+from kmsbridge.cli.simulator import simulator_group
 from schemas.records import KmsCommand, Message, MessageKind, Operation, Product, Source, TextMode
+from tests.support.simulator import SimulatorHandle, running_simulator
 
 pytestmark = pytest.mark.integration
 

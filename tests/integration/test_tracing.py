@@ -21,11 +21,11 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from consumers import tracing
-from kms_adapter.simulator.testing import SimulatorHandle
-from kmsbridge.pipeline_harness import Pipeline, wait_until
-from kmsbridge.testing import start_executor, start_translator
+from kafka_edge import tracing
 from schemas.records import Device, EventType, Service, ServiceState, SubscriptionEvent, SubscriptionState
+from tests.support.pipeline import Pipeline, wait_until
+from tests.support.processes import start_executor, start_translator
+from tests.support.simulator import SimulatorHandle
 
 pytestmark = pytest.mark.integration
 

@@ -13,7 +13,7 @@ import re
 
 from prometheus_client import Counter, Gauge, Histogram
 
-import consumers.metrics as product_metrics
+import kafka_edge.metrics as product_metrics
 
 __all__ = ["PROMQL_FUNCTIONS", "exported_series_names", "metric_names"]
 
@@ -75,5 +75,5 @@ def exported_series_names() -> set[str]:
         elif isinstance(metric, Gauge):
             out.add(family.name)
         else:
-            raise AssertionError(f"consumers.metrics.{attr}: unexpected collector type {type(metric).__name__}")
+            raise AssertionError(f"kafka_edge.metrics.{attr}: unexpected collector type {type(metric).__name__}")
     return out

@@ -22,8 +22,8 @@ from consumers.command_runner import (
     RunOutcome,
     full_jitter,
 )
-from consumers.errors import CommandAbandoned
 from consumers.ledger import LEDGER_METADATA, Ledger
+from kafka_edge.errors import CommandAbandoned
 from kms_adapter.errors import KmsUnavailable
 from kms_adapter.fake import InMemoryKms, KmsCall
 from kms_adapter.port import KmsOutcome

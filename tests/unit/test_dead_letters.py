@@ -1,4 +1,4 @@
-"""The one DLQ path (:class:`consumers.dlq.DeadLetters`) against librdkafka's own local checks.
+"""The one DLQ path (:class:`kafka_edge.dlq.DeadLetters`) against librdkafka's own local checks.
 
 The producer here points at no broker: ``produce`` only queues, so what is checked is librdkafka's
 synchronous refusal (``MSG_SIZE_TOO_LARGE`` when a copy exceeds ``message.max.bytes``) and what the
@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import pytest
 from confluent_kafka import KafkaException, Message, Producer
 
-from consumers.dlq import DeadLetters, OutputTooLarge, screen_output
+from kafka_edge.dlq import DeadLetters, OutputTooLarge, screen_output
 from schemas.errors import InvalidRecord
 
 

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import pytest
 from confluent_kafka import Message
 
-from consumers.dlq import (
+from kafka_edge.dlq import (
     MAX_REASON,
     Oversized,
     TooFarInFuture,

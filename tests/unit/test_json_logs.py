@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from kmsbridge.cli_common import cli_settings
+from kmsbridge.cli.common import cli_settings
 from kmsbridge.logs import JsonFormatter, RedactingFormatter
 
 TOKEN = 'kms-"tok\\en"-9f3a'  # a quote and a backslash: JSON escaping must not hide it from the mask

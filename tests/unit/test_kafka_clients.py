@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from consumers.kafka_clients import consume_available
+from kafka_edge.kafka_clients import consume_available
 
 
 class QueueConsumer:

@@ -7,8 +7,8 @@ import uuid
 import pytest
 from prometheus_client import REGISTRY
 
-from consumers.lag import LagMonitor, PartitionLag, partition_lag, seconds_behind
-from kmsbridge.cli_lag import format_table
+from kafka_edge.lag import LagMonitor, PartitionLag, partition_lag, seconds_behind
+from kmsbridge.cli.lag import format_table
 
 
 @pytest.mark.parametrize(

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from kmsbridge.local_broker import (
+from localdev.local_broker import (
     BrokerError,
     BrokerHandle,
     BrokerPorts,

@@ -191,7 +191,7 @@ def test_the_consumers_read_a_record_whose_schema_guid_travels_in_its_header(
         sample_records: dict[str, BaseModel], tmp_path: Any) -> None:
     from confluent_kafka import Message
 
-    from consumers.kafka_clients import schema_id_header
+    from kafka_edge.kafka_clients import schema_id_header
     from reconciler.projector import Projector, ProjectorConfig
 
     registry = _mock_registry()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from consumers.kafka_clients import PRODUCER_MAX_MESSAGE_BYTES
+from kafka_edge.kafka_clients import PRODUCER_MAX_MESSAGE_BYTES
 from reconciler.runner import encode_within_limit
 from schemas.codec import Codec
 from schemas.records import DriftItem, ReconcileReport

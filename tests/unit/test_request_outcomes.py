@@ -12,7 +12,7 @@ import pytest
 from api_fakes import PROVIDER, result_for
 from pydantic import SecretStr
 
-from kmsbridge.cli_io import record_key
+from kmsbridge.cli.io import record_key
 from producers.outcomes import (
     OutcomeStore,
     RequestState,

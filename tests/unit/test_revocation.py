@@ -8,7 +8,7 @@ import pytest
 from example_household import MAIN, PROVIDER, TWIN1, TWIN2, TWIN3, event, steps
 
 from consumers.translation import HandlerContext, translate_subscription
-from kmsbridge.cli_reconcile import format_report
+from kmsbridge.cli.reconcile import format_report
 from producers.api.models import ReportView
 from provisioning import errors
 from provisioning.keys import KeySource, idempotency_key

@@ -15,7 +15,7 @@ import pytest
 import kmsbridge.wiring as wiring
 import kmsbridge.wiring_reconciler as wiring_reconciler
 from kmsbridge.settings import SettingsError, load_settings, mask_url
-from kmsbridge.stack import write_pin_keys
+from localdev.stack import write_pin_keys
 from schemas.pin_seal import KEY_BYTES, generate_key
 
 KEY = generate_key()

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from consumers import tracing
+from kafka_edge import tracing
 from kmsbridge.tracing import setup_tracing
 
 

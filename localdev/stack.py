@@ -1,0 +1,225 @@
+"""The local stack (``kmsbridge stack up|status|down``): broker, topics, simulator and every process.
+
+State lives in ``$KMSBRIDGE_STACK_DIR`` (default ``./var/stack``): ``state.json`` records pids,
+ports and addresses so every other CLI verb can default to them; logs go to ``logs/``. ``up`` is
+idempotent: it starts only what is not running (so it also restarts a process that died).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+
+from kmsbridge.stack_state import StackState, load_state, save_state, stack_dir
+from localdev import local_broker
+from schemas.pin_seal import generate_key
+
+__all__ = ["PROCESSES", "StackState", "available_processes", "down", "load_state", "stack_dir", "status", "up"]
+
+PROCESSES = ("translator", "executor", "projector", "reconciler", "api", "request-log")
+
+
+def available_processes() -> tuple[str, ...]:
+    """The processes this build can run (``kmsbridge run NAME``)."""
+    from kmsbridge.cli.run import resolve_runner
+
+    return tuple(p for p in PROCESSES if resolve_runner(p) is not None)
+
+
+@dataclass
+class Proc:
+    pid: int
+    port: int | None = None
+
+
+def _alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        proc = psutil.Process(pid)
+        return proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def _secret_file(path: Path, make: Callable[[], str] = lambda: secrets.token_urlsafe(24)) -> Path:
+    """``path``, created with ``make()`` and mode 0600 unless it exists (a restarted stack keeps it)."""
+    if not path.exists():
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(make())
+    return path
+
+
+def write_pin_keys(path: Path) -> Path:
+    """A PIN key file (``KMSBRIDGE_PIN_KEYS__FILE``) with one fresh key, unless ``path`` exists."""
+    return _secret_file(path, lambda: json.dumps({"current": "local-1", "keys": {"local-1": generate_key()}}))
+
+
+def _spawn(args: list[str], env: dict[str, str], log_file: Path) -> int:
+    log = open(log_file, "ab")  # noqa: SIM115 - handed to the child
+    proc = subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                            start_new_session=True)
+    log.close()
+    return proc.pid
+
+
+def _wait_http(url: str, timeout: float, pid: int) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not _alive(pid):
+            return False
+        try:
+            if httpx.get(url, timeout=1.0).status_code < 500:
+                return True
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    return False
+
+
+def process_env(state: StackState, base: dict[str, str] | None = None) -> dict[str, str]:
+    env = dict(base if base is not None else os.environ)
+    env.update({
+        "KMSBRIDGE_KAFKA__BOOTSTRAP_SERVERS": state.bootstrap,
+        "KMSBRIDGE_KMS__ENDPOINT": state.simulator_url + "/kms",
+        "KMSBRIDGE_KMS__TOKEN_FILE": state.token_file,
+        "KMSBRIDGE_API__API_KEYS_FILE": state.api_key_file,
+        "KMSBRIDGE_PIN_KEYS__FILE": state.pin_keys_file,
+        "KMSBRIDGE_PROVIDER_FILE": state.provider_file,
+        "KMSBRIDGE_DATABASE_URL": state.database_url,
+    })
+    return env
+
+
+def up(*, provider_file: Path, processes: tuple[str, ...] | None = None,
+       log: Callable[[str], object] = print) -> StackState:
+    folder = stack_dir()
+    logs = folder / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    state = load_state(folder) or StackState()
+    state.logs = str(logs)
+    state.provider_file = str(provider_file.resolve())
+    state.database_url = state.database_url or f"sqlite:///{folder / 'kmsbridge.db'}"
+    state.token_file = str(_secret_file(folder / "kms.token"))
+    state.api_key_file = str(_secret_file(folder / "api.key"))
+    state.pin_keys_file = str(write_pin_keys(folder / "pin-keys.json"))
+
+    # 1. the broker, unless bootstrap servers are configured
+    configured = os.environ.get("KMSBRIDGE_KAFKA__BOOTSTRAP_SERVERS")
+    if configured:
+        state.bootstrap, state.broker_pid = configured, None
+    elif not _alive(state.broker_pid):
+        log("starting Kafka broker ...")
+        t0 = time.monotonic()
+        shutil.rmtree(folder / "kafka", ignore_errors=True)  # a dev stack starts from empty storage
+        handle = local_broker.start_broker(folder / "kafka", log_file=logs / "kafka.log")
+        state.bootstrap, state.broker_pid = handle.bootstrap, handle.pid
+        log(f"  Kafka {handle.bootstrap} (pid {handle.pid}) in {time.monotonic() - t0:.1f}s")
+    save_state(state, folder)
+
+    # 2. topics (idempotent)
+    env = process_env(state)
+    subprocess.run([sys.executable, "-m", "kmsbridge.cli", "topics", "create"], env=env, check=True,
+                   stdout=subprocess.DEVNULL)
+
+    # 3. the KMS simulator
+    sim = state.processes.get("simulator", {})
+    if not _alive(sim.get("pid")):
+        port = local_broker.free_port()
+        pid = _spawn([sys.executable, "-m", "kmsbridge.cli", "simulator", "--host", "127.0.0.1", "--port",
+                      str(port), "--token-file", state.token_file], env, logs / "simulator.log")
+        state.simulator_url = f"http://127.0.0.1:{port}"
+        state.processes["simulator"] = {"pid": pid, "port": port}
+        if not _wait_http(state.simulator_url + "/healthz", 30, pid):
+            raise RuntimeError(f"the KMS simulator did not start; see {logs / 'simulator.log'}")
+        log(f"  KMS simulator {state.simulator_url} (pid {pid})")
+    save_state(state, folder)
+    env = process_env(state)
+
+    # 4. every process
+    for name in processes or available_processes():
+        cur = state.processes.get(name, {})
+        if _alive(cur.get("pid")):
+            continue
+        port = local_broker.free_port()
+        penv = dict(env)
+        if name == "api":
+            penv["KMSBRIDGE_API__PORT"] = str(port)
+            state.api_url = f"http://127.0.0.1:{port}"
+        else:
+            penv["KMSBRIDGE_METRICS_PORT"] = str(port)
+        pid = _spawn([sys.executable, "-m", "kmsbridge.cli", "run", name], penv, logs / f"{name}.log")
+        state.processes[name] = {"pid": pid, "port": port}
+        save_state(state, folder)
+        probe = f"http://127.0.0.1:{port}/healthz"
+        if not _wait_http(probe, 60, pid):
+            raise RuntimeError(f"{name} did not become healthy; see {logs / (name + '.log')}")
+        log(f"  {name} (pid {pid}, port {port})")
+    save_state(state, folder)
+    return state
+
+
+def status() -> list[dict[str, Any]]:
+    state = load_state()
+    if state is None:
+        return []
+    rows: list[dict[str, Any]] = []
+    if state.broker_pid is not None:
+        rows.append({"name": "kafka", "pid": state.broker_pid, "port": state.bootstrap.rsplit(":", 1)[-1],
+                     "alive": _alive(state.broker_pid), "health": "ok" if _alive(state.broker_pid) else "down"})
+    for name, p in state.processes.items():
+        alive = _alive(p.get("pid"))
+        health = "down"
+        if alive and p.get("port"):
+            try:
+                r = httpx.get(f"http://127.0.0.1:{p['port']}/healthz", timeout=2.0)
+                health = "ok" if r.status_code == 200 else f"unhealthy ({r.status_code})"
+            except httpx.HTTPError:
+                health = "unreachable"
+        rows.append({"name": name, "pid": p.get("pid"), "port": p.get("port"), "alive": alive, "health": health})
+    return rows
+
+
+def _terminate(pid: int, timeout: float) -> None:
+    if not _alive(pid):
+        return
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and _alive(pid):
+        time.sleep(0.1)
+    if _alive(pid):
+        os.kill(pid, signal.SIGKILL)
+
+
+def down(log: Callable[[str], object] = print) -> None:
+    folder = stack_dir()
+    state = load_state(folder)
+    if state is None:
+        log("no stack is running")
+        return
+    for name in reversed(list(state.processes)):
+        pid = state.processes[name].get("pid")
+        if pid:
+            _terminate(int(pid), 25)
+            log(f"  stopped {name}")
+    if state.broker_pid:
+        local_broker.stop_broker(state.broker_pid)
+        log("  stopped kafka")
+    (folder / "state.json").unlink(missing_ok=True)
