@@ -14,8 +14,8 @@ Baselines measured in the same run:
   work (Little's law with L alone overstates the bound at small L);
 
 - **CPU limit of the client**: ``SoapKmsClient.execute`` alone (no Kafka, no ledger) at L = 0,
-  64 in flight: calls per CPU-second of this process, for the lean path (default) and for zeep +
-  httpx (``fast_path=False``), the before/after of the SOAP optimisation;
+  64 in flight: calls per CPU-second of this process (``python -m bench.kms_http`` compares HTTP
+  clients in one run);
 - **CPU limit of the executor**: the executor at L = 0 with N = 64: commands/s and CPU per command;
   the grid's ratio is reported against N / L and against min(N / L, that limit).
 
@@ -67,7 +67,7 @@ SATURATION_N = 64
 # --- the client alone ---------------------------------------------------------------------------------
 
 
-async def _client_calls(sim: Simulator, *, fast_path: bool, concurrency: int, calls: int) -> dict[str, float]:
+async def _client_calls(sim: Simulator, *, concurrency: int, calls: int) -> dict[str, float]:
     from kms_adapter.soap_client import SoapKmsClient
     from schemas.records import KmsCommand, Operation, Product, Source
 
@@ -77,8 +77,7 @@ async def _client_calls(sim: Simulator, *, fast_path: bool, concurrency: int, ca
                            secure_client_id=f"CB{i % 500}", products=[Product(product_id="P100", valid_from=now),
                                                                       Product(product_id="P200")],
                            source=Source(process_name="bench"), created_at=now) for i in range(calls)]
-    async with SoapKmsClient(sim.endpoint, "ALUX", sim.token, max_connections=concurrency,
-                             fast_path=fast_path) as client:
+    async with SoapKmsClient(sim.endpoint, "ALUX", sim.token, max_connections=concurrency) as client:
         await client.ping()
         pending = iter(commands)
 
@@ -96,9 +95,7 @@ async def _client_calls(sim: Simulator, *, fast_path: bool, concurrency: int, ca
 
 def client_baseline(sim: Simulator, calls: int) -> dict[str, dict[str, float]]:
     sim.set_latency(0)
-    out = {}
-    for name, fast in (("zeep+httpx", False), ("lean", True)):
-        out[name] = asyncio.run(_client_calls(sim, fast_path=fast, concurrency=64, calls=calls))
+    out = {"lean": asyncio.run(_client_calls(sim, concurrency=64, calls=calls))}
     sim.reset()
     return out
 
@@ -112,7 +109,7 @@ def _run_point(env: BenchEnv, topic: str, executor_pid: int, *, n: int, latency_
     sim.set_latency(latency_ms)
     # the physical baseline of this point: the SOAP client alone (no Kafka, no ledger) at the same N and L
     expected = n / (latency_ms / 1000) if latency_ms else 2000.0
-    alone = asyncio.run(_client_calls(sim, fast_path=True, concurrency=n,
+    alone = asyncio.run(_client_calls(sim, concurrency=n,
                                       calls=int(min(max(expected * 2, 4 * n, 50), 3000))))
     cards = max(4 * n, 64)
     per_card = max(2, math.ceil(count / cards))

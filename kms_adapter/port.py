@@ -13,6 +13,7 @@ from typing import Protocol, runtime_checkable
 from schemas.records import KmsCommand, Product
 
 __all__ = [
+    "EFFECT_OPERATIONS",
     "MUTATING_OPERATIONS",
     "QUERY_SECTIONS",
     "ClientState",
@@ -48,6 +49,11 @@ MUTATING_OPERATIONS: frozenset[str] = frozenset(
         "REAUTHORISE_SECTOR",
     }
 )
+
+#: Mutating operations that are effects, not absolute states (DESIGN.md §4): sending one twice shows
+#: the message twice on a KMS that does not deduplicate by idempotency key. Every other operation
+#: converges when repeated, so an adapter may resend it; an effect it never resends on its own.
+EFFECT_OPERATIONS: frozenset[str] = frozenset({"SEND_MAIL", "SEND_MESSAGE", "SEND_MAIL_GLOBAL", "SEND_MESSAGE_GLOBAL"})
 
 
 @dataclass(frozen=True, slots=True)

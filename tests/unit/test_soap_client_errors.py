@@ -1,4 +1,4 @@
-"""Every exception inside the SOAP client becomes one of ours (kms_adapter/errors.py), on both paths.
+"""Every exception inside the SOAP client becomes one of ours (kms_adapter/errors.py).
 
 A loopback HTTP server answers canned bytes, so these run without the simulator: what lxml, zeep or
 pydantic raise for our input is ``KmsRejected("INVALID_COMMAND")`` (nothing is sent), and what they
@@ -73,11 +73,11 @@ class CannedKms:
             writer.close()
 
 
-def against(body: bytes, fast_path: bool, call: Callable[[SoapKmsClient], Awaitable[T]]) -> tuple[T, int]:
+def against(body: bytes, call: Callable[[SoapKmsClient], Awaitable[T]]) -> tuple[T, int]:
     """``call(client)`` against a KMS answering ``body``, and how many requests reached it."""
     async def main() -> tuple[T, int]:
         async with CannedKms(body) as kms:
-            client = SoapKmsClient(kms.endpoint, "ALUX", "token", timeout=5.0, fast_path=fast_path)
+            client = SoapKmsClient(kms.endpoint, "ALUX", "token", timeout=5.0)
             try:
                 return await call(client), kms.requests
             finally:
@@ -86,57 +86,49 @@ def against(body: bytes, fast_path: bool, call: Callable[[SoapKmsClient], Awaita
     return asyncio.run(main())
 
 
-def raised(body: bytes, fast_path: bool, call: Callable[[SoapKmsClient], Awaitable[object]]) -> tuple[KmsError, int]:
+def raised(body: bytes, call: Callable[[SoapKmsClient], Awaitable[object]]) -> tuple[KmsError, int]:
     async def catching(client: SoapKmsClient) -> KmsError:
         with pytest.raises(KmsError) as info:
             await call(client)
         return info.value
 
-    return against(body, fast_path, catching)
+    return against(body, catching)
 
 
-PATHS = pytest.mark.parametrize("fast_path", [True, False], ids=["fast", "zeep"])
-
-
-@PATHS
-def test_the_canned_kms_answers_a_good_batch(fast_path: bool) -> None:
-    states, requests = against(clients_answer(), fast_path, lambda c: c.query_clients(["C1"]))
+def test_the_canned_kms_answers_a_good_batch() -> None:
+    states, requests = against(clients_answer(), lambda c: c.query_clients(["C1"]))
     assert states["C1"].known and [p.product_id for p in states["C1"].entitlements] == ["P100"]
     assert requests == 1
 
 
-@PATHS
-def test_a_card_xml_cannot_carry_rejects_the_batch_before_anything_is_sent(fast_path: bool) -> None:
-    error, requests = raised(clients_answer(), fast_path, lambda c: c.query_clients(["C1", "C\x0b2"]))
+def test_a_card_xml_cannot_carry_rejects_the_batch_before_anything_is_sent() -> None:
+    error, requests = raised(clients_answer(), lambda c: c.query_clients(["C1", "C\x0b2"]))
 
     assert isinstance(error, KmsRejected) and error.code == "INVALID_COMMAND"
     assert "secure client id" in str(error) and "\x0b" not in str(error)
     assert requests == 0
 
 
-@PATHS
-def test_a_single_query_of_a_card_xml_cannot_carry_is_rejected_before_it_is_sent(fast_path: bool) -> None:
-    error, requests = raised(clients_answer(), fast_path, lambda c: c.query_client("C\x0b1"))
+def test_a_single_query_of_a_card_xml_cannot_carry_is_rejected_before_it_is_sent() -> None:
+    error, requests = raised(clients_answer(), lambda c: c.query_client("C\x0b1"))
 
     assert isinstance(error, KmsRejected) and error.code == "INVALID_COMMAND"
     assert requests == 0
 
 
-@PATHS
-def test_an_answer_declaring_entities_is_a_bad_response(fast_path: bool) -> None:
+def test_an_answer_declaring_entities_is_a_bad_response() -> None:
     body = clients_answer(doctype='<!DOCTYPE soap-env:Envelope [<!ENTITY boom "boom">]>', text="&boom;")
 
-    error, requests = raised(body, fast_path, lambda c: c.query_clients(["C1"]))
+    error, requests = raised(body, lambda c: c.query_clients(["C1"]))
 
     assert isinstance(error, KmsUnavailable) and error.kind == "bad_response" and error.retryable
     assert requests == 1
 
 
-@PATHS
-def test_an_answer_no_record_can_hold_is_a_bad_response(fast_path: bool) -> None:
+def test_an_answer_no_record_can_hold_is_a_bad_response() -> None:
     body = clients_answer(product_id="P" * 65)  # longer than any product id (schemas.limits.Name)
 
-    error, _ = raised(body, fast_path, lambda c: c.query_clients(["C1"]))
+    error, _ = raised(body, lambda c: c.query_clients(["C1"]))
 
     assert isinstance(error, KmsUnavailable) and error.kind == "bad_response"
 
