@@ -14,9 +14,9 @@ import click
 import httpx
 from confluent_kafka import Consumer, Producer
 
-from kmsbridge.cli.io import record_key
 from kmsbridge.settings import Settings
 from kmsbridge.wiring import build_codec
+from schemas.keys import record_key
 from schemas.records import (
     Device,
     EventType,

@@ -5,9 +5,9 @@ The CLI verbs and the Web API use the same two pieces:
 * :func:`new_request` builds a :class:`~schemas.records.ServiceRequest` with a fresh ``request_id``
   (uuid4) and ``requested_at`` now (UTC);
 * :class:`KafkaRequestPublisher` encodes it and produces it, keyed by its target
-  (:func:`request_key`: the secure client, else the subscription, else ``"*"``, the same rule as
-  ``kmsbridge.cli.io.record_key``), and waits for the broker's acknowledgement. Reset runs
-  (``ReconcileRequest``) go to ``reconcile.requests`` keyed by ``run_id``.
+  (:func:`schemas.keys.request_key`: the secure client, else the subscription, else ``"*"``), and waits
+  for the broker's acknowledgement. Reset runs (``ReconcileRequest``) go to ``reconcile.requests`` keyed
+  by ``run_id``.
 
 librdkafka errors are wrapped into :class:`~producers.errors.ProducerError` here, at the edge. Logs name
 the request id, type and target, never the PIN or the message text.
@@ -28,9 +28,10 @@ from pydantic import SecretStr
 from kafka_edge.tracing import propagation_headers
 from producers.errors import ProducerError
 from schemas.codec import Codec
+from schemas.keys import record_key, request_key
 from schemas.records import MessageKind, ReconcileRequest, RequestType, ServiceRequest, TextMode
 
-__all__ = ["KafkaRequestPublisher", "RequestPublisher", "describe_target", "new_request", "request_key"]
+__all__ = ["KafkaRequestPublisher", "RequestPublisher", "describe_target", "new_request"]
 
 log = logging.getLogger(__name__)
 
@@ -56,11 +57,6 @@ def new_request(
         sections=list(sections), process_name=process_name, requested_by=requested_by,
         requested_at=datetime.now(UTC),
     )
-
-
-def request_key(req: ServiceRequest) -> str:
-    """The Kafka key of a request: its target id (DESIGN.md §3; ``"*"`` for every subscriber)."""
-    return req.secure_client_id or req.subscription_id or "*"
 
 
 def describe_target(req: ServiceRequest) -> str:
@@ -106,7 +102,7 @@ class KafkaRequestPublisher:
                  describe_target(req))
 
     def publish_reconcile(self, run: ReconcileRequest) -> None:
-        self._produce(self._reconcile_topic, run.run_id, self._codec.encode(run, self._reconcile_topic))
+        self._produce(self._reconcile_topic, record_key(run), self._codec.encode(run, self._reconcile_topic))
         log.info("reconcile run published run_id=%s preview=%s subscriptions=%d", run.run_id, run.preview,
                  len(run.subscription_ids))
 

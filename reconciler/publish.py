@@ -11,6 +11,7 @@ from typing import Protocol
 from confluent_kafka import KafkaError, Message, Producer
 
 from schemas.codec import Codec
+from schemas.keys import record_key
 from schemas.records import KmsCommand
 
 __all__ = ["CollectingSink", "CommandSink", "KafkaCommandSink", "PublishFailed"]
@@ -42,7 +43,7 @@ class KafkaCommandSink:
         value = self._codec.encode(command, self.topic)
         while True:
             try:
-                self._producer.produce(self.topic, key=command.secure_client_id.encode(), value=value,
+                self._producer.produce(self.topic, key=record_key(command).encode(), value=value,
                                        on_delivery=self._delivered)
                 return
             except BufferError:  # the local queue is full: let librdkafka send some

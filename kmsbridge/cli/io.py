@@ -17,6 +17,7 @@ from producers.topics import create_topics
 from schemas.codec import Codec
 from schemas.errors import PoisonMessage
 from schemas.jsonio import JsonLinesError, parse_jsonl, to_json
+from schemas.keys import record_key
 from schemas.records import (
     CommunicationEvent,
     ReconcileRequest,
@@ -24,7 +25,7 @@ from schemas.records import (
     SubscriptionEvent,
 )
 
-__all__ = ["produce_cmd", "record_key", "tail_cmd", "topics_group"]
+__all__ = ["produce_cmd", "tail_cmd", "topics_group"]
 
 KINDS: dict[str, tuple[str, type]] = {
     "subscriptions": ("subscriptions", SubscriptionEvent),
@@ -32,19 +33,6 @@ KINDS: dict[str, tuple[str, type]] = {
     "requests": ("requests", ServiceRequest),
     "reconcile": ("reconcile_requests", ReconcileRequest),
 }
-
-
-def record_key(record: object) -> str:
-    """The Kafka key of an input record (DESIGN.md §3)."""
-    if isinstance(record, SubscriptionEvent):
-        return record.subscription_id
-    if isinstance(record, CommunicationEvent):
-        return record.communication_id
-    if isinstance(record, ServiceRequest):
-        return record.secure_client_id or record.subscription_id or "*"
-    if isinstance(record, ReconcileRequest):
-        return record.run_id
-    raise TypeError(type(record).__name__)
 
 
 @click.command("produce")

@@ -26,6 +26,7 @@ from kmsbridge.settings import Settings
 from schemas.codec import Codec
 from schemas.errors import PoisonMessage
 from schemas.jsonio import to_json
+from schemas.keys import record_key
 from schemas.records import DriftItem, ReconcileReport, ReconcileRequest
 
 __all__ = ["ReportWaiter", "format_report", "parse_when", "publish_request", "reconcile_cmd"]
@@ -91,7 +92,7 @@ def publish_request(settings: Settings, codec: Codec, request: ReconcileRequest)
     topic = settings.topic("reconcile_requests")
     producer = Producer({**settings.kafka_config(), "enable.idempotence": True})
     errors: list[KafkaError] = []
-    producer.produce(topic, key=request.run_id.encode(), value=codec.encode(request, topic),
+    producer.produce(topic, key=record_key(request).encode(), value=codec.encode(request, topic),
                      on_delivery=lambda err, _msg: errors.append(err) if err is not None else None)
     if producer.flush(30) or errors:
         raise click.ClickException(f"the request was not delivered to {topic}: {errors[0] if errors else 'timeout'}")

@@ -25,6 +25,7 @@ from kmsbridge.settings import Settings, load_settings
 from kmsbridge.wiring import build_codec
 from localdev.stack import write_pin_keys
 from producers.topics import create_topics
+from schemas.keys import record_key
 from schemas.records import KmsResult
 
 __all__ = ["Pipeline", "terminate", "wait_until"]
@@ -43,14 +44,6 @@ def wait_until(what: str, check: Callable[[], T], timeout: float = 30.0, interva
         time.sleep(interval)
         last = check()
     return last
-
-
-def _record_key(record: Any) -> str:
-    for name in ("subscription_id", "communication_id", "run_id", "request_id"):
-        value = getattr(record, name, None)
-        if value:
-            return str(value)
-    return "-"
 
 
 @dataclass
@@ -182,7 +175,7 @@ class Pipeline:
         for record in records:
             while True:
                 try:
-                    self.producer.produce(topic, key=_record_key(record).encode(),
+                    self.producer.produce(topic, key=record_key(record).encode(),
                                           value=self.codec.encode(record, topic))
                     break
                 except BufferError:

@@ -12,7 +12,6 @@ import pytest
 from api_fakes import PROVIDER, result_for
 from pydantic import SecretStr
 
-from kmsbridge.cli.io import record_key
 from producers.outcomes import (
     OutcomeStore,
     RequestState,
@@ -20,8 +19,9 @@ from producers.outcomes import (
     planning_expectation,
     settle,
 )
-from producers.requests import new_request, request_key
+from producers.requests import new_request
 from provisioning.text import TextLimits
+from schemas.keys import record_key, request_key
 from schemas.records import (
     Device,
     KmsResult,
