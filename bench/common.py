@@ -429,7 +429,7 @@ def campaign_values(n: int, *, start: int = 0, twin_share: float = 0.3, run: str
                     version: int = 2) -> Iterator[tuple[bytes, bytes]]:
     """``(key, value)`` of ``n`` SubscriptionEvents as billing sends them during a campaign.
 
-    The mix is the one the issue worries about (a free weekend on every box): SERVICES_CHANGED on an
+    The mix is an operator campaign (a free weekend on every box): SERVICES_CHANGED on an
     ACTIVE subscription with BASIC and SPORTS, a MAIN box and, for ``twin_share`` of subscriptions, a
     TWIN1 box; so 1 + ``twin_share`` SYNC_ENTITLEMENTS commands per event. Values are written straight
     from dicts with fastavro in the registry-free single-object framing (the translator reads them

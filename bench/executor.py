@@ -23,7 +23,7 @@ Per-secure-client order is verified in the same runs: every card gets several co
 rounds with increasing ``subscription_version``; the audit's ``seq`` order per card must equal that
 order (checked for every card of every run).
 
-Target (issue 8): at least 80 % of N / L until the CPU is the limit.
+Target: at least 80 % of N / L until the CPU is the limit.
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ users run them (``kmsbridge run ...`` subprocesses, product defaults) and the si
    run (the p50 of the last tenth against the first: a backlog that grows means the pipeline is below
    the offered rate, and the percentiles then only say how long the run lasted).
 
-Target (issue 8): p99 < 250 ms at 1,000 events/s with the simulator at 5 ms.
+Target: p99 < 250 ms at 1,000 events/s with the simulator at 5 ms.
 """
 
 from __future__ import annotations

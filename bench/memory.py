@@ -11,7 +11,7 @@ translator and the projector committed, commands the KMS applied for the executo
   (start-up, imports and the first fills of caches and buffers excluded), in MB per million messages;
   "flat" when that extrapolates to less than ``FLAT_MB_PER_MILLION``.
 
-``make bench`` uses 40,000 events, not the issue's 1,000,000, so the whole suite stays under 20 minutes:
+``make bench`` uses 40,000 events, not the 1,000,000 of a real campaign, so the whole suite stays under 20 minutes:
 the executor applies 250-500 commands/s on this shared machine, so a million events (1.3 million
 commands) take one to one and a half hours. ``python -m bench.memory --events 1000000`` is the full
 run; ``--processes translator,projector`` runs the million events through the two fast processes

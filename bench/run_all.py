@@ -1,4 +1,4 @@
-"""``make bench``: every benchmark of issue 8 on one broker, each with its baseline and ratio.
+"""``make bench``: every benchmark on one broker, each with its baseline and ratio.
 
 Runs, in order: translator vs passthrough, executor vs N/L, end-to-end latency, projector (SQLite and
 PostgreSQL), memory. Each prints its tables and writes ``bench/results/<name>.json``; plots go to

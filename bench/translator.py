@@ -16,7 +16,7 @@ transactional consume-produce loop can do on the same broker in the same run.
 5. The CPU budget per event of the stages the translator adds (decode, plan, encode), measured in
    this process on the same values, and with ``--profile`` a cProfile of a third translator run.
 
-Targets (issue 8): translator >= 40 % of passthrough and >= 30,000 events/s per process.
+Targets: translator >= 40 % of passthrough and >= 30,000 events/s per process.
 """
 
 from __future__ import annotations

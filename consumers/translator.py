@@ -175,7 +175,7 @@ class TransactionalTranslator:
         for topic, n in per_topic.items():
             MESSAGES_CONSUMED.labels(PROCESS, topic).inc(n)
             seconds = PROCESSING_SECONDS.labels(PROCESS, topic)
-            for _ in range(n):  # a histogram counts observations: one per message, as before
+            for _ in range(n):  # a histogram counts observations: one per message
                 seconds.observe(elapsed)
 
     def _process_one(self, msg: Message) -> str:

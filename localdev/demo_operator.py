@@ -1,4 +1,4 @@
-"""The operator part of ``kmsbridge demo`` (issue #4): what support agents and CRM do every day.
+"""The operator part of ``kmsbridge demo``: what support agents and CRM do every day.
 
 :func:`operator_steps` runs after the real-time steps, on the same household: a mail run (a Mail in
 ANSI and an on-screen Message in Unicode), a message to every subscriber, a PIN set and a reset to the
@@ -184,7 +184,7 @@ def _rejected_text(d: Demo, main: str) -> None:
 
 
 def operator_steps(d: Demo, hh: Household) -> None:
-    """Issue #4's scenario on the household of the real-time steps (see the module docstring)."""
+    """The scenario on the household of the real-time steps (see the module docstring)."""
     provider = load_provider_or_exit(d.settings)
     main, twin = hh.cards["MAIN"], hh.cards["TWIN1"]
     _mail_run(d, provider, main, twin)

@@ -1,4 +1,4 @@
-"""The demo's reset-run chapter (issue #5): a change lost in a KMS outage, found and repaired.
+"""The demo's reset-run chapter: a change lost in a KMS outage, found and repaired.
 
 The story, told as it is simulated: the KMS goes down for a few seconds and comes back **restored
 from a backup taken before the household's SPORTS channel was added**. The KMS had confirmed that

@@ -1,4 +1,4 @@
-"""The demo's chapter of run definitions and the communication queue (issue 14).
+"""The demo's chapter of run definitions and the communication queue.
 
 An operator defines a nightly reset run for residential subscriptions created in the last 30 days
 and a mail run for the external system IRDETO. Three communications wait in the queue, one for

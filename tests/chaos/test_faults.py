@@ -1,4 +1,4 @@
-"""The fault suite (issue #6): each drill against the real broker, the simulator process and the
+"""The fault suite: each drill against the real broker, the simulator process and the
 product's processes started as a user starts them, with a ledger of produced vs applied.
 
 Pass criteria for every drill: no event lost (the final KMS state equals what the events ask for),

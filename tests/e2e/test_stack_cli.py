@@ -1,4 +1,4 @@
-"""The CLI and the local stack as an operator uses them (issue #2's "done when")."""
+"""The CLI and the local stack as an operator uses them."""
 
 from __future__ import annotations
 

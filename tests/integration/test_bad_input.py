@@ -1,4 +1,4 @@
-"""The bad-input suite (issue 13, item 7): every class of bad input through the real broker into every
+"""The bad-input suite: every class of bad input through the real broker into every
 consumer, at the product's real limits (``KMSBRIDGE_MAX_MESSAGE_BYTES`` 1,000,000, librdkafka's and the
 broker's default message limits).
 

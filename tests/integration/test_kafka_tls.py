@@ -1,4 +1,4 @@
-"""Kafka over TLS for real (issue 13, item 6): a dedicated local broker with a SASL_SSL listener
+"""Kafka over TLS for real: a dedicated local broker with a SASL_SSL listener
 (SCRAM-SHA-512) serving a certificate made at run time, and every process run as a user runs it
 (``kmsbridge run PROCESS``) with only ``KMSBRIDGE_KAFKA__*`` settings pointing at that listener.
 

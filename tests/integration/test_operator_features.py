@@ -1,4 +1,4 @@
-"""Operator features through the real broker, the real simulator, the translator and the executor (issue #4).
+"""Operator features through the real broker, the real simulator, the translator and the executor.
 
 The Web API runs as ``kmsbridge run api`` in a subprocess (real uvicorn, real outcome feed); the CLI
 verbs run in-process through ``click.testing.CliRunner`` with the pipeline's environment. Outcomes are

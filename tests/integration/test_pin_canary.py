@@ -1,4 +1,4 @@
-"""No PIN is readable in any topic's bytes (issue 13, "done when").
+"""No PIN is readable in any topic's bytes.
 
 Canary PINs go through every path that writes one: the Web API (``kmsbridge run api`` in a subprocess),
 the CLI's ``set-pin``, a RESET_PIN request and an activation (both planned with the provider's default

@@ -1,4 +1,4 @@
-"""A record whose content the database refuses is poison (issue 13, item 1), on PostgreSQL.
+"""A record whose content the database refuses is poison, on PostgreSQL.
 
 Records that break a column's width fail validation at decode (``schemas.limits``), and the columns
 hold every value the records allow, so the refusal is made explicit: a CHECK constraint the test adds

@@ -1,4 +1,4 @@
-"""Real-time provisioning through the real broker and the real simulator (issue #3's "done when").
+"""Real-time provisioning through the real broker and the real simulator.
 
 The translator and executor run exactly as ``kmsbridge run`` builds them (in threads, or as
 subprocesses where a test kills one); events go through Kafka; outcomes are read from the

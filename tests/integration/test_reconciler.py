@@ -1,6 +1,6 @@
 """Reset runs through the real broker, the real simulator and a real database (SQLite and PostgreSQL).
 
-Issue #5's "done when": drift created on purpose through the simulator's admin state (a missing
+It shows that drift created on purpose through the simulator's admin state (a missing
 product, an extra product, an unpaired box, a device CRM no longer has) is found exactly by a
 preview, repaired by a reset run, and a second run publishes nothing; filters select exactly the
 right subscriptions; replayed and reordered events leave the projector at the newest version;

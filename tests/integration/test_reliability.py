@@ -1,5 +1,5 @@
 """Reliability of the executor and the translator against the real broker and the real simulator
-(issue #6): retries and the breaker, stale commands, rebalances and shutdown, bad input.
+: retries and the breaker, stale commands, rebalances and shutdown, bad input.
 
 Processes run as ``kmsbridge run`` builds them: in threads where a test inspects their state (breaker,
 pause), as subprocesses where a test kills, signals or restarts them.

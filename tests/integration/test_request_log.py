@@ -1,6 +1,6 @@
 """The provisioning request log end to end: real broker, real simulator, SQLite and PostgreSQL.
 
-Issue 15's "done when": every command of a stream of events, service requests and a reset run appears
+Every command of a stream of events, service requests and a reset run appears
 once in the log with the state of its result on ``kms.results``; filters return exactly the matching
 rows; a box's history lists its events, commands and results in order; a dead letter that is now
 valid is provisioned once by a replay, a second replay does nothing and a dry run produces nothing.

@@ -1,6 +1,6 @@
 """Run definitions and the communication queue on the real broker, simulator and both databases.
 
-Issue #14's "done when": two reconciler replicas (each built as ``kmsbridge run reconciler`` builds
+It shows that two reconciler replicas (each built as ``kmsbridge run reconciler`` builds
 it, with its scheduler and queue reader) execute a recurring definition once per due time; a Not
 Effective one never runs; a rolling period selects exactly the subscriptions created in it; a preview
 changes nothing; communications stay PENDING until the matching mail run and each ends with its own

@@ -1,4 +1,4 @@
-"""Security (issue #6): Kafka SASL/SCRAM through settings, failing closed on refused credentials or an
+"""Security: Kafka SASL/SCRAM through settings, failing closed on refused credentials or an
 untrusted broker certificate (over TLS for real: test_kafka_tls.py), the KMS over HTTPS with verification
 on by default, secrets only from settings, and no secret or personal data in logs, metrics, DLQ headers
 or results.
