@@ -6,7 +6,8 @@ Endpoints (all but ``/healthz`` require ``Authorization: Bearer <token>``, else 
   address pointing back here.
 - ``GET /admin/state``: the whole state (JSON shape of DESIGN.md §8).
 - ``POST /admin/state``: overwrite part of it (see :meth:`.state.SimulatorState.overwrite`).
-- ``GET /admin/faults`` / ``POST /admin/faults``: read or change injected faults (:mod:`.faults`).
+- ``GET /admin/faults`` / ``POST /admin/faults``: read or change injected faults (:mod:`.faults`),
+  among them the response-shape faults (:mod:`.shapes`).
 - ``POST /admin/reset``: empty state and clear every fault.
 - ``GET /healthz``: liveness, no token.
 
@@ -21,18 +22,19 @@ import asyncio
 import hmac
 import json
 import math
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from typing import IO, Any
 
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from kms_adapter.wsdl import MUTATING_SOAP_OPERATIONS, wsdl_bytes
 
 from .faults import FaultError, Faults
+from .shapes import SHAPE_HEADER
 from .soap import (
     SoapParseError,
     SoapRequest,
@@ -122,7 +124,7 @@ def create_app(
         if card_status is not None:  # a transient fault of this one card (card_errors code HTTP_<status>)
             return Response(f"simulated HTTP {card_status} for this card".encode(), card_status,
                             media_type="text/plain")
-        return Response(dispatch(req), 200, media_type=_XML)
+        return _shaped(dispatch(req), fault_state)
 
     def dispatch(req: SoapRequest) -> bytes:
         injected = fault_state.card_error(req.card) if req.soap_operation != "queryClients" else None
@@ -221,6 +223,33 @@ def create_app(
     app.state.kms = kms
     app.state.faults = fault_state
     return app
+
+
+def _shaped(body: bytes, faults: Faults) -> Response:
+    """A SOAP answer in the shape the faults ask for (``lose_answers``, then ``response_shape``)."""
+    if faults.take_lost_answer():
+        return Response(body, 200, media_type=_XML, headers={SHAPE_HEADER: "lose_answer"})
+    shape = faults.response_shape
+    if shape is None:
+        return Response(body, 200, media_type=_XML)
+    if shape == "oversized":
+        return Response(b"".join(_padded(body, faults.oversized_bytes)), 200, media_type=_XML)
+    if shape == "oversized_chunked":
+        return StreamingResponse(_padded(body, faults.oversized_bytes), 200, media_type=_XML)
+    return Response(body, 200, media_type=_XML, headers={SHAPE_HEADER: shape})
+
+
+def _padded(body: bytes, size: int) -> Iterator[bytes]:
+    """``body`` grown to ``size`` bytes with white space after the XML declaration (still the same XML),
+    in pieces of 64 KiB."""
+    end = body.find(b"?>") + 2 if body.startswith(b"<?xml") else 0
+    yield body[:end]
+    remaining = max(0, size - len(body))
+    piece = b" " * 65536
+    while remaining > 0:
+        yield piece[:remaining]
+        remaining -= len(piece)
+    yield body[end:]
 
 
 async def _json(request: Request) -> Any:

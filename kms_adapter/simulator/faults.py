@@ -14,6 +14,16 @@ What each fault does to a SOAP call (``POST /kms``), checked in this order:
 6. ``card_errors``: ``{card: code}``: any call naming that card answers the business error ``code``;
    a code ``HTTP_<status>`` (e.g. ``HTTP_503``) answers that HTTP status instead, a transient fault of
    that one card.
+7. ``lose_answers``: the next that many SOAP calls are applied, then their connection is aborted
+   before a byte of the answer (the answer is lost; the effect is not).
+8. ``response_shape``: how the SOAP answers that get this far are framed (:mod:`.shapes`):
+   ``chunked``, ``connection_close``, ``http10``, ``te_and_cl`` (both ``Transfer-Encoding`` and
+   ``Content-Length``), ``oversized`` (the answer padded to ``oversized_bytes``, default 8 MiB, with a
+   ``Content-Length``) or ``oversized_chunked`` (the same, streamed in chunks without one);
+   ``null`` for plain answers.
+
+``GET /admin/faults`` also reports ``connections``: the connections the server has accepted since it
+started (not a fault, not cleared), so a test can tell whether a client reused a connection.
 
 Faults are in-memory only and reset by ``clear`` (or ``POST /admin/reset``).
 """
@@ -26,9 +36,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["DEFAULT_TIMEOUT_SECONDS", "FaultError", "Faults"]
+__all__ = ["DEFAULT_OVERSIZED_BYTES", "DEFAULT_TIMEOUT_SECONDS", "RESPONSE_SHAPES", "FaultError", "Faults"]
 
 DEFAULT_TIMEOUT_SECONDS = 300.0
+DEFAULT_OVERSIZED_BYTES = 8 * 1024 * 1024
+#: The values of ``response_shape``.
+RESPONSE_SHAPES = frozenset({"chunked", "connection_close", "http10", "te_and_cl", "oversized", "oversized_chunked"})
 
 
 class FaultError(ValueError):
@@ -43,6 +56,10 @@ class Faults:
     timeout_seconds: float | None = None
     outage_until: float | None = None  # time.monotonic() deadline
     card_errors: dict[str, str] = field(default_factory=dict)
+    lose_answers: int = 0
+    response_shape: str | None = None
+    oversized_bytes: int = DEFAULT_OVERSIZED_BYTES
+    connections: int = 0  # accepted since start: an observation, not a fault (``clear`` keeps it)
     _random: random.Random = field(default_factory=random.Random, repr=False)
 
     def clear(self) -> None:
@@ -52,6 +69,19 @@ class Faults:
         self.timeout_seconds = None
         self.outage_until = None
         self.card_errors = {}
+        self.lose_answers = 0
+        self.response_shape = None
+        self.oversized_bytes = DEFAULT_OVERSIZED_BYTES
+
+    def count_connection(self) -> None:
+        self.connections += 1
+
+    def take_lost_answer(self) -> bool:
+        """Whether this call's answer is to be lost (and one fewer remains)."""
+        if self.lose_answers <= 0:
+            return False
+        self.lose_answers -= 1
+        return True
 
     # --- checks used by the app ------------------------------------------------------------------
 
@@ -92,7 +122,7 @@ class Faults:
         if not isinstance(request, Mapping):
             raise FaultError("faults must be a JSON object")
         known = {"latency_ms", "error_rate", "http_status", "timeout", "outage_seconds", "card_errors",
-                 "clear", "seed"}
+                 "clear", "seed", "lose_answers", "response_shape", "oversized_bytes"}
         extra = set(request) - known
         if extra:
             raise FaultError(f"unknown fault field: {sorted(extra)[0]} (known: {', '.join(sorted(known))})")
@@ -131,6 +161,15 @@ class Faults:
             card_errors = dict(raw)
         if "seed" in request:
             changes["seed"] = int(_number(request, "seed"))
+        if "lose_answers" in request:
+            changes["lose_answers"] = int(_number(request, "lose_answers", low=0))
+        if "oversized_bytes" in request:
+            changes["oversized_bytes"] = int(_number(request, "oversized_bytes", low=1))
+        if "response_shape" in request:
+            shape = request["response_shape"]
+            if shape is not None and shape not in RESPONSE_SHAPES:
+                raise FaultError(f"response_shape must be one of {', '.join(sorted(RESPONSE_SHAPES))}, or null")
+            changes["response_shape"] = shape
 
         if request.get("clear"):
             self.clear()
@@ -153,6 +192,10 @@ class Faults:
             "timeout": self.timeout_seconds,
             "outage_seconds": round(self.outage_remaining(), 3),
             "card_errors": dict(self.card_errors),
+            "lose_answers": self.lose_answers,
+            "response_shape": self.response_shape,
+            "oversized_bytes": self.oversized_bytes,
+            "connections": self.connections,
         }
 
 

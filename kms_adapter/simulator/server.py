@@ -1,8 +1,8 @@
 """Run the KMS simulator: in the foreground (``kmsbridge simulator``) or in a thread (tests, demo).
 
-uvicorn serves the app on one event loop. It picks httptools when installed (``uvicorn[standard]``),
-else h11; the access log is off by default because at thousands of calls a second it costs more
-than the simulator itself (and logs nothing the audit does not hold).
+uvicorn serves the app on one event loop with its httptools protocol, over the transport that writes
+the response-shape faults (:mod:`.shapes`). The access log is off by default because at thousands
+of calls a second it costs more than the simulator itself (and logs nothing the audit does not hold).
 """
 
 from __future__ import annotations
@@ -14,19 +14,22 @@ import time
 from collections.abc import Callable
 
 import uvicorn
+from starlette.applications import Starlette
 
 from .app import create_app
+from .shapes import shaping_protocol
 
 __all__ = ["serve", "start_in_thread"]
 
 log = logging.getLogger(__name__)
 
 
-def _config(app: object, host: str, port: int, access_log: bool) -> uvicorn.Config:
+def _config(app: Starlette, host: str, port: int, access_log: bool) -> uvicorn.Config:
     return uvicorn.Config(
-        app,  # type: ignore[arg-type]
+        app,
         host=host,
         port=port,
+        http=shaping_protocol(app.state.faults.count_connection),
         access_log=access_log,
         log_level="warning",
         lifespan="on",
