@@ -36,7 +36,7 @@ def soap_adapter(settings: KmsSettings, operator_tag: str) -> SoapKmsClient:
     """The Irdeto SOAP client over the ``KMSBRIDGE_KMS__*`` settings."""
     return SoapKmsClient(settings.endpoint, operator_tag, settings.resolved_token(),
                          timeout=settings.timeout_seconds, verify=settings.verify(),
-                         max_connections=settings.max_connections)
+                         max_connections=settings.max_connections, **settings.client_options())
 
 
 def adapter_names() -> list[str]:
