@@ -22,7 +22,10 @@ defaults get them) and validated by its pydantic model. Anything that can never 
 refuses our credentials (401/403) raises the fatal ``SchemaRegistryRefused``, naming the setting.
 
 Speed: schemas are parsed once per process, writer headers and reader plans are cached per record
-type and writer schema, and reading the current schema skips resolution altogether.
+type and writer schema, and reading the current schema skips resolution altogether. Each schema gets
+a reader and a writer generated for it (``_compile``), with fastavro as the reference that takes
+over on any error; ``tests/unit/test_codec_differential.py`` checks them against fastavro over
+records generated from every schema, and ``python -m bench.codec`` measures what they save.
 
 PINs are sealed (:mod:`schemas.pin_seal`): a record type listed in :data:`SEALED_PIN_CONTEXT`
 writes its PIN as ``pin_sealed`` (AES-GCM under the codec's key ring) and ``pin`` as null, in the
