@@ -3,7 +3,9 @@
 Commit protocol (the numbers appear again in the code):
 
 1. Poll a batch off the event loop (a worker thread), so slow KMS calls never hold up ``poll`` and
-   ``max.poll.interval.ms`` cannot be exceeded; rebalance callbacks run inside that call.
+   ``max.poll.interval.ms`` cannot be exceeded; rebalance callbacks run inside that call (the
+   :class:`~kafka_edge.assignment.Assignment` hooks: a new epoch per assigned partition, step 7 on
+   revoke). Each polled item goes through :func:`~kafka_edge.messages.is_record`.
 2. Each message is registered as pending in the :class:`OffsetTracker` *before* any work starts, under
    the epoch of its partition's current assignment.
 3. Screen and decode: a tombstone is a counted skip; an oversized value, undecodable bytes (bad magic,
@@ -53,6 +55,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 
 from consumers.command_runner import CommandRunner, LedgerRejected, RunOutcome
 from kafka_edge import tracing
+from kafka_edge.assignment import Assignment
 from kafka_edge.dlq import HEADER_PREFIX, DeadLetters, screen_size, screen_times
 from kafka_edge.errors import CommandAbandoned, FatalKafkaError
 from kafka_edge.health import HealthState
@@ -60,10 +63,10 @@ from kafka_edge.kafka_clients import (
     HangWatchdog,
     Headers,
     consume_available,
-    is_fatal,
     produce,
     schema_id_header,
 )
+from kafka_edge.messages import is_record
 from kafka_edge.metrics import (
     COMMANDS_INFLIGHT,
     MESSAGES_CONSUMED,
@@ -73,7 +76,8 @@ from kafka_edge.metrics import (
 from kafka_edge.offsets import OffsetTracker
 from schemas.codec import Codec
 from schemas.errors import PoisonMessage, RecordEncodeError, SchemaRegistryRefused
-from schemas.records import KmsCommand, KmsResult, ResultState
+from schemas.keys import result_key
+from schemas.records import KmsCommand, ResultState
 
 __all__ = ["Executor", "ExecutorConfig"]
 
@@ -113,7 +117,8 @@ class Executor:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kafka-poll")
         self._stopping = asyncio.Event()
         self._refused: SchemaRegistryRefused | None = None  # the registry refused us: the process ends
-        self._assigned: set[tuple[str, int]] = set()
+        self._assignment = Assignment(self._health, PROCESS, assigned=self._start_epochs,
+                                      revoked=self._commit_finished, lost=self._forget)
         self._paused = False
         self.breaker_open = False
         self._tasks: set[asyncio.Task[None]] = set()
@@ -140,12 +145,11 @@ class Executor:
 
     @property
     def assigned(self) -> frozenset[tuple[str, int]]:
-        return frozenset(self._assigned)
+        return self._assignment.parts
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
-        self._consumer.subscribe([self._cfg.commands_topic], on_assign=self._on_assign,
-                                 on_revoke=self._on_revoke, on_lost=self._on_lost)
+        self._assignment.subscribe(self._consumer, [self._cfg.commands_topic])
         try:
             while not self._stopping.is_set():
                 self._apply_pause()
@@ -167,12 +171,7 @@ class Executor:
     # --- steps -------------------------------------------------------------------------------------
 
     def _dispatch(self, msg: Message) -> None:
-        err = msg.error()
-        if err is not None:
-            if is_fatal(err):  # e.g. a static member fenced after a coordinator failover: only a restart helps
-                raise FatalKafkaError(f"fatal Kafka consumer error in the executor: {err.str()}")
-            if err.code() != KafkaError._PARTITION_EOF:
-                log.warning("consumer error: %s", err)
+        if not is_record(msg, PROCESS):  # a fatal error (fenced) raises: the loop shuts down (step 8)
             return
         topic, partition, offset = msg.topic() or "", msg.partition() or 0, msg.offset() or 0
         MESSAGES_CONSUMED.labels(PROCESS, topic).inc()
@@ -268,7 +267,7 @@ class Executor:
             self._dead_letters.send(self._cfg.dlq_topic, msg, err, reason="transport_budget", trusted=trusted)
         try:
             encoded = self._codec.encode(result, self._cfg.results_topic)
-            self._produce_result(_result_key(result), encoded, on_done, tracing.propagation_headers())
+            self._produce_result(result_key(result), encoded, on_done, tracing.propagation_headers())
         except SchemaRegistryRefused as exc:  # no retry helps: stop, and end naming the setting
             self._refused = self._refused or exc
             self._stopping.set()
@@ -291,8 +290,9 @@ class Executor:
         produce(self._producer, self._cfg.results_topic, key, value, headers, on_delivery=delivered)
 
     def _store_offsets(self) -> None:
+        held = self._assignment.parts
         offsets = [TopicPartition(t, p, o) for (t, p), o in self._tracker.all_committable().items()
-                   if (t, p) in self._assigned]
+                   if (t, p) in held]
         if offsets:
             try:
                 self._consumer.store_offsets(offsets=offsets)
@@ -301,10 +301,10 @@ class Executor:
 
     def _apply_pause(self) -> None:
         want_pause = self.breaker_open or self._tracker.pending_count() >= self._cfg.max_buffered
-        if want_pause == self._paused or not self._assigned:
-            self._paused = want_pause if self._assigned else False
+        parts = self._assignment.partitions()
+        if want_pause == self._paused or not parts:
+            self._paused = want_pause if parts else False
             return
-        parts = [TopicPartition(t, p) for t, p in self._assigned]
         if want_pause:
             self._consumer.pause(parts)
             log.info("partitions paused (%s)", "KMS breaker open" if self.breaker_open else "buffer full")
@@ -315,16 +315,13 @@ class Executor:
 
     # --- rebalance (run inside consume(), on the poll thread) ----------------------------------------
 
-    def _on_assign(self, consumer: Consumer, parts: list[TopicPartition]) -> None:
+    def _start_epochs(self, consumer: Consumer, parts: list[TopicPartition]) -> None:
         for tp in parts:
-            self._assigned.add((tp.topic, tp.partition))
             self._tracker.assigned(tp.topic, tp.partition)  # a new epoch: older work cannot finish it
-        self._health.assigned = bool(self._assigned)
         if self._paused:
             consumer.pause(parts)
-        log.info("assigned %s", [(tp.topic, tp.partition) for tp in parts])
 
-    def _on_revoke(self, consumer: Consumer, parts: list[TopicPartition]) -> None:
+    def _commit_finished(self, consumer: Consumer, parts: list[TopicPartition]) -> None:
         # step 7: commit what is finished for the revoked partitions, then forget them
         offsets = []
         for tp in parts:
@@ -336,18 +333,12 @@ class Executor:
                 consumer.commit(offsets=offsets, asynchronous=False)
             except KafkaException as exc:
                 log.warning("commit on revoke failed: %s", exc)
-        for tp in parts:
-            self._assigned.discard((tp.topic, tp.partition))
-            self._tracker.forget(tp.topic, tp.partition)
-        self._health.assigned = bool(self._assigned)
-        log.info("revoked %s", [(tp.topic, tp.partition) for tp in parts])
+        self._forget(consumer, parts)
 
-    def _on_lost(self, consumer: Consumer, parts: list[TopicPartition]) -> None:
-        for tp in parts:  # lost, not revoked: committing is no longer ours to do
-            self._assigned.discard((tp.topic, tp.partition))
+    def _forget(self, _consumer: Consumer, parts: list[TopicPartition]) -> None:
+        # also the hook of lost partitions: committing is no longer ours to do
+        for tp in parts:
             self._tracker.forget(tp.topic, tp.partition)
-        self._health.assigned = bool(self._assigned)
-        log.warning("lost %s", [(tp.topic, tp.partition) for tp in parts])
 
     # --- step 8: shutdown --------------------------------------------------------------------------
 
@@ -364,8 +355,9 @@ class Executor:
         except FatalKafkaError as exc:
             fatal = exc
         self._store_offsets()
+        held = self._assignment.parts
         offsets = [TopicPartition(t, p, o) for (t, p), o in self._tracker.all_committable().items()
-                   if (t, p) in self._assigned]
+                   if (t, p) in held]
         left = self._tracker.pending_count()
         for task in self._tasks:
             task.cancel()
@@ -395,8 +387,3 @@ class ResultNotPublished(Exception):
 
     def __init__(self, exc: BaseException) -> None:
         super().__init__(f"the result could not be published ({type(exc).__name__})")
-
-
-def _result_key(result: KmsResult) -> str:
-    return (result.request_id or result.communication_id or result.event_id or result.run_id
-            or result.idempotency_key)

@@ -4,7 +4,8 @@ Commit protocol, one Kafka transaction per polled batch:
 
 1. Poll a batch (up to ``batch_size`` messages or ``batch_seconds``: 500 or 20 ms by default, the
    settings `KMSBRIDGE_TRANSLATOR__BATCH_*`); rebalance callbacks run here, between transactions, so a
-   revoke never splits a transaction.
+   revoke never splits a transaction and needs no work. A fatal consumer error (a static member fenced
+   by another with the same ``group.instance.id``, :mod:`kafka_edge.messages`) ends the process.
 2. Begin the transaction.
 3. For each message: screen it (tombstone → counted skip; oversized → DLQ), decode, hand it to the
    topic's handler, and produce its commands (key = secure client), REJECTED results or DLQ copy —
@@ -49,6 +50,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 
 from consumers.translation import Translation
 from kafka_edge import tracing
+from kafka_edge.assignment import Assignment
 from kafka_edge.dlq import (
     DeadLetters,
     OutputTooLarge,
@@ -61,11 +63,12 @@ from kafka_edge.dlq import (
 )
 from kafka_edge.errors import FatalKafkaError
 from kafka_edge.health import HealthState
-from kafka_edge.kafka_clients import HangWatchdog, is_fatal, kafka_error, produce, schema_id_header
+from kafka_edge.kafka_clients import HangWatchdog, kafka_error, produce, schema_id_header
+from kafka_edge.messages import positions_after, records
 from kafka_edge.metrics import MESSAGES_CONSUMED, MESSAGES_PROCESSED, PROCESSING_SECONDS
 from schemas.codec import Codec
 from schemas.errors import PoisonMessage, SchemaRegistryRefused, SchemaRegistryUnavailable
-from schemas.records import KmsResult
+from schemas.keys import result_key
 
 __all__ = ["Oversized", "TooFarInFuture", "TransactionalTranslator", "TranslatorConfig"]
 
@@ -100,7 +103,8 @@ class TransactionalTranslator:
         self._cfg = config
         self._health = health or HealthState(ttl_seconds=30)
         self._stop = threading.Event()
-        self._assigned: set[tuple[str, int]] = set()
+        # no revoke hook: every processed batch was committed inside its transaction
+        self._assignment = Assignment(self._health, PROCESS)
         self._watchdog = HangWatchdog("translator")
         self._dead_letters = DeadLetters(producer, PROCESS, transactional=True)
         self.batches_committed = 0
@@ -114,18 +118,17 @@ class TransactionalTranslator:
         if not self._init_transactions():
             self._close()
             return
-        self._consumer.subscribe(list(self._cfg.inputs), on_assign=self._on_assign,
-                                 on_revoke=self._on_revoke, on_lost=self._on_revoke)
+        self._assignment.subscribe(self._consumer, list(self._cfg.inputs))
         ends: dict[tuple[str, int], int] | None = None
         try:
             while not self._stop.is_set():
                 msgs = self._consumer.consume(self._cfg.batch_size, self._cfg.batch_seconds)  # step 1
                 self._health.polled()
-                msgs = [m for m in msgs if not _is_eof_or_error(m)]
+                msgs = records(msgs, PROCESS)  # a fatal error raises: the process ends
                 if msgs:
                     self._process_batch(msgs)
                 if until_end:
-                    if ends is None and self._assigned:
+                    if ends is None and self._assignment:
                         ends = self._end_offsets()
                     if ends is not None and self._reached(ends):
                         break
@@ -144,7 +147,7 @@ class TransactionalTranslator:
             self._producer.begin_transaction()  # step 2
             process_one = tracing.wrap("translate", self._process_one)  # a span per input when tracing
             outcomes = [process_one(m) for m in msgs]  # step 3
-            positions = _positions_after(msgs)
+            positions = positions_after(msgs)
             # step 4; a short timeout: it normally takes milliseconds, and it is the call that can hang
             offsets_timeout = min(_SEND_OFFSETS_TIMEOUT_SECONDS, self._cfg.transaction_timeout_seconds)
             with self._guard("send_offsets_to_transaction", offsets_timeout):
@@ -213,7 +216,7 @@ class TransactionalTranslator:
         cfg = self._cfg
         outputs = [(cfg.commands_topic, cmd.secure_client_id.encode(), self._codec.encode(cmd, cfg.commands_topic))
                    for cmd in translation.commands]
-        outputs += [(cfg.results_topic, _result_key(result).encode(), self._codec.encode(result, cfg.results_topic))
+        outputs += [(cfg.results_topic, result_key(result).encode(), self._codec.encode(result, cfg.results_topic))
                     for result in translation.results]
         outputs += [(cfg.reconcile_requests_topic, run.run_id.encode(),
                      self._codec.encode(run, cfg.reconcile_requests_topic)) for run in translation.reconcile]
@@ -285,31 +288,13 @@ class TransactionalTranslator:
     def _rewind(self) -> None:
         """Seek every assigned partition back to its committed offset, retrying while the broker is away."""
         while not self._stop.is_set():
-            parts = [TopicPartition(t, p) for t, p in self._assigned]
-            if not parts:
-                return
             try:
                 with self._guard("committed"):
-                    committed = self._consumer.committed(parts, timeout=10)
-                for tp in committed:
-                    offset = tp.offset if tp.offset >= 0 else OFFSET_BEGINNING
-                    self._consumer.seek(TopicPartition(tp.topic, tp.partition, offset))
+                    self._assignment.rewind(self._consumer)
                 return
             except KafkaException as exc:
                 log.warning("rewind failed (%s); trying again", exc)
                 self._stop.wait(1.0)
-
-    # --- rebalance ---------------------------------------------------------------------------------
-
-    def _on_assign(self, consumer: Consumer, parts: list[TopicPartition]) -> None:
-        self._assigned.update((tp.topic, tp.partition) for tp in parts)
-        self._health.assigned = bool(self._assigned)
-
-    def _on_revoke(self, consumer: Consumer, parts: list[TopicPartition]) -> None:
-        # nothing to commit: every processed batch was committed inside its transaction
-        for tp in parts:
-            self._assigned.discard((tp.topic, tp.partition))
-        self._health.assigned = bool(self._assigned)
 
     # --- one-shot support --------------------------------------------------------------------------
 
@@ -317,7 +302,7 @@ class TransactionalTranslator:
         """Each assigned partition's end, or None when the broker cannot say yet (a retriable error,
         e.g. NOT_LEADER on a topic created a moment ago): the loop polls and asks again."""
         ends = {}
-        for topic, partition in self._assigned:
+        for topic, partition in self._assignment.parts:
             try:
                 _low, high = self._consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)
             except KafkaException as exc:
@@ -345,28 +330,3 @@ _INIT_SLICE_SECONDS = 5.0
 _WATCHDOG_MARGIN_SECONDS = 15.0
 _SEND_OFFSETS_TIMEOUT_SECONDS = 10.0
 _TIME_FIELDS = ("occurred_at", "created_at", "requested_at")
-OFFSET_BEGINNING = -2
-
-
-def _is_eof_or_error(msg: Message) -> bool:
-    err = msg.error()
-    if err is None:
-        return False
-    if is_fatal(err):  # e.g. a static member fenced after a coordinator failover: only a restart helps
-        raise FatalKafkaError(f"fatal Kafka consumer error in the translator: {err.str()}")
-    if err.code() != KafkaError._PARTITION_EOF:
-        log.warning("consumer error: %s", err)
-    return True
-
-
-def _positions_after(msgs: list[Message]) -> list[TopicPartition]:
-    nxt: dict[tuple[str, int], int] = {}
-    for m in msgs:
-        key = (m.topic() or "", m.partition() or 0)
-        nxt[key] = max(nxt.get(key, 0), (m.offset() or 0) + 1)
-    return [TopicPartition(t, p, o) for (t, p), o in nxt.items()]
-
-
-def _result_key(result: KmsResult) -> str:
-    return (result.request_id or result.communication_id or result.event_id or result.run_id
-            or result.idempotency_key)

@@ -8,6 +8,7 @@ __all__ = [
     "FatalKafkaError",
     "KafkaAuthenticationFailed",
     "KafkaTlsFailed",
+    "StaticMemberFenced",
     "TransactionAborted",
 ]
 
@@ -37,6 +38,12 @@ class KafkaAuthenticationFailed(FatalKafkaError):
 class KafkaTlsFailed(FatalKafkaError):
     """The TLS handshake with the broker failed (its certificate is not signed by the CA we trust, names
     another host, or has expired). No retry makes it succeed; we fail closed, naming the settings."""
+
+
+class StaticMemberFenced(FatalKafkaError):
+    """Another consumer joined the group with our ``group.instance.id`` and the broker fenced us: this
+    consumer receives nothing any more. Two processes run with the same instance id; the message names
+    the setting it comes from."""
 
 
 class CommandAbandoned(ConsumerError):

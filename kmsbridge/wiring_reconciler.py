@@ -156,6 +156,8 @@ def build_reconciler(settings: Settings, health: HealthState | None = None,
     stopping = threading.Event()
     runs = build_run_services(settings, engine=engine, job=job, loop=loop, producer=producer, codec=codec,
                               stop=stopping, expectations=Expectations(engine, job.config.expectation_ttl))
+    if runs.reader is not None:
+        runs.reader.on_fatal = runner.fail  # a fenced queue reader ends the process, as a fenced runner does
     return ReconcilerApp(runner, loop, thread, kms, runs, stopping)
 
 

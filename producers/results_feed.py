@@ -12,6 +12,9 @@ partition is *assigned* at an offset fixed when :meth:`OutcomeFeed.start` return
 3. nothing is committed: the feed is a view, it never moves a group's offsets.
 
 Partitions added to a topic after start are not read (restart the process after adding some).
+Each polled item goes through :func:`kafka_edge.messages.is_record`: a fatal consumer error ends the
+reading loop (:attr:`OutcomeFeed.failure`), so the API's ``/healthz`` answers 503 and the pod is
+restarted; any other consumer error is logged (rate-limited) and skipped.
 A record that is oversized, cannot be decoded, or that the store cannot take, is logged (topic, partition, offset,
 reason) and skipped, counted in ``kmsbridge_messages_processed_total{outcome="skipped"}`` and
 :attr:`OutcomeFeed.skipped`: this reader does not own the topic, so it does not dead-letter, and no
@@ -26,10 +29,11 @@ import time
 import uuid
 from collections.abc import Sequence
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
+from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 
 from kafka_edge.dlq import screen_size
 from kafka_edge.kafka_clients import KafkaErrorHandler, consume_available
+from kafka_edge.messages import is_record
 from kafka_edge.metrics import MESSAGES_CONSUMED, MESSAGES_PROCESSED
 from producers.errors import ProducerError
 from producers.outcomes import OutcomeStore
@@ -169,10 +173,7 @@ class OutcomeFeed:
         return True
 
     def _dispatch(self, msg: Message) -> None:
-        err = msg.error()
-        if err is not None:
-            if err.code() != KafkaError._PARTITION_EOF:
-                log.warning("outcome feed consumer error: %s", err)
+        if not is_record(msg, f"{PROCESS} ({self._name})"):  # a fatal error raises: the feed stops (healthz 503)
             return
         topic = msg.topic() or ""
         MESSAGES_CONSUMED.labels(PROCESS, topic).inc()

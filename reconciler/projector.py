@@ -4,7 +4,10 @@ Commit protocol, at-least-once (correct because the upsert is idempotent by vers
 an event, or applying an older one, changes nothing):
 
 1. Poll a batch (up to ``batch_size`` messages or ``batch_seconds``). Rebalance callbacks run inside
-   this call, between batches, when nothing is uncommitted, so a revoke needs no work.
+   this call, between batches, when nothing is uncommitted, so a revoke needs no work. A fatal
+   consumer error (a static member fenced by another with the same ``group.instance.id``) ends the
+   loop with :class:`~kafka_edge.errors.FatalKafkaError` (:mod:`kafka_edge.messages`): the process
+   exits non-zero and its supervisor starts a fresh one.
 2. Screen and decode each message, as the translator does. A tombstone is skipped; an oversized,
    undecodable or invalid message and one dated too far in the future go to ``<topic>.dlq``
    (:class:`kafka_edge.dlq.DeadLetters`) and the loop goes on.
@@ -33,10 +36,12 @@ from datetime import timedelta
 from confluent_kafka import Consumer, KafkaException, Message, Producer
 from sqlalchemy.exc import SQLAlchemyError
 
-from kafka_edge.batch_commit import Assignment, poll_batches, positions_after
+from kafka_edge.assignment import Assignment
+from kafka_edge.batch_commit import poll_batches
 from kafka_edge.dlq import DatabaseRejected, DeadLetters, is_content_error, screen_size, screen_times
 from kafka_edge.health import HealthState
 from kafka_edge.kafka_clients import schema_id_header
+from kafka_edge.messages import positions_after
 from kafka_edge.metrics import MESSAGES_CONSUMED, MESSAGES_PROCESSED, PROCESSING_SECONDS
 from reconciler.publish import PublishFailed
 from reconciler.store import DesiredStateStore, UpsertResult
@@ -75,7 +80,7 @@ class Projector:
         self._cfg = config
         self._health = health or HealthState(ttl_seconds=30)
         self._stop = threading.Event()
-        self._assignment = Assignment(self._health)
+        self._assignment = Assignment(self._health, PROCESS)
         self._dead_letters = DeadLetters(producer, PROCESS)
         self.batches_committed = 0
         self.events_applied = 0

@@ -8,7 +8,10 @@ reset repeated after a failed repair publishes it again. At-least-once, correct 
 is idempotent (a communication stored already is left as it is; a result settles its command once;
 a withdrawn expectation stays withdrawn):
 
-1. Poll a batch (up to ``batch_size`` messages or ``batch_seconds``).
+1. Poll a batch (up to ``batch_size`` messages or ``batch_seconds``). A fatal consumer error (a
+   static member fenced by another with the same ``group.instance.id``) ends the loop: the reader runs
+   in a thread of the reconciler, so it hands the error to :attr:`QueueReader.on_fatal` (the runner's
+   :meth:`~reconciler.runner.ReconcileRunner.fail`), which ends the whole process non-zero.
 2. Decode each message. A communication that is oversized, undecodable, invalid or dated too far in
    the future goes to ``crm.communications.dlq`` (the one DLQ path, flushed before the commit): in
    ``queue`` delivery this reader owns the topic. A result that does not decode is skipped (the
@@ -26,16 +29,20 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 
 from confluent_kafka import Consumer, KafkaException, Message, Producer
 from sqlalchemy.exc import SQLAlchemyError
 
-from kafka_edge.batch_commit import Assignment, poll_batches, positions_after
+from kafka_edge.assignment import Assignment
+from kafka_edge.batch_commit import poll_batches
 from kafka_edge.dlq import DeadLetters, screen_size, screen_times
+from kafka_edge.errors import FatalKafkaError
 from kafka_edge.health import HealthState
 from kafka_edge.kafka_clients import schema_id_header
+from kafka_edge.messages import positions_after
 from kafka_edge.metrics import MESSAGES_CONSUMED, MESSAGES_PROCESSED
 from reconciler.communications_queue import CommunicationQueue
 from reconciler.expectations import Expectations
@@ -77,7 +84,11 @@ class QueueReader:
         self._health = health or HealthState(ttl_seconds=30)
         self._dead_letters = DeadLetters(producer, PROCESS)
         self._stop = threading.Event()
-        self._assignment = Assignment(self._health)
+        self._assignment = Assignment(self._health, PROCESS)
+        #: Told of a fatal Kafka error that ended the loop (the process around the reader ends);
+        #: when None, :meth:`run` raises it.
+        self.on_fatal: Callable[[FatalKafkaError], None] | None = None
+        self.failure: FatalKafkaError | None = None
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -88,6 +99,11 @@ class QueueReader:
             poll_batches(self._consumer, topics, self._assignment, self._health, self._stop,  # step 1
                          batch_size=self._cfg.batch_size, batch_seconds=self._cfg.batch_seconds,
                          handle=self._process)
+        except FatalKafkaError as exc:
+            self.failure = exc
+            if self.on_fatal is None:
+                raise
+            self.on_fatal(exc)
         finally:
             self._producer.flush(self._cfg.flush_timeout_seconds)
             self._consumer.close()

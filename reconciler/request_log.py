@@ -10,7 +10,9 @@ the support tools). It also enforces the retention (:attr:`RequestLogConfig.rete
 
 Commit protocol, at-least-once (correct because every write is idempotent, see the store):
 
-1. Poll a batch (up to ``batch_size`` messages or ``batch_seconds``).
+1. Poll a batch (up to ``batch_size`` messages or ``batch_seconds``). A fatal consumer error (a
+   static member fenced by another with the same ``group.instance.id``) ends the process non-zero
+   (:mod:`kafka_edge.messages`); its supervisor starts a fresh one.
 2. Decode each message with the record type of its topic. A tombstone is skipped; a message that
    does not decode is **skipped and counted** (outcome ``skipped``), not dead-lettered: the consumer
    that owns the topic dead-letters it already, and a second DLQ copy would be replayed twice.
@@ -39,10 +41,12 @@ from confluent_kafka import Consumer, KafkaException, Message
 from pydantic import BaseModel
 from sqlalchemy.exc import SQLAlchemyError
 
-from kafka_edge.batch_commit import Assignment, poll_batches, positions_after
+from kafka_edge.assignment import Assignment
+from kafka_edge.batch_commit import poll_batches
 from kafka_edge.dlq import is_content_error
 from kafka_edge.health import HealthState
 from kafka_edge.kafka_clients import schema_id_header
+from kafka_edge.messages import positions_after
 from kafka_edge.metrics import MESSAGES_CONSUMED, MESSAGES_PROCESSED, PROCESSING_SECONDS
 from reconciler.request_log_store import LogBatch, RequestLog
 from schemas.codec import Codec
@@ -92,7 +96,7 @@ class RequestLogWriter:
         self._types: dict[str, type[BaseModel]] = {topic: _RECORDS[name] for name, topic in config.topics.items()}
         self._health = health or HealthState(ttl_seconds=30)
         self._stop = threading.Event()
-        self._assignment = Assignment(self._health)
+        self._assignment = Assignment(self._health, PROCESS)
         self._next_purge = 0.0
         self.records_written = 0
 

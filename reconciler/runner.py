@@ -8,7 +8,7 @@ Commit protocol, one request at a time (group ``<prefix>-reconciler``):
 2. Pause every assigned partition and run the request on the job's event loop (a worker thread),
    while this thread keeps polling: the group membership stays alive however long the run takes
    (no ``max.poll.interval.ms`` to tune) and, paused, nothing else is fetched. Partitions assigned
-   during the run are paused as they arrive.
+   during the run are paused as they arrive (the :class:`~kafka_edge.assignment.Assignment` hook).
 3. Publish the run's report to ``reconcile.reports`` (key = run id) and flush it: delivered. A report
    too large for the producer carries fewer drift items (halved until it fits, the rest counted in
    ``items_omitted``), so no run's size can stop the partition.
@@ -19,6 +19,11 @@ another replica) with the **same run id**: its commands carry the same idempoten
 executor's ledger drops those already applied) and its repairs match the expectations recorded the
 first time. A shutdown (SIGTERM) stops the run between batches, publishes no report and commits
 nothing, for that reason.
+
+A fatal consumer error, polled in step 1 or while a run goes on in step 2 (a static member fenced by
+another with the same ``group.instance.id``, :mod:`kafka_edge.messages`), ends the loop the same way
+and then the process, non-zero, so its supervisor starts a fresh one; so does one that another part of
+the process reports through :meth:`ReconcileRunner.fail` (the queue reader's consumer).
 """
 
 from __future__ import annotations
@@ -32,11 +37,14 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaException, Message, Producer, TopicPartition
 
+from kafka_edge.assignment import Assignment
 from kafka_edge.dlq import DeadLetters, OutputTooLarge, screen_output, screen_size, screen_times
+from kafka_edge.errors import FatalKafkaError
 from kafka_edge.health import HealthState
 from kafka_edge.kafka_clients import produce, schema_id_header
+from kafka_edge.messages import is_record
 from kafka_edge.metrics import MESSAGES_CONSUMED, MESSAGES_PROCESSED
 from reconciler.job import ResetJob, RunInterrupted
 from reconciler.publish import PublishFailed
@@ -77,26 +85,35 @@ class ReconcileRunner:
         self._health = health or HealthState(ttl_seconds=30)
         self._stop = threading.Event()
         self._busy = False
-        self._assigned: set[tuple[str, int]] = set()
+        self._assignment = Assignment(self._health, PROCESS, assigned=self._pause_if_busy)
         self._dead_letters = DeadLetters(producer, PROCESS)
+        self._failure: FatalKafkaError | None = None
         self.runs_completed = 0
 
     def request_stop(self) -> None:
         self._stop.set()
 
+    def fail(self, exc: FatalKafkaError) -> None:
+        """Another part of the process cannot go on: stop as on SIGTERM, then :meth:`run` raises ``exc``."""
+        if self._failure is None:
+            self._failure = exc
+        self._stop.set()
+
     def run(self) -> None:
-        self._consumer.subscribe([self._cfg.requests_topic], on_assign=self._on_assign,
-                                 on_revoke=self._on_revoke, on_lost=self._on_revoke)
+        self._assignment.subscribe(self._consumer, [self._cfg.requests_topic])
         try:
             while not self._stop.is_set():
                 msg = self._consumer.poll(self._cfg.poll_seconds)  # step 1
                 self._health.polled()
-                if msg is None or _is_eof_or_error(msg):
+                if not is_record(msg, PROCESS):  # a fatal error raises: the process ends
                     continue
                 self._handle(msg)
         finally:
+            self._stop.set()  # a run still going on the job's loop stops between two batches
             self._producer.flush(self._cfg.flush_timeout_seconds)
             self._consumer.close()
+        if self._failure is not None:
+            raise self._failure
 
     def _handle(self, msg: Message) -> None:
         topic = msg.topic() or ""
@@ -145,7 +162,7 @@ class ReconcileRunner:
                 except concurrent.futures.TimeoutError:
                     stray = self._consumer.poll(0)  # keeps the membership alive; paused: no messages
                     self._health.polled()
-                    if stray is not None and not stray.error():
+                    if is_record(stray, PROCESS):  # a fatal error (fenced) raises here too
                         # a partition assigned between pause() and its callback: read it again later
                         self._consumer.seek(TopicPartition(stray.topic() or "", stray.partition() or 0,
                                                            stray.offset() or 0))
@@ -176,26 +193,10 @@ class ReconcileRunner:
         self._consumer.seek(TopicPartition(msg.topic() or "", msg.partition() or 0, msg.offset() or 0))
         self._stop.wait(1.0)
 
-    def _on_assign(self, consumer: Consumer, parts: list[TopicPartition]) -> None:
-        self._assigned.update((tp.topic, tp.partition) for tp in parts)
-        self._health.assigned = bool(self._assigned)
+    def _pause_if_busy(self, consumer: Consumer, parts: list[TopicPartition]) -> None:
+        # the assignment's hook; a revoke needs none: a request is committed once its report is delivered
         if self._busy:
             consumer.pause(parts)
-
-    def _on_revoke(self, consumer: Consumer, parts: list[TopicPartition]) -> None:
-        # nothing to commit: a request is committed as soon as its report is delivered
-        for tp in parts:
-            self._assigned.discard((tp.topic, tp.partition))
-        self._health.assigned = bool(self._assigned)
-
-
-def _is_eof_or_error(msg: Message) -> bool:
-    err = msg.error()
-    if err is None:
-        return False
-    if err.code() != KafkaError._PARTITION_EOF:
-        log.warning("consumer error: %s", err)
-    return True
 
 
 def encode_within_limit(report: ReconcileReport, key: bytes,

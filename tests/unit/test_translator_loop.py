@@ -27,7 +27,7 @@ class EndsConsumer:
 def translator(consumer: Any) -> TransactionalTranslator:
     t = TransactionalTranslator(consumer, None, None, {},  # type: ignore[arg-type]
                                 TranslatorConfig(inputs={}, commands_topic="c", results_topic="r"))
-    t._assigned = {("crm.communications", 0), ("crm.communications", 1)}
+    t._assignment.on_assign(consumer, [TopicPartition("crm.communications", p) for p in (0, 1)])
     return t
 
 
