@@ -23,6 +23,7 @@ from pydantic_settings import SettingsError as PydanticSettingsError
 from kmsbridge.errors import SettingsError
 from kmsbridge.settings_registry import SchemaRegistrySettings
 from kmsbridge.settings_request_log import RequestLogSettings
+from producers.topics import TopicPolicy
 from schemas.pin_seal import PinKeyError, PinKeyRing
 
 __all__ = [
@@ -115,7 +116,9 @@ class KafkaSettings(BaseModel):
         return out
 
 
-class TopicSettings(BaseModel):
+class TopicSettings(TopicPolicy):
+    """Topic names, and how ``kmsbridge topics create`` makes the topics (retention: :class:`TopicPolicy`)."""
+
     subscriptions: str = "crm.subscriptions"
     communications: str = "crm.communications"
     requests: str = "kms.requests"

@@ -13,7 +13,8 @@ from confluent_kafka import Consumer, KafkaError, Producer
 
 from kmsbridge.cli.common import EXIT_FAILED, cli_settings, fail
 from kmsbridge.settings import Settings, SettingsError
-from producers.topics import create_topics
+from producers.errors import TopicAdminError
+from producers.topics import DLQ, TOPIC_TABLE, PlannedTopic, ensure_topics, plan_topics
 from schemas.codec import Codec
 from schemas.errors import PoisonMessage
 from schemas.jsonio import JsonLinesError, parse_jsonl, to_json
@@ -25,7 +26,7 @@ from schemas.records import (
     SubscriptionEvent,
 )
 
-__all__ = ["produce_cmd", "tail_cmd", "topics_group"]
+__all__ = ["planned_topics", "produce_cmd", "tail_cmd", "topics_group"]
 
 KINDS: dict[str, tuple[str, type]] = {
     "subscriptions": ("subscriptions", SubscriptionEvent),
@@ -137,11 +138,55 @@ def topics_group() -> None:
     """Topic administration."""
 
 
+def planned_topics(settings: Settings) -> list[PlannedTopic]:
+    """Every topic of ``settings.all_topics()`` with its config from :data:`producers.topics.TOPIC_TABLE`."""
+    kinds = {settings.topic(kind): kind for kind in TOPIC_TABLE if kind != DLQ}
+    dlqs = {settings.dlq(settings.topic(kind)) for kind in TOPIC_TABLE if kind != DLQ}
+    named: dict[str, str] = {}
+    for name in settings.all_topics():
+        if name in kinds:
+            named[name] = kinds[name]
+        elif name in dlqs:
+            named[name] = DLQ
+        else:
+            raise SettingsError(f"topic {name!r} has no row in producers.topics.TOPIC_TABLE")
+    try:
+        return plan_topics(named, settings.topics, settings.topics.replication_factor)
+    except ValueError as exc:
+        raise SettingsError(f"KMSBRIDGE_TOPICS__MIN_INSYNC_REPLICAS / KMSBRIDGE_TOPICS__REPLICATION_FACTOR: {exc}"
+                            ) from None
+
+
 @topics_group.command("create")
-def topics_create() -> None:
-    """Create every topic the product uses (idempotent; partitions and replication from settings)."""
+@click.option("--dry-run", is_flag=True,
+              help="Print each topic with its partitions, replication and config (JSON Lines); create nothing.")
+@click.option("--keep-existing-configs", is_flag=True,
+              help="Leave the config of topics that exist as it is (report what differs from the plan).")
+def topics_create(dry_run: bool, keep_existing_configs: bool) -> None:
+    """Create every topic the product uses with its config, and set the planned config keys of topics
+    that exist (idempotent; partitions and replication from settings, applied to new topics only)."""
     settings = cli_settings()
-    names = settings.all_topics()
-    created = create_topics(settings.kafka_config(), names, settings.topics.partitions,
-                            settings.topics.replication_factor)
-    click.echo(f"{len(created)} created, {len(names) - len(created)} already present")
+    try:
+        plans = planned_topics(settings)
+    except SettingsError as exc:
+        fail(str(exc))
+    partitions, replication = settings.topics.partitions, settings.topics.replication_factor
+    if dry_run:
+        for plan in plans:
+            click.echo(json.dumps({"topic": plan.name, "kind": plan.kind, "partitions": partitions,
+                                   "replication": replication, "config": plan.config}, sort_keys=True))
+        return
+    try:
+        outcome = ensure_topics(settings.kafka_config(), plans, partitions, replication,
+                                update_existing=not keep_existing_configs)
+    except TopicAdminError as exc:
+        fail(str(exc), EXIT_FAILED)
+    for name, diff in outcome.differed.items():
+        verb = "set" if name in outcome.updated else "differs (kept)"
+        changes = ", ".join(f"{key} {found}->{planned}" for key, (found, planned) in sorted(diff.items()))
+        click.echo(f"{name}: {verb}: {changes}")
+    for name, found in outcome.replication_differs.items():
+        click.echo(f"warning: {name} has {found} replicas, the plan {replication} (a reassignment changes it)",
+                   err=True)
+    click.echo(f"{len(outcome.created)} created, {len(plans) - len(outcome.created)} already present, "
+               f"{len(outcome.updated)} updated")

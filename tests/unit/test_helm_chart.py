@@ -24,12 +24,14 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from kmsbridge.cli.io import planned_topics
 from kmsbridge.settings import ENV_PREFIX, Settings, load_settings
 from provisioning.provider import load_provider
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "helm" / "kmsbridge"
 CI_VALUES = CHART / "ci" / "default-values.yaml"
+SINGLE_BROKER_VALUES = CHART / "ci" / "single-broker-values.yaml"
 SASL_VALUES = CHART / "values-sasl-tls.yaml"
 DOCKERFILE = ROOT / "Dockerfile"
 
@@ -86,6 +88,7 @@ RENDERINGS = {
     "ci-defaults": ((str(CI_VALUES),), ()),
     "ci-everything-enabled": ((str(CI_VALUES),), ALL_ON),
     "sasl-tls": ((str(SASL_VALUES),), ()),
+    "single-broker": ((str(CI_VALUES), str(SINGLE_BROKER_VALUES)), ()),
 }
 
 
@@ -110,9 +113,11 @@ def _pod_specs(objects: list[Manifest]) -> Iterator[tuple[str, Manifest]]:
 # --- lint and render ---------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("values", [CI_VALUES, SASL_VALUES], ids=["ci-defaults", "sasl-tls"])
-def test_helm_lint_passes_strict(values: Path) -> None:
-    result = _run_helm("lint", "--strict", str(CHART), "-f", str(values), "--kube-version", K8S_VERSION)
+@pytest.mark.parametrize("values", [(CI_VALUES,), (SASL_VALUES,), (CI_VALUES, SINGLE_BROKER_VALUES)],
+                         ids=["ci-defaults", "sasl-tls", "single-broker"])
+def test_helm_lint_passes_strict(values: tuple[Path, ...]) -> None:
+    files = [arg for path in values for arg in ("-f", str(path))]
+    result = _run_helm("lint", "--strict", str(CHART), *files, "--kube-version", K8S_VERSION)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -539,6 +544,9 @@ def test_dockerfile_builds_a_non_root_image_matching_the_chart() -> None:
     ("logFormat=yaml", "/logFormat"),
     ("schemaRegistry.autoRegister=maybe", "/schemaRegistry/autoRegister"),
     ("schemaRegistryUrl=http://sr:8081", "schemaRegistryUrl"),  # an unknown key, e.g. a renamed value
+    ("topics.retentionHours.commands=4d", "/topics/retentionHours/commands"),
+    ("topics.retentionHours.command=96", "command"),
+    ("topics.replicationFactor=0", "/topics/replicationFactor"),
 ])
 def test_a_value_of_the_wrong_type_or_an_unknown_key_fails_helm_lint(setting: str, error: str) -> None:
     result = _run_helm("lint", "--strict", str(CHART), "-f", str(CI_VALUES), "--kube-version", K8S_VERSION,
@@ -594,3 +602,72 @@ def test_schema_registry_credentials_and_ca_come_from_existing_secrets() -> None
         assert volumes["schema-registry"]["secret"]["secretName"] == "kmsbridge-registry", name
         assert volumes["schema-registry-ca"]["secret"]["secretName"] == "kmsbridge-registry-ca", name
     assert not [o for o in objects if o["kind"] == "Secret"]
+
+
+# --- topics: the hook Job plans the one topic table with the chart's numbers ---------------------------
+
+
+def _topic_plan_of_the_job(objects: list[Manifest], monkeypatch: pytest.MonkeyPatch) -> dict[str, dict[str, str]]:
+    """The plan ``kmsbridge topics create`` makes inside the rendered hook Job: topic -> config, plus the
+    partitions and replication under ``"*"``."""
+    (container,) = _by_kind(objects, "Job")["rel-kmsbridge-topics"]["spec"]["template"]["spec"]["containers"]
+    for key in [k for k in os.environ if k.startswith(ENV_PREFIX)]:
+        monkeypatch.delenv(key)
+    for item in container["env"]:
+        if item["name"].startswith(ENV_PREFIX) and "value" in item:
+            monkeypatch.setenv(item["name"], item["value"])
+    settings = load_settings()
+    plan = {p.name: p.config for p in planned_topics(settings)}
+    plan["*"] = {"partitions": str(settings.topics.partitions),
+                 "replication": str(settings.topics.replication_factor)}
+    return plan
+
+
+def test_the_topics_job_compacts_subscriptions_and_times_every_topic_from_the_values(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    plan = _topic_plan_of_the_job(_rendering("ci-defaults"), monkeypatch)
+    day = 24 * 3_600_000
+    assert plan["*"] == {"partitions": "6", "replication": "3"}
+    assert plan["crm.subscriptions"] == {"cleanup.policy": "compact", "min.compaction.lag.ms": str(7 * day),
+                                         "delete.retention.ms": str(7 * day), "min.insync.replicas": "2"}
+    retention = {name: int(config["retention.ms"]) // day for name, config in plan.items()
+                 if config.get("cleanup.policy") == "delete"}
+    assert retention == {
+        "crm.communications": 7, "kms.requests": 4, "kms.commands": 4, "kms.results": 14,
+        "reconcile.requests": 7, "reconcile.reports": 7, "crm.subscriptions.dlq": 30,
+        "crm.communications.dlq": 30, "kms.requests.dlq": 30, "kms.commands.dlq": 30,
+        "reconcile.requests.dlq": 30,
+    }
+    assert {config["min.insync.replicas"] for name, config in plan.items() if name != "*"} == {"2"}
+
+    changed = _topic_plan_of_the_job(_objects(str(CI_VALUES), sets=(
+        "topics.retentionHours.commands=48", "topics.retentionHours.dlq=2160",
+        "topics.subscriptions.minCompactionLagHours=72", "topics.subscriptions.deleteRetentionHours=24",
+        "topics.replicationFactor=5", "topics.minInsyncReplicas=3")), monkeypatch)
+    assert changed["*"]["replication"] == "5"
+    assert changed["kms.commands"]["retention.ms"] == str(2 * day)
+    assert changed["kms.commands.dlq"]["retention.ms"] == str(90 * day)
+    assert changed["kms.results"]["retention.ms"] == str(14 * day)
+    assert changed["crm.subscriptions"]["min.compaction.lag.ms"] == str(3 * day)
+    assert changed["crm.subscriptions"]["delete.retention.ms"] == str(day)
+    assert changed["kms.requests"]["min.insync.replicas"] == "3"
+
+
+def test_a_single_broker_environment_gets_replication_one_and_one_in_sync_replica(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    plan = _topic_plan_of_the_job(_rendering("single-broker"), monkeypatch)
+    assert plan.pop("*")["replication"] == "1"
+    assert {config["min.insync.replicas"] for config in plan.values()} == {"1"}
+    derived = _topic_plan_of_the_job(_objects(str(CI_VALUES), sets=("topics.minInsyncReplicas=0",)), monkeypatch)
+    assert derived["kms.commands"]["min.insync.replicas"] == "2"  # derived from 3 replicas
+
+
+def test_the_topics_job_keeps_existing_configs_only_when_asked() -> None:
+    def args(*sets: str) -> list[str]:
+        job = _by_kind(_objects(str(CI_VALUES), sets=sets), "Job")["rel-kmsbridge-topics"]
+        return list(job["spec"]["template"]["spec"]["containers"][0]["args"])
+
+    assert args() == ["topics", "create"]
+    assert args("topics.updateExistingConfigs=false") == ["topics", "create", "--keep-existing-configs"]
