@@ -11,7 +11,8 @@ import logging
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import uvicorn
 from starlette.applications import Starlette
@@ -24,7 +25,7 @@ __all__ = ["serve", "start_in_thread"]
 log = logging.getLogger(__name__)
 
 
-def _config(app: Starlette, host: str, port: int, access_log: bool) -> uvicorn.Config:
+def _config(app: Starlette, host: str, port: int, access_log: bool, **tls: Any) -> uvicorn.Config:
     return uvicorn.Config(
         app,
         host=host,
@@ -37,6 +38,7 @@ def _config(app: Starlette, host: str, port: int, access_log: bool) -> uvicorn.C
         timeout_graceful_shutdown=2,
         # Clients keep connections open in a pool; keep them longer than uvicorn's 5 s default.
         timeout_keep_alive=30,
+        **tls,
     )
 
 
@@ -63,11 +65,14 @@ def start_in_thread(
     strict_clients: bool = False,
     audit_file: str | None = None,
     startup_timeout: float = 10.0,
+    tls: Mapping[str, Any] | None = None,
 ) -> tuple[str, Callable[[], None]]:
     """Start the simulator on a daemon thread; return its base URL and a ``stop()`` that joins it.
 
     ``port=0`` binds a free loopback port (we bind the socket ourselves, so the port is known before
-    uvicorn starts). The SOAP endpoint is ``url + "/kms"``.
+    uvicorn starts). The SOAP endpoint is ``url + "/kms"``. ``tls`` holds uvicorn's ``ssl_*`` options
+    (``ssl_certfile``, ``ssl_keyfile``, ``ssl_ca_certs``, ``ssl_cert_reqs``) to serve HTTPS, e.g. with
+    client certificates required.
     """
     app = create_app(token, strict_clients=strict_clients, audit_file=audit_file)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -75,7 +80,7 @@ def start_in_thread(
     sock.bind((host, port))
     sock.listen(2048)
     bound_port = sock.getsockname()[1]
-    server = uvicorn.Server(_config(app, host, bound_port, access_log=False))
+    server = uvicorn.Server(_config(app, host, bound_port, access_log=False, **(tls or {})))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]},
                               name=f"kms-simulator-{bound_port}", daemon=True)
     thread.start()
@@ -92,4 +97,4 @@ def start_in_thread(
         thread.join(timeout=10)
         sock.close()
 
-    return f"http://{host}:{bound_port}", stop
+    return f"{'https' if tls else 'http'}://{host}:{bound_port}", stop

@@ -1,4 +1,6 @@
-"""The real zeep SOAP client against the KMS simulator over real HTTP (loopback)."""
+"""The SOAP client against the KMS simulator over real HTTP (loopback): operations, faults, the
+response-shape faults (chunked, ``Connection: close``, HTTP/1.0, both framing headers, oversized
+bodies, lost answers) and mutual TLS."""
 
 from __future__ import annotations
 
@@ -6,6 +8,7 @@ import asyncio
 import json
 import logging
 import socket
+import ssl
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -16,10 +19,13 @@ import httpx
 import pytest
 from click.testing import CliRunner
 from pydantic import SecretStr
+from tls import write_mutual_tls
 
 from kms_adapter import QUERY_SECTIONS, KmsAuthError, KmsRejected, KmsUnavailable
+from kms_adapter.simulator.server import start_in_thread
 from kms_adapter.soap_client import SoapKmsClient
 from kmsbridge.cli.simulator import simulator_group
+from kmsbridge.settings import KmsSettings
 from schemas.records import KmsCommand, Message, MessageKind, Operation, Product, Source, TextMode
 from tests.support.simulator import SimulatorHandle, running_simulator
 
@@ -363,3 +369,127 @@ def test_simulator_cli_refuses_to_start_without_a_token() -> None:
     result = CliRunner().invoke(simulator_group, ["--port", "0"], env={"KMSBRIDGE_KMS__TOKEN": ""})
     assert result.exit_code == 2
     assert "KMSBRIDGE_KMS__TOKEN" in result.output
+
+
+# --- response shapes --------------------------------------------------------------------------------
+
+
+async def five_calls(client: SoapKmsClient, prefix: str) -> tuple[list[bool], list[str], dict[str, str]]:
+    """Three mutating calls, a batch query and a single query (zeep's path), one after the other."""
+    duplicates = [(await client.execute(command(Operation.SYNC_ENTITLEMENTS, f"{prefix}-{i}",
+                                                products=[Product(product_id=f"P{i}")]))).duplicate
+                  for i in range(3)]
+    states = await client.query_clients(["4120051539"])
+    sections = await client.query_client("4120051539", ["entitlements"])
+    return duplicates, [p.product_id for p in states["4120051539"].entitlements], sections["entitlements"]
+
+
+@pytest.mark.parametrize(("shape", "connections"), [
+    ("chunked", 1),            # chunked answers keep the connection
+    ("connection_close", 5),   # the server closes after each answer
+    ("http10", 5),             # HTTP/1.0 without a length: the body ends at close
+    ("te_and_cl", 5),          # Transfer-Encoding wins; such an answer's connection is never reused
+])
+def test_every_response_shape_is_read_and_a_connection_is_reused_only_when_it_may(
+        kms_simulator: SimulatorHandle, shape: str, connections: int) -> None:
+    kms_simulator.set_faults(response_shape=shape)
+    before = kms_simulator.faults()["connections"]
+
+    duplicates, products, entitlements = with_client(kms_simulator, lambda c: five_calls(c, f"k-{shape}"))
+
+    assert duplicates == [False, False, False] and products == ["P2"]
+    assert entitlements  # the single query's section was read through zeep over the same connections
+    assert kms_simulator.faults()["connections"] - before == connections
+
+
+@pytest.mark.parametrize("shape", ["oversized", "oversized_chunked"])
+def test_an_answer_over_the_size_cap_is_a_transient_error_and_the_next_call_works(
+        kms_simulator: SimulatorHandle, shape: str) -> None:
+    kms_simulator.set_faults(response_shape=shape, oversized_bytes=3_000_000)
+
+    async def over_then_fine(client: SoapKmsClient) -> bool:
+        with pytest.raises(KmsUnavailable) as info:
+            await client.execute(command(Operation.REAUTHORISE_SECTOR, "k-big"))
+        assert info.value.kind == "response_too_large" and info.value.retryable
+        kms_simulator.clear_faults()
+        return (await client.execute(command(Operation.REAUTHORISE_SECTOR, "k-big"))).duplicate
+
+    assert with_client(kms_simulator, over_then_fine, max_response_bytes=1_000_000) is True
+
+
+def test_a_padded_answer_under_the_default_cap_is_read(kms_simulator: SimulatorHandle) -> None:
+    kms_simulator.set_faults(response_shape="oversized_chunked", oversized_bytes=3_000_000)
+    outcome = with_client(kms_simulator, lambda c: c.execute(command(Operation.REAUTHORISE_SECTOR, "k-padded")))
+    assert outcome.provider_code == "OK"
+
+
+def lost_answer_on_a_kept_connection(sim: SimulatorHandle, cmd: KmsCommand) -> Callable[[SoapKmsClient], Any]:
+    async def call(client: SoapKmsClient) -> Any:
+        await client.ping()  # the connection the next call reuses
+        sim.set_faults(lose_answers=1)
+        return await client.execute(cmd)
+
+    return call
+
+
+def test_a_lost_answer_of_an_absolute_write_is_resent_once_and_the_kms_deduplicates_it(
+        kms_simulator: SimulatorHandle) -> None:
+    cmd = command(Operation.SYNC_ENTITLEMENTS, "k-lost", products=[Product(product_id="P100")])
+
+    outcome = with_client(kms_simulator, lost_answer_on_a_kept_connection(kms_simulator, cmd))
+
+    assert outcome.duplicate is True  # the resend found the key the lost call had applied
+    assert [(a["idempotency_key"], a["duplicate"]) for a in kms_simulator.audit()] == [
+        ("k-lost", False), ("k-lost", True)]
+
+
+@pytest.mark.parametrize("operation", [Operation.SEND_MAIL, Operation.SEND_MESSAGE])
+def test_a_lost_answer_of_an_effect_is_raised_and_never_resent_by_the_client(
+        kms_simulator: SimulatorHandle, operation: Operation) -> None:
+    kind = MessageKind.MAIL if operation is Operation.SEND_MAIL else MessageKind.MESSAGE
+    cmd = command(operation, "k-effect", message=mail(kind, "once only"))
+
+    with pytest.raises(KmsUnavailable) as info:
+        with_client(kms_simulator, lost_answer_on_a_kept_connection(kms_simulator, cmd))
+
+    assert info.value.kind == "network" and info.value.retryable  # the executor's ledger and retries decide
+    assert [a["idempotency_key"] for a in kms_simulator.audit()] == ["k-effect"]
+
+
+def test_shape_faults_are_refused_by_name_when_unknown(kms_simulator: SimulatorHandle) -> None:
+    with pytest.raises(httpx.HTTPStatusError) as info:
+        kms_simulator.set_faults(response_shape="gzip")
+    assert "response_shape" in info.value.response.json()["error"]
+
+
+# --- mutual TLS -------------------------------------------------------------------------------------
+
+
+def test_mutual_tls_presents_the_client_certificate_from_the_settings(tmp_path: Path) -> None:
+    server, client_cert = write_mutual_tls(tmp_path, key_password=b"key-pass-42")
+    token = "mtls-token"
+    url, stop = start_in_thread(token, tls={"ssl_certfile": str(server.cert), "ssl_keyfile": str(server.key),
+                                            "ssl_ca_certs": str(server.ca), "ssl_cert_reqs": ssl.CERT_REQUIRED})
+    plain = KmsSettings(endpoint=f"{url}/kms", token=SecretStr(token), ca_file=server.ca)
+    mutual = plain.model_copy(update={"client_cert_file": client_cert.cert, "client_key_file": client_cert.key,
+                                      "client_key_password": SecretStr("key-pass-42")})
+
+    async def sync(kms: KmsSettings) -> bool:
+        async with SoapKmsClient(kms.endpoint, "ALUX", kms.resolved_token(), verify=kms.verify(),
+                                 **kms.client_options()) as client:
+            outcome = await client.execute(command(Operation.SYNC_ENTITLEMENTS, "k-mtls",
+                                                   products=[Product(product_id="P100")]))
+            return outcome.duplicate
+
+    try:
+        with pytest.raises(KmsUnavailable) as refused:  # no client certificate: the server ends the handshake
+            asyncio.run(sync(plain))
+        assert refused.value.kind in ("connect", "network")
+        assert asyncio.run(sync(mutual)) is False
+
+        wrong = mutual.model_copy(update={"client_key_password": SecretStr("not-it")})
+        with pytest.raises(ValueError, match="KMSBRIDGE_KMS__CLIENT_KEY_PASSWORD") as bad:
+            asyncio.run(sync(wrong))
+        assert "not-it" not in str(bad.value)
+    finally:
+        stop()
