@@ -36,12 +36,14 @@ code, so the run reports it.
 The result says which cards need which commands; :func:`provisioning.repair.plan_repair` turns it
 into commands.
 
-**Speed.** A run compares every subscription, so :class:`DesiredStates` evaluates
-:func:`provisioning.entitlements.desired_state_of_valid` for one run time with the entitlement rule
-memoised: ``entitled_products`` reads only the subscription state, its services and the
-distributor, and thousands of subscriptions share those, so each combination is evaluated once per
-run. Validation still runs for every subscription. ``test_drift.py`` checks the result equals
-``desired_state``.
+**Speed.** A run compares every subscription, and thousands of them share the same services, so
+:class:`DesiredStates` calls :func:`provisioning.entitlements.desired_state_of_valid` for the run's
+time with a cache around the entitlement rule, :func:`provisioning.entitlements.entitled_products`.
+The rule is a pure function of the provider, the time, the distributor and the two fields of a
+:class:`~provisioning.entitlements.SubscriptionLike` (the subscription's state and its services); a
+run fixes the first two, so the cache is keyed by the other two and the distributor, each service
+with every one of its fields (times with their zones, as the rule's products keep them). Validation
+still runs for every subscription.
 """
 
 from __future__ import annotations
@@ -51,15 +53,15 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from kms_adapter.port import ClientState
-from provisioning.entitlements import DesiredClient, desired_state_of_valid, entitled_products
-from provisioning.errors import InvalidSubscription, Rejection
+from provisioning.entitlements import DesiredClient, SubscriptionLike, desired_state_of_valid, entitled_products
+from provisioning.errors import Rejection
 from provisioning.provider import ProviderConfig
 from provisioning.revocation import kept_products, revoked_devices
 from provisioning.validation import validate_subscription
 from reconciler.model import StoredSubscription
-from schemas.records import Device, DriftItem, Product, SubscriptionEvent, SubscriptionState
+from schemas.records import Device, DriftItem, Product, Service, SubscriptionEvent, SubscriptionState
 
-__all__ = ["DesiredStates", "SubscriptionDrift", "cards_to_query", "compare"]
+__all__ = ["DesiredStates", "SubscriptionDrift", "cards_to_query", "compare", "rule_input"]
 
 _PIN_MISSING = "no parental PIN set"
 
@@ -90,37 +92,58 @@ class SubscriptionDrift:
         return bool(self.items)
 
 
-#: What ``entitled_products`` reads of one service: a hashable key (``distributors`` is a list).
-_ServiceKey = tuple[str, str, datetime | None, datetime | None, tuple[str, ...] | None]
+#: A service as a cache key: each of its fields, a list as a tuple, a time with its zone.
+_ServiceKey = tuple[object, ...]
+_RuleInput = tuple[SubscriptionState, tuple[_ServiceKey, ...], str]
+
+
+def _service_key(service: Service) -> _ServiceKey:
+    return tuple([(v, v.tzinfo) if type(v) is datetime else tuple(v) if type(v) is list else v
+                  for v in service.__dict__.values()])
+
+
+def _services_key(subscription: SubscriptionLike) -> tuple[_ServiceKey, ...]:
+    return tuple([_service_key(s) for s in subscription.services])
+
+
+def rule_input(subscription: SubscriptionLike, distributor: str) -> _RuleInput:
+    """What :func:`entitled_products` reads besides the provider and the time, as a hashable key."""
+    return subscription.state, _services_key(subscription), distributor
 
 
 class DesiredStates:
-    """``provisioning.desired_state`` at one time ``at``, the entitlement rule memoised (see above)."""
+    """The desired state of the subscriptions of one run at ``at``, the entitlement rule cached.
+
+    ``of_valid`` is :func:`provisioning.entitlements.desired_state_of_valid`; each device's products
+    come from :func:`~provisioning.entitlements.entitled_products`, evaluated once per run for each
+    :func:`rule_input` (at most ``max_entries`` of them are kept; beyond, the rule is called each time).
+    """
 
     def __init__(self, provider: ProviderConfig, at: datetime, *, max_entries: int = 65_536) -> None:
         self.provider = provider
         self.at = at
         self._max = max_entries
-        self._products: dict[tuple[SubscriptionState, tuple[_ServiceKey, ...], str], tuple[Product, ...]] = {}
-
-    def of(self, event: SubscriptionEvent) -> dict[str, DesiredClient]:
-        """Secure client → :class:`DesiredClient`; :class:`InvalidSubscription` when validation refuses it."""
-        rejection = validate_subscription(event, self.provider)
-        if rejection is not None:
-            raise InvalidSubscription(rejection)
-        return self.of_valid(event)
+        self._products: dict[_RuleInput, tuple[Product, ...]] = {}
 
     def of_valid(self, event: SubscriptionEvent) -> dict[str, DesiredClient]:
-        """:meth:`of` for an event the caller has just validated."""
-        return desired_state_of_valid(event, self.provider, self.at, products_of=self._memoised)
+        """Secure client → :class:`DesiredClient` of an event the caller has just validated."""
+        services = _services_key(event)  # once per event, not once per device
 
-    def _memoised(self, event: SubscriptionEvent, distributor: str) -> tuple[Product, ...]:
-        services = tuple((s.service_code, s.state.value, s.valid_from, s.valid_until,
-                          None if s.distributors is None else tuple(s.distributors)) for s in event.services)
-        key = (event.state, services, distributor)
+        def products_of(subscription: SubscriptionEvent, distributor: str) -> tuple[Product, ...]:
+            if subscription is not event:
+                return self.products(subscription, distributor)
+            return self._cached(subscription, distributor, (event.state, services, distributor))
+
+        return desired_state_of_valid(event, self.provider, self.at, products_of=products_of)
+
+    def products(self, subscription: SubscriptionLike, distributor: str) -> tuple[Product, ...]:
+        """:func:`entitled_products` of a device on ``distributor``, from the cache when it has them."""
+        return self._cached(subscription, distributor, rule_input(subscription, distributor))
+
+    def _cached(self, subscription: SubscriptionLike, distributor: str, key: _RuleInput) -> tuple[Product, ...]:
         products = self._products.get(key)
         if products is None:
-            products = tuple(entitled_products(event, distributor, self.provider, self.at))
+            products = tuple(entitled_products(subscription, distributor, self.provider, self.at))
             if len(self._products) < self._max:
                 self._products[key] = products
         return products

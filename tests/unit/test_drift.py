@@ -247,28 +247,3 @@ def test_a_repair_pairs_resyncs_and_sets_the_default_pin_with_run_keys_and_never
     assert plan.commands[2].pin is not None and plan.commands[2].pin.get_secret_value() == "0001"
     assert {c.subscription_version for c in plan.commands} == {7}
 
-
-def test_the_run_memo_of_desired_states_equals_provisioning_desired_state() -> None:
-    from provisioning.entitlements import desired_state
-    from reconciler.drift import DesiredStates
-
-    until = AT + 3 * DAY
-    variants = [
-        event(),
-        event(state=SubscriptionState.SUSPENDED),
-        event(services=[Service(service_code="BASIC", state=ServiceState.ACTIVE),
-                        Service(service_code="MOVIES", state=ServiceState.ACTIVE, valid_until=until)]),
-        event(services=[Service(service_code="MOVIES", state=ServiceState.ACTIVE, valid_until=AT - DAY)],
-              devices=[MAIN]),
-        event(devices=[Device(distributor="MAIN", secure_client_id="900", stb_serial="B-9"), TWIN1]),
-        event(services=[Service(service_code="SPORTS", state=ServiceState.INACTIVE)]),
-        # per-box selection: the same codes and states, chosen for different boxes
-        event(services=[Service(service_code="BASIC", state=ServiceState.ACTIVE),
-                        Service(service_code="SPORTS", state=ServiceState.ACTIVE, distributors=["MAIN"])]),
-        event(services=[Service(service_code="BASIC", state=ServiceState.ACTIVE, distributors=["TWIN1"]),
-                        Service(service_code="SPORTS", state=ServiceState.ACTIVE, distributors=["MAIN"])]),
-    ]
-    states = DesiredStates(PROVIDER, AT)
-
-    for ev in [*variants, *variants]:  # the second pass is answered from the memo
-        assert states.of(ev) == desired_state(ev, PROVIDER, AT)
