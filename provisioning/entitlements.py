@@ -49,7 +49,11 @@ __all__ = [
 
 
 class SubscriptionLike(Protocol):
-    """What the entitlement rule reads: a ``SubscriptionEvent`` or any record with these two fields."""
+    """What the entitlement rule reads: a ``SubscriptionEvent`` or any record with these two fields.
+
+    The rule reads nothing else of it, and :class:`reconciler.drift.DesiredStates` caches the rule's
+    answers keyed by these two fields and the distributor: a rule that reads more adds it here.
+    """
 
     @property
     def state(self) -> SubscriptionState: ...
@@ -134,7 +138,7 @@ def desired_state(
 
 
 #: ``(event, distributor) -> products`` of :func:`entitled_products` at a fixed provider and time; the
-#: reconciler passes a memoised one (a run evaluates the same few combinations thousands of times).
+#: reconciler passes a cache of it (a run evaluates the same few combinations thousands of times).
 ProductsOf = Callable[[SubscriptionEvent, str], tuple[Product, ...]]
 
 
@@ -143,7 +147,7 @@ def desired_state_of_valid(
 ) -> dict[str, DesiredClient]:
     """:func:`desired_state` of an event the caller has just validated (planning validates first and
     must not pay for it twice). ``products_of`` replaces the direct call of :func:`entitled_products`
-    (it must compute the same thing, e.g. memoised)."""
+    (it must give the same answers: a cache of it)."""
     if products_of is None:
         def products_of(e: SubscriptionEvent, distributor: str) -> tuple[Product, ...]:
             return tuple(entitled_products(e, distributor, provider, at))
