@@ -19,19 +19,28 @@ DEFAULT_PROVIDER = Path(__file__).resolve().parent.parent / "examples" / "provid
 
 @click.group("stack")
 def stack_group() -> None:
-    """The local stack: Kafka, topics, KMS simulator and every process."""
+    """The local stack: Kafka, topics, KMS simulator and every process.
+
+    A stack that is down starts empty (Kafka's topics, the database and the simulator's state), unless
+    `stack up --keep` keeps all three from the last run.
+    """
 
 
 @stack_group.command("up")
 @click.option("--json", "as_json", is_flag=True)
 @click.option("--process", "processes", multiple=True, type=click.Choice(stack.PROCESSES),
               help="start only these processes (default: all)")
-def up_cmd(as_json: bool, processes: tuple[str, ...]) -> None:
+@click.option("--keep", is_flag=True,
+              help="keep the last run's data: Kafka's topics and offsets, the database and the simulator's "
+                   "secure clients (default: a stack that is down starts with all three empty)")
+def up_cmd(as_json: bool, processes: tuple[str, ...], keep: bool) -> None:
+    """Start what is not running. A stack that is down starts from empty data, or with --keep from the
+    data the last `stack down` left; a running stack keeps its data either way."""
     provider = Path(os.environ.get("KMSBRIDGE_PROVIDER_FILE", DEFAULT_PROVIDER))
     if not provider.exists():
         fail(f"KMSBRIDGE_PROVIDER_FILE: {provider} does not exist")
     try:
-        state = stack.up(provider_file=provider, processes=processes or None,
+        state = stack.up(provider_file=provider, processes=processes or None, keep=keep,
                          log=(lambda _m: None) if as_json else click.echo)
     except (BrokerError, RuntimeError) as exc:
         fail(str(exc), EXIT_FAILED)
@@ -44,6 +53,7 @@ def up_cmd(as_json: bool, processes: tuple[str, ...]) -> None:
 @stack_group.command("status")
 @click.option("--json", "as_json", is_flag=True)
 def status_cmd(as_json: bool) -> None:
+    """Each process with pid, port and health (exit 1 if one is down)."""
     rows = stack.status()
     if as_json:
         click.echo(json.dumps(rows))
@@ -60,4 +70,5 @@ def status_cmd(as_json: bool) -> None:
 
 @stack_group.command("down")
 def down_cmd() -> None:
+    """Stop all of it, nothing left running; the data stays on disk for `stack up --keep`."""
     stack.down(log=click.echo)

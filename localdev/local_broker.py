@@ -17,7 +17,8 @@ Lifecycle, as :func:`start_broker` does it:
    and raise :class:`BrokerStartError` with the tail of the log.
 
 :func:`restart_broker` repeats steps 4-5 on an existing data dir (same ports, topics and offsets), for
-drills that stop the broker mid-stream and start it again.
+drills that stop the broker mid-stream and start it again; :func:`resume_broker` does the same from the
+data dir alone (``kmsbridge stack up --keep``).
 
 This module is stdlib-only except for the readiness probe, which imports ``confluent_kafka`` lazily.
 Command line (for scripts and the Makefile)::
@@ -56,11 +57,13 @@ __all__ = [
     "broker_properties",
     "ensure_jars",
     "free_port",
+    "has_storage",
     "libs_dir",
     "main",
     "render_properties",
     "repo_root",
     "restart_broker",
+    "resume_broker",
     "start_broker",
     "stop_broker",
 ]
@@ -483,13 +486,30 @@ def restart_broker(handle: BrokerHandle, timeout: float = 60) -> BrokerHandle:
     Raises :class:`BrokerError` while the old process still runs, or when ``handle.data_dir`` holds
     no formatted broker.
     """
-    data_dir = Path(handle.data_dir).resolve()
-    props_file = data_dir / "server.properties"
-    log4j_file = data_dir / "log4j2.properties"
-    if not (data_dir / "kraft-logs" / "meta.properties").exists() or not props_file.is_file():
-        raise BrokerError(f"{data_dir} holds no formatted broker to restart; use start_broker()")
     if _reap_or_probe(handle.pid):
         raise BrokerError(f"the broker (pid {handle.pid}) is still running; stop it first")
+    return resume_broker(handle.data_dir, log_file=handle.log_file, timeout=timeout)
+
+
+def has_storage(data_dir: Path) -> bool:
+    """True when ``data_dir`` holds a broker formatted by :func:`start_broker`."""
+    data_dir = Path(data_dir)
+    return (data_dir / "kraft-logs" / "meta.properties").exists() and (data_dir / "server.properties").is_file()
+
+
+def resume_broker(data_dir: Path, log_file: Path | None = None, timeout: float = 60) -> BrokerHandle:
+    """Start a broker on the storage a stopped broker left in ``data_dir`` (its ports, cluster id, topics,
+    committed offsets and SCRAM users), e.g. a local stack brought up again with its data. The caller
+    knows no broker runs on it (:func:`restart_broker` checks a known pid first).
+
+    Raises :class:`BrokerError` when ``data_dir`` holds no formatted broker.
+    """
+    data_dir = Path(data_dir).resolve()
+    props_file = data_dir / "server.properties"
+    log4j_file = data_dir / "log4j2.properties"
+    if not has_storage(data_dir):
+        raise BrokerError(f"{data_dir} holds no formatted broker to restart; use start_broker()")
+    log_file = Path(log_file).resolve() if log_file is not None else data_dir / "broker.log"
     ports = _ports_of(props_file)
     # The old JVM has exited, but its listening sockets may take a moment to be released.
     deadline = time.monotonic() + 10
@@ -498,7 +518,7 @@ def restart_broker(handle: BrokerHandle, timeout: float = 60) -> BrokerHandle:
             if time.monotonic() > deadline:
                 raise BrokerError(f"port {port} on {_LOOPBACK} is still in use; cannot restart the broker")
             time.sleep(0.1)
-    return _launch(_java(), ensure_jars(), data_dir, props_file, log4j_file, Path(handle.log_file), ports, timeout)
+    return _launch(_java(), ensure_jars(), data_dir, props_file, log4j_file, log_file, ports, timeout)
 
 
 def _ports_of(props_file: Path) -> BrokerPorts:

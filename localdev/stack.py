@@ -1,8 +1,21 @@
 """The local stack (``kmsbridge stack up|status|down``): broker, topics, simulator and every process.
 
-State lives in ``$KMSBRIDGE_STACK_DIR`` (default ``./var/stack``): ``state.json`` records pids,
-ports and addresses so every other CLI verb can default to them; logs go to ``logs/``. ``up`` is
-idempotent: it starts only what is not running (so it also restarts a process that died).
+Everything lives in ``$KMSBRIDGE_STACK_DIR`` (default ``./var/stack``): ``state.json`` records pids,
+ports and addresses so every other CLI verb can default to them; logs go to ``logs/``; the data of a
+run is Kafka's storage (``kafka/``), the database (``kmsbridge.db``) and, once the stack is down, the
+simulator's state (``simulator-state.json``, written by ``down``).
+
+The three belong together: the database holds the desired state projected from Kafka and the ledger of
+what the KMS was sent, the simulator holds what the KMS applied. ``up`` on a stack that is down starts
+all three empty, so every start is consistent and trying the product again needs no new folder.
+``up(keep=True)`` (``stack up --keep``) keeps all three instead: the broker starts on its storage (same
+ports, topics, committed offsets), the database stays and the simulator's clients, mail and messages are
+loaded back (not its audit or dedup keys, which a restarted KMS would not keep either). With
+``KMSBRIDGE_KAFKA__BOOTSTRAP_SERVERS`` set, the stack never touches that cluster's data.
+
+``up`` is idempotent: on a stack that is (partly) running it starts only what is not running (so it
+also restarts a process that died) and discards nothing. The API key, KMS token and PIN key files are
+kept across runs.
 """
 
 from __future__ import annotations
@@ -27,9 +40,14 @@ from kmsbridge.stack_state import StackState, load_state, save_state, stack_dir
 from localdev import local_broker
 from schemas.pin_seal import generate_key
 
-__all__ = ["PROCESSES", "StackState", "available_processes", "down", "load_state", "stack_dir", "status", "up"]
+__all__ = ["DATABASE", "KAFKA_DIR", "PROCESSES", "SIMULATOR_STATE", "StackState", "available_processes",
+           "discard_data", "down", "load_state", "stack_dir", "status", "up"]
 
 PROCESSES = ("translator", "executor", "projector", "reconciler", "api", "request-log")
+#: The data of a run, under the stack folder (discarded together, or kept together with ``keep``).
+KAFKA_DIR = "kafka"
+DATABASE = "kmsbridge.db"
+SIMULATOR_STATE = "simulator-state.json"
 
 
 def available_processes() -> tuple[str, ...]:
@@ -105,15 +123,35 @@ def process_env(state: StackState, base: dict[str, str] | None = None) -> dict[s
     return env
 
 
-def up(*, provider_file: Path, processes: tuple[str, ...] | None = None,
+def _running(state: StackState | None) -> bool:
+    """Whether any part of the stack ``state`` records is still alive."""
+    if state is None:
+        return False
+    return _alive(state.broker_pid) or any(_alive(p.get("pid")) for p in state.processes.values())
+
+
+def discard_data(folder: Path) -> None:
+    """Remove a stopped stack's data: Kafka's storage, the database and the simulator's saved state."""
+    shutil.rmtree(folder / KAFKA_DIR, ignore_errors=True)
+    for name in (DATABASE, f"{DATABASE}-wal", f"{DATABASE}-shm", f"{DATABASE}-journal", SIMULATOR_STATE):
+        (folder / name).unlink(missing_ok=True)
+
+
+def up(*, provider_file: Path, processes: tuple[str, ...] | None = None, keep: bool = False,
        log: Callable[[str], object] = print) -> StackState:
+    """Start what is not running; on a stack that is down, from empty data unless ``keep`` (module docstring)."""
     folder = stack_dir()
     logs = folder / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    state = load_state(folder) or StackState()
+    previous = load_state(folder)
+    running = _running(previous)
+    # 0. a stack that is down starts from one consistent state: all of its data, or none of it
+    if not running and not keep:
+        discard_data(folder)
+    state = previous if previous is not None and running else StackState()
     state.logs = str(logs)
     state.provider_file = str(provider_file.resolve())
-    state.database_url = state.database_url or f"sqlite:///{folder / 'kmsbridge.db'}"
+    state.database_url = state.database_url or f"sqlite:///{folder / DATABASE}"
     state.token_file = str(_secret_file(folder / "kms.token"))
     state.api_key_file = str(_secret_file(folder / "api.key"))
     state.pin_keys_file = str(write_pin_keys(folder / "pin-keys.json"))
@@ -123,10 +161,15 @@ def up(*, provider_file: Path, processes: tuple[str, ...] | None = None,
     if configured:
         state.bootstrap, state.broker_pid = configured, None
     elif not _alive(state.broker_pid):
-        log("starting Kafka broker ...")
         t0 = time.monotonic()
-        shutil.rmtree(folder / "kafka", ignore_errors=True)  # a dev stack starts from empty storage
-        handle = local_broker.start_broker(folder / "kafka", log_file=logs / "kafka.log")
+        kafka = folder / KAFKA_DIR
+        if local_broker.has_storage(kafka):  # kept (--keep), or the rest of the stack still runs on it
+            log("starting Kafka broker on its storage ...")
+            handle = local_broker.resume_broker(kafka, log_file=logs / "kafka.log")
+        else:
+            log("starting Kafka broker ...")
+            shutil.rmtree(kafka, ignore_errors=True)  # what a start that failed before formatting left
+            handle = local_broker.start_broker(kafka, log_file=logs / "kafka.log")
         state.bootstrap, state.broker_pid = handle.bootstrap, handle.pid
         log(f"  Kafka {handle.bootstrap} (pid {handle.pid}) in {time.monotonic() - t0:.1f}s")
     save_state(state, folder)
@@ -146,7 +189,9 @@ def up(*, provider_file: Path, processes: tuple[str, ...] | None = None,
         state.processes["simulator"] = {"pid": pid, "port": port}
         if not _wait_http(state.simulator_url + "/healthz", 30, pid):
             raise RuntimeError(f"the KMS simulator did not start; see {logs / 'simulator.log'}")
-        log(f"  KMS simulator {state.simulator_url} (pid {pid})")
+        restored = _restore_simulator(state, folder / SIMULATOR_STATE)
+        log(f"  KMS simulator {state.simulator_url} (pid {pid})"
+            + (f", {restored} secure clients loaded back" if restored is not None else ""))
     save_state(state, folder)
     env = process_env(state)
 
@@ -208,14 +253,58 @@ def _terminate(pid: int, timeout: float) -> None:
         os.kill(pid, signal.SIGKILL)
 
 
+def _admin(state: StackState) -> httpx.Client:
+    token = Path(state.token_file).read_text().strip()
+    return httpx.Client(base_url=state.simulator_url, timeout=30.0, headers={"Authorization": f"Bearer {token}"})
+
+
+def _save_simulator(state: StackState, path: Path) -> None:
+    """Write the simulator's state (without its audit) to ``path``, mode 0600 (it holds PINs)."""
+    with _admin(state) as http:
+        response = http.get("/admin/state")
+        response.raise_for_status()
+        snapshot = {k: v for k, v in response.json().items() if k != "audit"}
+    tmp = path.with_suffix(".tmp")
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as out:
+        json.dump(snapshot, out)
+    tmp.replace(path)
+
+
+def _restore_simulator(state: StackState, path: Path) -> int | None:
+    """Load a state saved by ``down`` into the freshly started simulator, once (the file is removed);
+    the number of secure clients, or ``None`` when there was nothing to load."""
+    if not path.exists():
+        return None
+    snapshot = json.loads(path.read_text())
+    with _admin(state) as http:
+        http.post("/admin/state", json=snapshot).raise_for_status()
+    path.unlink()
+    return len(snapshot.get("secure_clients", {}))
+
+
 def down(log: Callable[[str], object] = print) -> None:
+    """Stop every process, the simulator (its state saved first, for ``up --keep``) and the broker."""
     folder = stack_dir()
     state = load_state(folder)
     if state is None:
         log("no stack is running")
         return
-    for name in reversed(list(state.processes)):
+    # the simulator last: once nothing calls it any more, its state is the KMS's final state
+    order = [name for name in reversed(list(state.processes)) if name != "simulator"]
+    if "simulator" in state.processes:
+        order.append("simulator")
+    for name in order:
         pid = state.processes[name].get("pid")
+        if name == "simulator":
+            if _alive(pid):
+                try:
+                    _save_simulator(state, folder / SIMULATOR_STATE)
+                except (OSError, httpx.HTTPError, ValueError) as exc:
+                    log(f"  the simulator's state was not saved ({exc}); `stack up --keep` starts it empty")
+            else:
+                log("  the simulator was not running; `stack up --keep` starts it empty")
         if pid:
             _terminate(int(pid), 25)
             log(f"  stopped {name}")

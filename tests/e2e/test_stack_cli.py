@@ -3,33 +3,16 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
 import pytest
 
+from tests.support.cli import REPO, clean_env, kmsbridge
+
 pytestmark = pytest.mark.e2e
 
-REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "examples"
-
-
-def kmsbridge(args: list[str], env: dict[str, str], timeout: float = 240) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "kmsbridge.cli", *args], env=env, cwd=REPO, text=True,
-                          capture_output=True, timeout=timeout, check=False)
-
-
-@pytest.fixture
-def stack_env(tmp_path: Path) -> Iterator[dict[str, str]]:
-    """A private stack folder; the stack starts its own broker (no bootstrap servers configured)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("KMSBRIDGE_")}
-    env["KMSBRIDGE_STACK_DIR"] = str(tmp_path / "stack")
-    yield env
-    kmsbridge(["stack", "down"], env)
 
 
 def _pids(state_file: Path) -> list[int]:
@@ -82,8 +65,7 @@ def test_produce_with_a_bad_line_names_line_and_field_and_sends_nothing(tmp_path
     events = tmp_path / "events.jsonl"
     events.write_text(good + "\n" + bad + "\n")
     # an unreachable broker: validation must fail before any connection is attempted
-    env = {k: v for k, v in os.environ.items() if not k.startswith("KMSBRIDGE_")}
-    env.update({"KMSBRIDGE_KAFKA__BOOTSTRAP_SERVERS": "127.0.0.1:1", "KMSBRIDGE_STACK_DIR": str(tmp_path / "none")})
+    env = clean_env(KMSBRIDGE_KAFKA__BOOTSTRAP_SERVERS="127.0.0.1:1", KMSBRIDGE_STACK_DIR=str(tmp_path / "none"))
 
     result = kmsbridge(["produce", "subscriptions", "--file", str(events)], env, timeout=60)
 
@@ -94,8 +76,7 @@ def test_produce_with_a_bad_line_names_line_and_field_and_sends_nothing(tmp_path
 
 
 def test_a_bad_setting_stops_start_up_naming_the_setting(tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("KMSBRIDGE_")}
-    env.update({"KMSBRIDGE_EXECUTOR__MAX_INFLIGHT": "zero", "KMSBRIDGE_STACK_DIR": str(tmp_path / "none")})
+    env = clean_env(KMSBRIDGE_EXECUTOR__MAX_INFLIGHT="zero", KMSBRIDGE_STACK_DIR=str(tmp_path / "none"))
 
     result = kmsbridge(["run", "executor"], env, timeout=60)
 
