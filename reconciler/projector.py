@@ -33,15 +33,14 @@ import time
 from dataclasses import dataclass
 from datetime import timedelta
 
-from confluent_kafka import Consumer, KafkaException, Message, Producer
+from confluent_kafka import Consumer, Message, Producer
 from sqlalchemy.exc import SQLAlchemyError
 
 from kafka_edge.assignment import Assignment
-from kafka_edge.batch_commit import poll_batches
+from kafka_edge.batch_commit import commit_batch, poll_batches, retry_batch
 from kafka_edge.dlq import DatabaseRejected, DeadLetters, is_content_error, screen_size, screen_times
 from kafka_edge.health import HealthState
 from kafka_edge.kafka_clients import schema_id_header
-from kafka_edge.messages import positions_after
 from kafka_edge.metrics import MESSAGES_CONSUMED, MESSAGES_PROCESSED, PROCESSING_SECONDS
 from reconciler.publish import PublishFailed
 from reconciler.store import DesiredStateStore, UpsertResult
@@ -104,16 +103,9 @@ class Projector:
             result = self._upsert(msgs, decoded, outcomes)  # step 3
             self._flush()  # step 4
         except (SQLAlchemyError, PublishFailed, SchemaRegistryUnavailable) as exc:
-            # the class only: a database error's text quotes the statement's parameters
-            log.warning("projector batch failed (%s); rewinding and retrying in %.1fs", type(exc).__name__,
-                        self._cfg.retry_seconds)
-            self._assignment.rewind(self._consumer)
-            self._stop.wait(self._cfg.retry_seconds)
+            retry_batch(self._consumer, self._assignment, self._stop, exc, self._cfg.retry_seconds)
             return
-        try:
-            self._consumer.commit(offsets=positions_after(msgs), asynchronous=False)  # step 5
-        except KafkaException as exc:
-            log.warning("offset commit failed (%s); the batch will be applied again (harmless)", exc)
+        commit_batch(self._consumer, msgs, self._assignment)  # step 5
         self.batches_committed += 1
         self.events_applied += result.applied
         elapsed = (time.monotonic() - t0) / len(msgs)

@@ -33,16 +33,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 
-from confluent_kafka import Consumer, KafkaException, Message, Producer
+from confluent_kafka import Consumer, Message, Producer
 from sqlalchemy.exc import SQLAlchemyError
 
 from kafka_edge.assignment import Assignment
-from kafka_edge.batch_commit import poll_batches
+from kafka_edge.batch_commit import commit_batch, poll_batches, retry_batch
 from kafka_edge.dlq import DeadLetters, screen_size, screen_times
 from kafka_edge.errors import FatalKafkaError
 from kafka_edge.health import HealthState
 from kafka_edge.kafka_clients import schema_id_header
-from kafka_edge.messages import positions_after
 from kafka_edge.metrics import MESSAGES_CONSUMED, MESSAGES_PROCESSED
 from reconciler.communications_queue import CommunicationQueue
 from reconciler.expectations import Expectations
@@ -125,15 +124,9 @@ class QueueReader:
                 self._expectations.withdraw((r.subscription_id, r.run_id) for r in results
                                             if r.state is ResultState.REJECTED and r.run_id and r.subscription_id)
         except (SQLAlchemyError, SchemaRegistryUnavailable) as exc:
-            log.warning("communication queue write failed (%s); rewinding and retrying in %.1fs",
-                        type(exc).__name__, self._cfg.retry_seconds)
-            self._assignment.rewind(self._consumer)
-            self._stop.wait(self._cfg.retry_seconds)
+            retry_batch(self._consumer, self._assignment, self._stop, exc, self._cfg.retry_seconds)
             return
-        try:
-            self._consumer.commit(offsets=positions_after(msgs), asynchronous=False)  # step 4
-        except KafkaException as exc:
-            log.warning("offset commit failed (%s); the batch will be written again (harmless)", exc)
+        commit_batch(self._consumer, msgs, self._assignment)  # step 4
         for topic, outcome in outcomes:
             MESSAGES_CONSUMED.labels(PROCESS, topic).inc()
             MESSAGES_PROCESSED.labels(PROCESS, topic, outcome).inc()

@@ -37,16 +37,15 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from confluent_kafka import Consumer, KafkaException, Message
+from confluent_kafka import Consumer, Message
 from pydantic import BaseModel
 from sqlalchemy.exc import SQLAlchemyError
 
 from kafka_edge.assignment import Assignment
-from kafka_edge.batch_commit import poll_batches
+from kafka_edge.batch_commit import commit_batch, poll_batches, retry_batch
 from kafka_edge.dlq import is_content_error
 from kafka_edge.health import HealthState
 from kafka_edge.kafka_clients import schema_id_header
-from kafka_edge.messages import positions_after
 from kafka_edge.metrics import MESSAGES_CONSUMED, MESSAGES_PROCESSED, PROCESSING_SECONDS
 from reconciler.request_log_store import LogBatch, RequestLog
 from schemas.codec import Codec
@@ -122,15 +121,9 @@ class RequestLogWriter:
                     raise
                 self._write_one_by_one(msgs, decoded, outcomes)
         except (SQLAlchemyError, SchemaRegistryUnavailable) as exc:
-            log.warning("request-log batch failed (%s: %s); rewinding and retrying in %.1fs",
-                        type(exc).__name__, exc, self._cfg.retry_seconds)
-            self._assignment.rewind(self._consumer)
-            self._stop.wait(self._cfg.retry_seconds)
+            retry_batch(self._consumer, self._assignment, self._stop, exc, self._cfg.retry_seconds)
             return
-        try:
-            self._consumer.commit(offsets=positions_after(msgs), asynchronous=False)  # step 4
-        except KafkaException as exc:
-            log.warning("offset commit failed (%s); the batch will be written again (harmless)", exc)
+        commit_batch(self._consumer, msgs, self._assignment)  # step 4
         self.records_written += len(batch)
         elapsed = (time.monotonic() - t0) / len(msgs)
         for msg, outcome in zip(msgs, outcomes, strict=True):

@@ -4,13 +4,15 @@ bookkeeping, on real ``confluent_kafka.Message`` and ``KafkaError`` objects (no 
 from __future__ import annotations
 
 import logging
+import threading
 from typing import Any
 
 import pytest
-from confluent_kafka import KafkaError, Message, TopicPartition
+from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
 
 from kafka_edge import messages
 from kafka_edge.assignment import Assignment
+from kafka_edge.batch_commit import commit_batch, retry_batch
 from kafka_edge.errors import FatalKafkaError, StaticMemberFenced
 from kafka_edge.health import HealthState
 from kafka_edge.messages import INSTANCE_ID_SETTING, is_record, positions_after, records
@@ -103,10 +105,18 @@ def test_positions_after_a_batch_are_one_past_the_newest_offset_of_each_partitio
 class RecordingConsumer:
     """The rebalance surface of ``confluent_kafka.Consumer``: subscribe, committed, seek, pause."""
 
-    def __init__(self, committed: dict[tuple[str, int], int] | None = None) -> None:
+    def __init__(self, committed: dict[tuple[str, int], int] | None = None,
+                 refuse_commit: KafkaError | None = None) -> None:
         self.subscribed: tuple[list[str], dict[str, Any]] | None = None
         self._committed = committed or {}
+        self._refuse = refuse_commit
         self.seeks: list[tuple[str, int, int]] = []
+        self.commits: list[tuple[list[tuple[str, int, int]], bool]] = []
+
+    def commit(self, *, offsets: list[TopicPartition], asynchronous: bool) -> None:
+        if self._refuse is not None:
+            raise KafkaException(self._refuse)
+        self.commits.append(([(tp.topic, tp.partition, tp.offset) for tp in offsets], asynchronous))
 
     def subscribe(self, topics: list[str], **callbacks: Any) -> None:
         self.subscribed = (topics, callbacks)
@@ -166,3 +176,28 @@ def test_rewind_seeks_each_assigned_partition_to_its_committed_offset_else_the_b
     assignment.on_assign(consumer, tps(("a", 0), ("a", 1)))
     assignment.rewind(consumer)
     assert sorted(consumer.seeks) == [("a", 0, 42), ("a", 1, -2)]
+
+
+def test_a_batch_is_committed_synchronously_one_past_its_newest_offsets_and_a_refused_commit_is_logged(
+        caplog: pytest.LogCaptureFixture) -> None:
+    assignment = Assignment(HealthState(30), "projector")
+    consumer: Any = RecordingConsumer()
+    assert commit_batch(consumer, [record("a", 0, 4), record("a", 0, 5)], assignment)
+    assert consumer.commits == [([("a", 0, 6)], False)]
+
+    refused: Any = RecordingConsumer(refuse_commit=KafkaError(KafkaError.REBALANCE_IN_PROGRESS, "rebalancing"))
+    with caplog.at_level(logging.WARNING, "kafka_edge.batch_commit"):
+        assert not commit_batch(refused, [record()], assignment)
+    assert "projector offset commit failed" in caplog.text
+
+
+def test_a_batch_that_failed_is_read_again_from_the_committed_offsets(caplog: pytest.LogCaptureFixture) -> None:
+    assignment = Assignment(HealthState(30), "request-log")
+    consumer: Any = RecordingConsumer(committed={("a", 0): 3})
+    assignment.on_assign(consumer, tps(("a", 0)))
+    stop = threading.Event()
+    stop.set()  # stopping: no wait
+    with caplog.at_level(logging.WARNING, "kafka_edge.batch_commit"):
+        retry_batch(consumer, assignment, stop, ValueError("secret parameters"), 1.0)
+    assert consumer.seeks == [("a", 0, 3)]
+    assert "request-log batch failed (ValueError)" in caplog.text and "secret parameters" not in caplog.text
