@@ -13,6 +13,7 @@ from kmsbridge.cli.dlq import dlq_group
 from kmsbridge.cli.io import produce_cmd, tail_cmd, topics_group
 from kmsbridge.cli.lag import lag_cmd
 from kmsbridge.cli.ops import OPS_COMMANDS
+from kmsbridge.cli.projector import projector_group
 from kmsbridge.cli.reconcile import reconcile_cmd
 from kmsbridge.cli.requests import history_cmd, requests_group
 from kmsbridge.cli.run import run_cmd
@@ -49,7 +50,7 @@ def plugin_commands() -> list[click.Command]:
 
 for command in (produce_cmd, tail_cmd, topics_group, run_cmd, simulator_group, lag_cmd, reconcile_cmd,
                 *OPS_COMMANDS, requests_group, history_cmd, dlq_group, runs_group, communications_group,
-                *plugin_commands()):
+                projector_group, *plugin_commands()):
     main.add_command(command)
 
 
