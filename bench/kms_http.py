@@ -118,15 +118,17 @@ async def _httpx(sim: SimulatorProcess, commands: list[Any]) -> dict[str, float]
     return result
 
 
-def run(*, calls: int, rounds: int, before: str, results_dir: Path | None) -> dict[str, Any]:
+def run(*, calls: int, rounds: int, before: str, results_dir: Path | None,
+        only: frozenset[str] = frozenset({"httptools", "hand-written", "httpx"})) -> dict[str, Any]:
     from kms_adapter.soap_client import SoapKmsClient
 
     old = _module_at(before).SoapKmsClient
-    variants: dict[str, Callable[[SimulatorProcess, list[Any]], Awaitable[dict[str, float]]]] = {
-        "httptools (this tree)": lambda sim, cmds: _soap_client(SoapKmsClient, sim, cmds),
-        f"hand-written parser ({before})": lambda sim, cmds: _soap_client(old, sim, cmds),
-        "httpx pool of 64": _httpx,
+    every: dict[str, tuple[str, Callable[[SimulatorProcess, list[Any]], Awaitable[dict[str, float]]]]] = {
+        "httptools": ("httptools (this tree)", lambda sim, cmds: _soap_client(SoapKmsClient, sim, cmds)),
+        "hand-written": (f"hand-written parser ({before})", lambda sim, cmds: _soap_client(old, sim, cmds)),
+        "httpx": ("httpx pool of 64", _httpx),
     }
+    variants = dict(every[key] for key in every if key in only)
     samples: dict[str, list[dict[str, float]]] = {name: [] for name in variants}
     with tempfile.TemporaryDirectory() as workdir:
         sim = start_simulator_process(Path(workdir), audit=False)
@@ -155,9 +157,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--calls", type=int, default=5000)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--before", default="4c00ec8", help="commit whose client is the hand-written baseline")
+    parser.add_argument("--only", default="httptools,hand-written,httpx",
+                        help="comma-separated variants to run (httptools, hand-written, httpx)")
     parser.add_argument("--results-dir", type=Path, default=None)
     args = parser.parse_args(argv)
-    run(calls=args.calls, rounds=args.rounds, before=args.before, results_dir=args.results_dir)
+    run(calls=args.calls, rounds=args.rounds, before=args.before, results_dir=args.results_dir,
+        only=frozenset(args.only.split(",")))
 
 
 if __name__ == "__main__":

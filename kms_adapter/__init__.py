@@ -2,7 +2,8 @@
 
 - :mod:`.port`: ``KmsPort`` (Protocol), ``KmsOutcome``, ``ClientState``, ``QUERY_SECTIONS``
 - :mod:`.errors`: ``KmsError`` and its retryable/terminal subclasses
-- :mod:`.soap_client`: ``SoapKmsClient`` (zeep async client on httpx)
+- :mod:`.soap_client`: ``SoapKmsClient``, SOAP over :mod:`.http11` (keep-alive HTTP/1.1, answers parsed by
+  httptools) with the template envelopes of :mod:`.envelopes`
 - :mod:`.fake`: ``InMemoryKms`` for unit tests
 - :mod:`.simulator`: the HTTP KMS simulator (``kmsbridge simulator``)
 

@@ -37,16 +37,21 @@ class KmsUnavailable(KmsError):
     """Transient: the KMS did not answer usefully. ``kind`` says how, for metrics and logs.
 
     Kinds: ``timeout``, ``connect``, ``network`` (reset or protocol error after connecting),
-    ``http_<status>`` (5xx, 429), ``soap_fault`` (a SOAP Server fault), ``bad_response``.
-    ``retry_after`` holds the server's ``Retry-After`` in seconds when it sent one.
+    ``http_<status>`` (5xx, 429), ``soap_fault`` (a SOAP Server fault), ``bad_response``,
+    ``response_too_large``. ``retry_after`` holds the server's ``Retry-After`` in seconds when it
+    sent one. ``maybe_applied`` is true when the request was sent and no complete answer came back
+    (a timeout, a reset or a broken answer after the request was written): the KMS may have applied
+    it, which matters for an effect (``EFFECT_OPERATIONS``) on a KMS that does not deduplicate.
     """
 
     retryable = True
 
-    def __init__(self, kind: str, message: str = "", *, retry_after: float | None = None) -> None:
+    def __init__(self, kind: str, message: str = "", *, retry_after: float | None = None,
+                 maybe_applied: bool = False) -> None:
         super().__init__(message or f"KMS unavailable ({kind})")
         self.kind = kind
         self.retry_after = retry_after
+        self.maybe_applied = maybe_applied
 
 
 class KmsRejected(KmsError):

@@ -45,6 +45,7 @@ import ssl
 import time
 import urllib.request
 from dataclasses import dataclass
+from typing import NamedTuple
 from urllib.parse import urlsplit, urlunsplit
 
 import httptools
@@ -161,8 +162,7 @@ def tls_context(verify: bool | str = True, *, client_cert: str | None = None, cl
     return context
 
 
-@dataclass(frozen=True, slots=True)
-class HttpAnswer:
+class HttpAnswer(NamedTuple):
     """A complete answer: status, headers by lower-case name (repeated ones joined by ``", "``), body."""
 
     status: int
@@ -179,7 +179,8 @@ class _TooLarge(Exception):
 
 
 class _Response:
-    """httptools callbacks collecting one answer (1xx interim answers are skipped)."""
+    """httptools callbacks collecting one answer (1xx interim answers are skipped). One per connection:
+    llhttp is ready for the next answer after a complete one, and :meth:`start` resets ours."""
 
     __slots__ = ("body", "conflict", "done", "extra", "head_done", "headers", "keep_alive", "limit", "parser",
                  "size", "status", "too_large", "until_close")
@@ -190,6 +191,9 @@ class _Response:
         # Accept Transfer-Encoding with Content-Length (TE wins, RFC 9112 §6.3) instead of failing the
         # call; the connection is then closed (``conflict``).
         self.parser.set_dangerous_leniencies(lenient_chunked_length=True)
+        self.start()
+
+    def start(self) -> None:
         self.status = 0
         self.headers: dict[bytes, bytes] = {}
         self.body: list[bytes] = []
@@ -245,11 +249,12 @@ class _Response:
 
 
 class _Connection:
-    __slots__ = ("expires", "reader", "writer")
+    __slots__ = ("expires", "reader", "response", "writer")
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, limit: int) -> None:
         self.reader = reader
         self.writer = writer
+        self.response = _Response(limit)
         self.expires = 0.0
 
     def usable(self, now: float) -> bool:
@@ -312,7 +317,7 @@ class HttpPool:
                     if not resendable:
                         raise KmsUnavailable(
                             "network", f"KMS call {op}: the kept-alive connection closed before an answer; an "
-                            "effect is not resent here (the KMS may have applied it)") from exc
+                            "effect is not resent here (the KMS may have applied it)", maybe_applied=True) from exc
             return await self._exchange(await self._connect(op), request, op, reused=False)
 
     def _checkout(self) -> _Connection | None:
@@ -336,10 +341,11 @@ class HttpPool:
         except (OSError, ssl.SSLError) as exc:
             raise KmsUnavailable("connect", f"KMS call {op}: cannot connect to the KMS endpoint "
                                  f"({type(exc).__name__})") from exc
-        return _Connection(reader, writer)
+        return _Connection(reader, writer, self._max_body)
 
     async def _exchange(self, conn: _Connection, request: bytes, op: str, *, reused: bool) -> HttpAnswer:
-        response = _Response(self._max_body)
+        response = conn.response
+        response.start()
         feed = response.parser.feed_data
         received = 0  # bytes of the answer: from the first one on, a failure is not "stale"
         keep = False
@@ -364,20 +370,23 @@ class HttpPool:
             if keep:
                 conn.expires = time.monotonic() + self._keep_for(response.headers.get(b"keep-alive"))
             return HttpAnswer(response.status, response.headers, b"".join(response.body))
+        # Every failure from here on came after the request may have been written: maybe applied.
         except TimeoutError as exc:
-            raise KmsUnavailable("timeout", f"KMS call {op} timed out") from exc
+            raise KmsUnavailable("timeout", f"KMS call {op} timed out", maybe_applied=True) from exc
         except _TooLarge as exc:
             if not response.head_done:
                 raise KmsUnavailable("response_too_large", f"KMS call {op}: the answer's header section is "
-                                     f"larger than {MAX_HEAD_BYTES} bytes") from exc
+                                     f"larger than {MAX_HEAD_BYTES} bytes", maybe_applied=True) from exc
             raise KmsUnavailable("response_too_large", f"KMS call {op}: the answer's body is larger than "
-                                 f"{self._max_body} bytes (setting KMSBRIDGE_KMS__MAX_RESPONSE_BYTES)") from exc
+                                 f"{self._max_body} bytes (setting KMSBRIDGE_KMS__MAX_RESPONSE_BYTES)",
+                                 maybe_applied=True) from exc
         except httptools.HttpParserError as exc:
-            raise KmsUnavailable("bad_response", f"KMS call {op}: malformed HTTP answer ({exc})") from exc
+            raise KmsUnavailable("bad_response", f"KMS call {op}: malformed HTTP answer ({exc})",
+                                 maybe_applied=True) from exc
         except (ConnectionError, OSError, ssl.SSLError) as exc:
             if reused and not received:
                 raise _Stale() from exc
-            raise KmsUnavailable("network", f"KMS call {op}: {type(exc).__name__}") from exc
+            raise KmsUnavailable("network", f"KMS call {op}: {type(exc).__name__}", maybe_applied=True) from exc
         finally:
             if keep:
                 self._idle.append(conn)

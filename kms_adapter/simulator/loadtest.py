@@ -2,7 +2,7 @@
 
 Two modes:
 
-- ``client`` (default): ``SoapKmsClient.execute`` (zeep + httpx) with N concurrent workers; reports
+- ``client`` (default): ``SoapKmsClient.execute`` with N concurrent workers; reports
   calls/s and this process's CPU time per call, i.e. what one executor core can push.
 - ``raw``: pre-built envelopes over plain keep-alive sockets (no zeep, no httpx); reports calls/s,
   i.e. the simulator's capacity, and when ``--server-pid`` is given, the server's CPU time per call.
