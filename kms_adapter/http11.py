@@ -123,7 +123,9 @@ def refuse_proxy(endpoint: Endpoint, environ: dict[str, str] | None = None) -> N
     if not found:
         return
     no_proxy = env.get("NO_PROXY") or env.get("no_proxy") or ""
-    if no_proxy and urllib.request.proxy_bypass_environment(endpoint.host, {"no": no_proxy}):
+    # NO_PROXY as urllib (and so requests) reads it; the function is stdlib but not in typeshed
+    bypass = urllib.request.proxy_bypass_environment  # type: ignore[attr-defined]
+    if no_proxy and bypass(endpoint.host, {"no": no_proxy}):
         return
     raise ValueError(
         f"{found[0]} is set and would apply to the KMS endpoint {endpoint.display!r}; kmsbridge calls the KMS "
