@@ -26,7 +26,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from datetime import UTC, datetime
 from pathlib import Path
 from types import ModuleType
@@ -123,7 +123,7 @@ def run(*, calls: int, rounds: int, before: str, results_dir: Path | None,
     from kms_adapter.soap_client import SoapKmsClient
 
     old = _module_at(before).SoapKmsClient
-    every: dict[str, tuple[str, Callable[[SimulatorProcess, list[Any]], Awaitable[dict[str, float]]]]] = {
+    every: dict[str, tuple[str, Callable[[SimulatorProcess, list[Any]], Coroutine[Any, Any, dict[str, float]]]]] = {
         "httptools": ("httptools (this tree)", lambda sim, cmds: _soap_client(SoapKmsClient, sim, cmds)),
         "hand-written": (f"hand-written parser ({before})", lambda sim, cmds: _soap_client(old, sim, cmds)),
         "httpx": ("httpx pool of 64", _httpx),
