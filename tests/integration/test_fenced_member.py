@@ -75,8 +75,10 @@ def fence_and_restart(pipeline: Pipeline, case: Case) -> None:
     instance_id = f"{INSTANCE}-{case.group}"
     proc = supervisor.start(case.name, case.process, env={"KMSBRIDGE_GROUP_INSTANCE_ID": INSTANCE})
     try:
-        first = wait_until(f"the {case.name} joined {group} as {instance_id}",
-                           lambda: proc.poll() is None and member(pipeline.bootstrap, group, instance_id), 60, 0.5)
+        def joined() -> Any | None:
+            return member(pipeline.bootstrap, group, instance_id) if proc.poll() is None else None
+
+        first: Any = wait_until(f"the {case.name} joined {group} as {instance_id}", joined, 60, 0.5)
         assert proc.poll() is None, f"the {case.name} exited before it was fenced"
 
         # a second member with the same group.instance.id: the broker fences the first
@@ -99,11 +101,14 @@ def fence_and_restart(pipeline: Pipeline, case: Case) -> None:
         supervisor.check()  # restartPolicy: Always
         assert supervisor.unplanned == [(case.name, 1)]
         restarted = supervisor.procs[case.name]
-        again = wait_until(
-            f"the restarted {case.name} is the member for {instance_id} again",
-            lambda: restarted.poll() is None and (m := member(pipeline.bootstrap, group, instance_id)) is not None
-            and m.client_id != INTRUDER and m.member_id != first.member_id and m, 60, 0.5)
-        assert again.member_id != first.member_id
+
+        def rejoined() -> Any | None:
+            if restarted.poll() is not None:
+                return None
+            m = member(pipeline.bootstrap, group, instance_id)
+            return m if m is not None and m.client_id != INTRUDER and m.member_id != first.member_id else None
+
+        wait_until(f"the restarted {case.name} is the member for {instance_id} again", rejoined, 60, 0.5)
         assert restarted.poll() is None, (pipeline.workdir / f"{case.name}.2.log").read_text()[-3000:]
     finally:
         supervisor.stop_all(30)
