@@ -22,6 +22,7 @@ simulator's response-shape faults in ``tests/integration/test_soap_client_vs_sim
 - **Proxies are refused, not honoured**: when ``HTTPS_PROXY``/``HTTP_PROXY``/``ALL_PROXY`` (either
   case) would apply to the KMS URL under ``NO_PROXY``'s rules, :func:`refuse_proxy` raises
   ``ValueError`` at start-up naming the variable; put the KMS host in ``NO_PROXY`` or unset it.
+  A loopback endpoint (``localhost``, ``127.0.0.0/8``, ``::1``) is never proxied, so never refused.
   KMS head-ends sit on the operator's network, and a silent direct connection past a configured
   proxy would be worse than a clear refusal.
 - **Never resend an effect**: a reused connection that fails before the first byte of the answer
@@ -39,6 +40,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import os
 import re
 import ssl
@@ -118,6 +120,8 @@ def check_header_value(value: str, source: str) -> bytes:
 def refuse_proxy(endpoint: Endpoint, environ: dict[str, str] | None = None) -> None:
     """Raise ``ValueError`` when a proxy variable would apply to ``endpoint`` (see the module docstring)."""
     env = dict(os.environ if environ is None else environ)
+    if _loopback(endpoint.host):
+        return  # no proxy can reach our own loopback (the local stack, tests)
     upper = ("HTTPS_PROXY" if endpoint.scheme == "https" else "HTTP_PROXY", "ALL_PROXY")
     found = [name for base in upper for name in (base, base.lower()) if env.get(name)]
     if not found:
@@ -130,6 +134,15 @@ def refuse_proxy(endpoint: Endpoint, environ: dict[str, str] | None = None) -> N
     raise ValueError(
         f"{found[0]} is set and would apply to the KMS endpoint {endpoint.display!r}; kmsbridge calls the KMS "
         f"directly and does not use a proxy: add {endpoint.host} to NO_PROXY, or unset {found[0]}")
+
+
+def _loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def tls_context(verify: bool | str = True, *, client_cert: str | None = None, client_key: str | None = None,

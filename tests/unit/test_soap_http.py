@@ -338,6 +338,9 @@ def test_a_proxy_variable_that_applies_to_the_kms_is_refused_by_name(monkeypatch
     ({"HTTPS_PROXY": "http://p:3128", "no_proxy": ".example"}, "https://kms.example/kms", None),
     ({"HTTPS_PROXY": "http://p:3128", "NO_PROXY": "*"}, "https://kms.example/kms", None),
     ({"HTTPS_PROXY": "http://p:3128", "NO_PROXY": "other.example"}, "https://kms.example/kms", "HTTPS_PROXY"),
+    ({"HTTPS_PROXY": "http://p:3128"}, "https://127.0.0.1:8443/kms", None),  # loopback: never proxied
+    ({"HTTP_PROXY": "http://p:3128"}, "http://localhost:8089/kms", None),
+    ({"HTTP_PROXY": "http://p:3128"}, "http://[::1]:8089/kms", None),
 ])
 def test_proxy_variables_are_refused_only_where_they_apply(env: dict[str, str], url: str,
                                                             refused_by: str | None) -> None:
