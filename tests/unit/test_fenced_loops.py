@@ -173,3 +173,34 @@ def test_the_outcome_feed_stops_on_a_fatal_error_and_keeps_it_as_its_failure() -
     feed._consumer = consumer  # type: ignore[assignment]
     feed._run()
     assert isinstance(feed.failure, StaticMemberFenced) and consumer.closed
+
+
+# --- the executor's assignment hooks -----------------------------------------------------------------
+
+
+class CommitRecorder(FencedConsumer):
+    def __init__(self) -> None:
+        super().__init__()
+        self.commits: list[list[tuple[str, int, int]]] = []
+
+    def commit(self, **kwargs: Any) -> None:
+        self.commits.append([(tp.topic, tp.partition, tp.offset) for tp in kwargs["offsets"]])
+
+
+def test_the_executor_commits_what_is_finished_on_a_revoke_and_nothing_for_a_lost_partition() -> None:
+    consumer = CommitRecorder()
+    executor = Executor(consumer, QuietProducer(), None, None,  # type: ignore[arg-type]
+                        ExecutorConfig(commands_topic="c", results_topic="r", dlq_topic="c.dlq"))
+    assignment = executor._assignment
+    assignment.on_assign(consumer, [TopicPartition("c", 0), TopicPartition("c", 1)])  # type: ignore[arg-type]
+    tracker = executor.tracker
+    for partition in (0, 1):
+        epoch = tracker.started("c", partition, 7, 0.0)
+        tracker.started("c", partition, 8, 0.0)
+        tracker.finished("c", partition, 7, epoch)  # 8 is unfinished: offset 8 is the one to commit
+
+    assignment.on_revoke(consumer, [TopicPartition("c", 0)])  # type: ignore[arg-type]
+    assignment.on_lost(consumer, [TopicPartition("c", 1)])  # type: ignore[arg-type]
+
+    assert consumer.commits == [[("c", 0, 8)]]
+    assert tracker.partitions() == [] and executor.assigned == frozenset()
