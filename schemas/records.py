@@ -289,6 +289,9 @@ class KmsResult(_Record):
     executed_at: AwareDatetime
     latency_ms: float = 0.0
     duplicate: bool = False
+    # COMPLETED without a KMS call: the key of the newer absolute command for the same secure client and
+    # attribute whose state the box has (coalesced in the executor, or older than the last applied)
+    superseded_by: IdempotencyKey | None = None
     client_info: dict[str, dict[str, str]] | None = None
 
 
