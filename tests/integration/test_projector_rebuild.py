@@ -33,6 +33,7 @@ from kmsbridge.wiring_reconciler import build_projector
 from reconciler.tables import cards_table, subscriptions_table
 from schemas.keys import record_key
 from schemas.records import Device, EventType, Service, ServiceState, SubscriptionEvent, SubscriptionState
+from tests.support.pg import new_database
 from tests.support.pipeline import Pipeline, wait_until
 
 SUBSCRIPTIONS = 5_000
@@ -44,9 +45,19 @@ ABORTED = 50
 
 
 @pytest.fixture
-def pipeline(kafka_bootstrap: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Pipeline]:
+def new_database_url(request: pytest.FixtureRequest, database_url: str, tmp_path: Path) -> str:
+    """Another empty database of the same kind as ``database_url`` (the rebuild's ``--into``)."""
+    if database_url.startswith("sqlite"):
+        return f"sqlite:///{tmp_path / 'rebuilt.db'}"
+    return new_database(request.getfixturevalue("postgres_url"), prefix="rebuilt")
+
+
+@pytest.fixture
+def pipeline(kafka_bootstrap: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+             database_url: str) -> Iterator[Pipeline]:
     # the projector and the rebuild talk to no KMS: the simulator address is never called
-    pipe = Pipeline(kafka_bootstrap, "http://127.0.0.1:9", "unused", tmp_path / "work", partitions=3)
+    pipe = Pipeline(kafka_bootstrap, "http://127.0.0.1:9", "unused", tmp_path / "work", partitions=3,
+                    database_url=database_url)
     for key, value in pipe.env().items():
         if key.startswith("KMSBRIDGE_"):
             monkeypatch.setenv(key, value)
@@ -172,7 +183,7 @@ def _invoke(group: Any, args: list[str]) -> Any:
 
 
 def test_a_rebuilt_database_equals_the_projectors_after_20000_events_with_several_versions_each(
-    pipeline: Pipeline, tmp_path: Path,
+    pipeline: Pipeline, new_database_url: str,
 ) -> None:
     settings = pipeline.settings
     first, last = _stream()
@@ -189,7 +200,7 @@ def test_a_rebuilt_database_equals_the_projectors_after_20000_events_with_severa
     projector_group_id = settings.group_id("projector")
     committed_before = _committed(settings, projector_group_id)
 
-    rebuilt_url = f"sqlite:///{tmp_path / 'rebuilt.db'}"
+    rebuilt_url = new_database_url
     result = _invoke(projector_group, ["rebuild", "--into", rebuilt_url, "--json"])
     assert result.exit_code == 0, result.output
     report = json.loads(result.output.strip().splitlines()[-1])
@@ -217,9 +228,9 @@ def test_a_rebuilt_database_equals_the_projectors_after_20000_events_with_severa
     assert rebuilt[1] == cards
 
 
-def test_a_non_empty_database_is_refused_unless_forced(pipeline: Pipeline, tmp_path: Path) -> None:
+def test_a_non_empty_database_is_refused_unless_forced(pipeline: Pipeline, new_database_url: str) -> None:
     pipeline.produce("subscriptions", [_event(n, v) for n in range(20) for v in (1, 2)])
-    target = f"sqlite:///{tmp_path / 'target.db'}"
+    target = new_database_url
     first = _invoke(projector_group, ["rebuild", "--into", target])
     assert first.exit_code == 0, first.output
     assert "20 subscriptions, 40 cards (before: 0 subscriptions, 0 cards)" in first.output
