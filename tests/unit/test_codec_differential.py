@@ -160,13 +160,16 @@ def as_read(schema: Any, value: Any, named: dict[str, Any]) -> Any:
 
 
 def same(a: Any, b: Any) -> bool:
-    """Deep equality in which a double equals only the same bits (NaN equals NaN, -0.0 is not 0.0)."""
+    """Deep equality in which a double equals only the same bits (NaN equals NaN, -0.0 is not 0.0) and a
+    time only the same instant in the same zone."""
     if isinstance(a, float) and isinstance(b, float):
         return struct.pack("<d", a) == struct.pack("<d", b) or (math.isnan(a) and math.isnan(b))
     if isinstance(a, dict) and isinstance(b, dict):
         return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
     if isinstance(a, list) and isinstance(b, list):
         return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, datetime) and isinstance(b, datetime):
+        return a == b and a.utcoffset() == b.utcoffset()
     return type(a) is type(b) and bool(a == b)
 
 
