@@ -350,3 +350,26 @@ def test_proxy_variables_are_refused_only_where_they_apply(env: dict[str, str], 
     else:
         with pytest.raises(ValueError, match=refused_by):
             refuse_proxy(endpoint, env)
+
+
+# --- settings ---------------------------------------------------------------------------------------
+
+
+def test_the_kms_settings_map_to_the_clients_keyword_options(monkeypatch: pytest.MonkeyPatch) -> None:
+    from kmsbridge.errors import SettingsError
+    from kmsbridge.settings import Settings
+
+    for name, value in {"CLIENT_CERT_FILE": "/run/secrets/kms.pem", "CLIENT_KEY_FILE": "/run/secrets/kms.key",
+                        "CLIENT_KEY_PASSWORD": "key-pass-42", "MAX_RESPONSE_BYTES": "65536",
+                        "KEEPALIVE_SECONDS": "4"}.items():
+        monkeypatch.setenv(f"KMSBRIDGE_KMS__{name}", value)
+    kms = Settings().kms
+
+    options = kms.client_options()
+    password = options.pop("client_key_password")
+    assert options == {"client_cert": "/run/secrets/kms.pem", "client_key": "/run/secrets/kms.key",
+                       "max_response_bytes": 65536, "keepalive_expiry": 4.0}
+    assert password.get_secret_value() == "key-pass-42" and "key-pass-42" not in repr(kms)
+
+    with pytest.raises(SettingsError, match="KMSBRIDGE_KMS__CLIENT_KEY_FILE"):
+        kms.model_copy(update={"client_cert_file": None}).client_options()
