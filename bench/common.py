@@ -1,4 +1,4 @@
-"""Shared pieces of the benchmarks: the broker, the simulator, PostgreSQL, event streams, figures.
+"""Shared pieces of the benchmarks: the environment (broker, simulator, work folder), event streams, figures.
 
 Every benchmark measures its baseline **in the same run, on the same broker** as the thing it compares,
 and reports the ratio, because absolute figures on a shared two-core machine move with the load of
@@ -6,8 +6,10 @@ whatever else runs (the load average is recorded with each result).
 
 - :class:`BenchEnv` gives a broker (``KMSBRIDGE_KAFKA__BOOTSTRAP_SERVERS`` when set, else a local
   Apache Kafka started with the C2 JIT, see :mod:`localdev.local_broker`), a KMS simulator in its own
-  process (audit lines to a file, so the applied order and ``at`` times of every call can be read back)
-  and a work folder; it stops everything it started.
+  process (:func:`tests.support.simulator.start_simulator_process`: audit lines to a file, so the
+  applied order and ``at`` times of every call can be read back) and a work folder; it stops everything
+  it started. The simulator, the audit reader, PostgreSQL and process helpers are the tests' own, under
+  ``tests/support/``.
 - :func:`campaign_values` makes the event stream of the benchmarks, encoded once (see its docstring).
 - :class:`GroupProgress` follows a consumer group's committed offsets, which is how a benchmark sees a
   process's throughput without touching the process.
@@ -20,35 +22,29 @@ import contextlib
 import json
 import os
 import platform
-import secrets
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from io import BytesIO
 from pathlib import Path
 from typing import Any
 
-import httpx
 import psutil
+
+from tests.support.pipeline import terminate
+from tests.support.simulator import SimulatorProcess, start_simulator_process
 
 __all__ = [
     "IMG_DIR",
     "RESULTS_DIR",
     "ROOT",
-    "AuditTail",
     "BenchEnv",
     "GroupProgress",
-    "Postgres",
-    "Simulator",
-    "at_seconds",
     "campaign_values",
     "command_values",
     "cpu_seconds",
@@ -58,9 +54,7 @@ __all__ = [
     "percentile",
     "print_table",
     "produce_values",
-    "start_postgres",
     "steady_rate",
-    "stop_process",
     "write_result",
 ]
 
@@ -176,175 +170,10 @@ def linear_slope(xs: Sequence[float], ys: Sequence[float]) -> float:
 # --- processes -----------------------------------------------------------------------------------------
 
 
-def stop_process(proc: subprocess.Popen[bytes], timeout: float = 20.0) -> int | None:
-    """SIGTERM (the processes finish in-flight work and commit), then SIGKILL after ``timeout``."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
-    return proc.returncode
-
-
 def cpu_seconds(pid: int) -> float:
     """User + system CPU seconds of a process so far (children excluded)."""
     times = psutil.Process(pid).cpu_times()
     return float(times.user + times.system)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@dataclass
-class Simulator:
-    """``kmsbridge simulator`` in its own process (its own core and GIL), audit lines in a file."""
-
-    proc: subprocess.Popen[bytes]
-    url: str
-    token: str
-    token_file: Path
-    audit_file: Path
-    _http: httpx.Client = field(init=False, repr=False)
-
-    def __post_init__(self) -> None:
-        self._http = httpx.Client(base_url=self.url, timeout=60,
-                                  headers={"Authorization": f"Bearer {self.token}"})
-
-    @property
-    def endpoint(self) -> str:
-        return f"{self.url}/kms"
-
-    def set_latency(self, latency_ms: float) -> None:
-        self._http.post("/admin/faults", json={"clear": True}).raise_for_status()
-        if latency_ms:
-            self._http.post("/admin/faults", json={"latency_ms": latency_ms}).raise_for_status()
-
-    def reset(self) -> None:
-        """Empty state (clients, dedup keys, in-memory audit); the audit file keeps growing."""
-        self._http.post("/admin/reset").raise_for_status()
-
-    def tail_audit(self) -> AuditTail:
-        """A reader of the audit entries written from now on."""
-        return AuditTail(self.audit_file, self.audit_file.stat().st_size if self.audit_file.exists() else 0)
-
-    def cpu_seconds(self) -> float:
-        return cpu_seconds(self.proc.pid)
-
-    def stop(self) -> None:
-        self._http.close()
-        stop_process(self.proc, 10)
-
-
-class AuditTail:
-    """Reads the simulator's audit file (one JSON line per applied call) from a byte offset on."""
-
-    def __init__(self, path: Path, offset: int) -> None:
-        self._path = path
-        self._offset = offset
-
-    def poll(self) -> list[dict[str, Any]]:
-        """Entries completed since the last poll."""
-        if not self._path.exists():
-            return []
-        with open(self._path, "rb") as fh:
-            fh.seek(self._offset)
-            data = fh.read()
-        cut = data.rfind(b"\n") + 1
-        self._offset += cut
-        return [json.loads(line) for line in data[:cut].splitlines() if line]
-
-
-def at_seconds(entry: dict[str, Any]) -> float:
-    """The audit entry's ``at`` as POSIX seconds."""
-    return datetime.fromisoformat(str(entry["at"]).replace("Z", "+00:00")).timestamp()
-
-
-def start_simulator(workdir: Path) -> Simulator:
-    token = secrets.token_urlsafe(16)
-    token_file = workdir / "kms.token"
-    token_file.write_text(token)
-    token_file.chmod(0o600)
-    audit_file = workdir / "audit.jsonl"
-    port = _free_port()
-    log = open(workdir / "simulator.log", "ab")  # noqa: SIM115 - the child owns it
-    proc = subprocess.Popen([sys.executable, "-m", "kmsbridge.cli", "simulator", "--port", str(port),
-                             "--token-file", str(token_file), "--audit-file", str(audit_file)],
-                            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=ROOT)
-    log.close()
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"the simulator exited ({proc.returncode}); see {workdir / 'simulator.log'}")
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                return Simulator(proc, url, token, token_file, audit_file)
-        time.sleep(0.1)
-    proc.kill()
-    raise RuntimeError("the simulator did not answer within 30 s")
-
-
-@dataclass
-class Postgres:
-    """A throwaway PostgreSQL cluster (durability off: it is thrown away)."""
-
-    url: str
-    bin_dir: Path
-    data_dir: Path
-    root: Path
-
-    def stop(self) -> None:
-        _pg_run([str(self.bin_dir / "pg_ctl"), "-D", str(self.data_dir), "-m", "fast", "-w", "stop"])
-        shutil.rmtree(self.root, ignore_errors=True)
-
-
-def _pg_bin() -> Path | None:
-    import glob
-
-    candidates = [os.environ["PG_BIN"]] if os.environ.get("PG_BIN") else []
-    candidates += sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=lambda p: int(Path(p).parent.name),
-                         reverse=True)
-    for folder in candidates:
-        if (Path(folder) / "initdb").exists() and (Path(folder) / "pg_ctl").exists():
-            return Path(folder)
-    return None
-
-
-def _pg_run(argv: list[str]) -> None:
-    if os.geteuid() == 0:
-        argv = ["runuser", "-u", "postgres", "--", *argv]
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
-    if done.returncode != 0:
-        raise RuntimeError(f"{' '.join(argv[:4])} failed ({done.returncode}): {done.stderr.strip()}")
-
-
-def start_postgres() -> Postgres | None:
-    """A cluster on a free loopback port, or ``None`` when no PostgreSQL binaries are installed
-    (``make system-deps`` installs them); the caller reports the PostgreSQL figure as skipped."""
-    import pwd
-
-    bin_dir = _pg_bin()
-    if bin_dir is None:
-        return None
-    root = Path(tempfile.mkdtemp(prefix="kmsbridge-bench-pg-"))
-    if os.geteuid() == 0:
-        user = pwd.getpwnam("postgres")
-        os.chown(root, user.pw_uid, user.pw_gid)
-    root.chmod(0o755)
-    data = root / "data"
-    port = _free_port()
-    _pg_run([str(bin_dir / "initdb"), "-D", str(data), "-U", "kmsbridge", "--auth=trust", "-E", "UTF8",
-             "--no-instructions"])
-    options = (f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off "
-               "-c full_page_writes=off")
-    _pg_run([str(bin_dir / "pg_ctl"), "-D", str(data), "-l", str(root / "server.log"), "-o", options, "-w",
-             "-t", "60", "start"])
-    return Postgres(f"postgresql+psycopg://kmsbridge@127.0.0.1:{port}/postgres", bin_dir, data, root)
 
 
 # --- the environment of one benchmark ------------------------------------------------------------------
@@ -361,13 +190,13 @@ class BenchEnv:
         self.workdir = Path(tempfile.mkdtemp(prefix=f"kmsbridge-bench-{name}-"))
         self.bootstrap = ""
         self.broker_started = False
-        self._simulator: Simulator | None = None
+        self._simulator: SimulatorProcess | None = None
 
     def __enter__(self) -> BenchEnv:
         try:
             self.bootstrap = os.environ.get(_BOOTSTRAP_ENV) or self._start_broker()
             if self._want_simulator:
-                self._simulator = start_simulator(self.workdir)
+                self._simulator = start_simulator_process(self.workdir, timeout=60)
                 self._stack.callback(self._simulator.stop)
         except BaseException:
             self._stack.close()
@@ -380,7 +209,7 @@ class BenchEnv:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
     @property
-    def simulator(self) -> Simulator:
+    def simulator(self) -> SimulatorProcess:
         if self._simulator is None:
             raise RuntimeError("this benchmark runs without a simulator")
         return self._simulator
@@ -411,7 +240,7 @@ class BenchEnv:
 
     def adopt(self, proc: subprocess.Popen[bytes]) -> subprocess.Popen[bytes]:
         """Stop ``proc`` (SIGTERM, then SIGKILL) when the environment closes."""
-        self._stack.callback(stop_process, proc)
+        self._stack.callback(terminate, proc)
         return proc
 
 

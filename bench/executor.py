@@ -42,18 +42,16 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import (
-    AuditTail,
     BenchEnv,
-    Simulator,
-    at_seconds,
     command_values,
     cpu_seconds,
     print_table,
     produce_values,
     steady_rate,
-    stop_process,
     write_result,
 )
+from tests.support.pipeline import terminate
+from tests.support.simulator import AuditTail, SimulatorProcess, at_seconds
 
 __all__ = ["main"]
 
@@ -67,7 +65,7 @@ SATURATION_N = 64
 # --- the client alone ---------------------------------------------------------------------------------
 
 
-async def _client_calls(sim: Simulator, *, concurrency: int, calls: int) -> dict[str, float]:
+async def _client_calls(sim: SimulatorProcess, *, concurrency: int, calls: int) -> dict[str, float]:
     from kms_adapter.soap_client import SoapKmsClient
     from schemas.records import KmsCommand, Operation, Product, Source
 
@@ -93,7 +91,7 @@ async def _client_calls(sim: Simulator, *, concurrency: int, calls: int) -> dict
             "client_calls_per_cpu_second": calls / cpu, "simulator_cpu_us_per_call": sim_cpu / calls * 1e6}
 
 
-def client_baseline(sim: Simulator, calls: int) -> dict[str, dict[str, float]]:
+def client_baseline(sim: SimulatorProcess, calls: int) -> dict[str, dict[str, float]]:
     sim.set_latency(0)
     out = {"lean": asyncio.run(_client_calls(sim, concurrency=64, calls=calls))}
     sim.reset()
@@ -200,7 +198,7 @@ def profile_executor(env: BenchEnv, commands: int, n: int = SATURATION_N) -> dic
         env=pipe.env(), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL))
     _warm_up(env, topic)
     point = _run_point(env, topic, proc.pid, n=n, latency_ms=0, count=commands, timeout=600)
-    stop_process(proc, 60)
+    terminate(proc, 60)
     stats = pstats.Stats(str(prof_path))
     table: dict[tuple[str, int, str], Any] = stats.stats  # type: ignore[attr-defined]
     total = sum(v[2] for v in table.values())
@@ -251,7 +249,7 @@ def run(grid: dict[int, list[int]], *, seconds: float, client_calls: int, result
                 print(f"executor N={n} L={latency} ms: {count} commands ...", flush=True)
                 points.append(_run_point(env, topic, proc.pid, n=n, latency_ms=latency, count=count,
                                          timeout=max(120, 10 * count / max(expected, 1))))
-            stop_process(proc)
+            terminate(proc)
         before: dict[str, Any] | None = None
         if compare_tree is not None:
             # the saturation run again with the executor from another source tree (before/after)
@@ -265,7 +263,7 @@ def run(grid: dict[int, list[int]], *, seconds: float, client_calls: int, result
             print(f"executor from {compare_tree} N={sat_n} L=0 (saturation, before) ...", flush=True)
             before = _run_point(env, topic, proc.pid, n=sat_n, latency_ms=0, count=int(cap_guess * seconds),
                                 timeout=600)
-            stop_process(proc)
+            terminate(proc)
         prof = None
         if profile:
             print(f"profiled executor N={SATURATION_N} L=0 ...", flush=True)

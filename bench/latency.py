@@ -25,7 +25,6 @@ from typing import Any
 
 from bench.common import (
     BenchEnv,
-    at_seconds,
     campaign_values,
     cpu_seconds,
     percentile,
@@ -34,6 +33,7 @@ from bench.common import (
     steady_rate,
     write_result,
 )
+from tests.support.simulator import at_seconds
 
 __all__ = ["main"]
 

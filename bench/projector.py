@@ -25,10 +25,10 @@ from bench.common import (
     campaign_values,
     print_table,
     produce_values,
-    start_postgres,
-    stop_process,
     write_result,
 )
+from tests.support.pg import new_database, start_postgres
+from tests.support.pipeline import terminate
 
 __all__ = ["main"]
 
@@ -76,19 +76,8 @@ def _projector(env: BenchEnv, name: str, database_url: str, values: list[tuple[b
     progress.wait_for(len(values), timeout=max(300.0, len(values) / 100), alive=lambda: proc.poll() is None)
     steady = progress.steady(len(values))
     progress.close()
-    stop_process(proc)
+    terminate(proc)
     return {"events_per_second": steady["per_second"], "cpu_us_per_event": steady["cpu_us_per_message"]}
-
-
-def _pg_database(server_url: str) -> str:
-    from sqlalchemy import create_engine, text
-
-    name = f"bench_{uuid.uuid4().hex[:10]}"
-    engine = create_engine(server_url, isolation_level="AUTOCOMMIT")
-    with engine.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    engine.dispose()
-    return server_url.rsplit("/", 1)[0] + f"/{name}"
 
 
 def run(events: int, *, results_dir: Path | None) -> dict[str, Any]:
@@ -108,9 +97,9 @@ def run(events: int, *, results_dir: Path | None) -> dict[str, Any]:
         else:
             try:
                 print("PostgreSQL: store alone ...", flush=True)
-                base = store_only(_pg_database(pg.url), values)
+                base = store_only(new_database(pg.url), values)
                 print("PostgreSQL: projector ...", flush=True)
-                proj = _projector(env, "postgresql", _pg_database(pg.url), values)
+                proj = _projector(env, "postgresql", new_database(pg.url), values)
                 rows["postgresql"] = {"store_only": base, "projector": proj,
                                       "ratio": proj["events_per_second"] / base["events_per_second"]}
             finally:

@@ -2,7 +2,8 @@
 
 What it does:
 
-1. starts ``kmsbridge simulator`` as a subprocess on a free port;
+1. starts ``kmsbridge simulator`` as a subprocess on a free port
+   (:func:`tests.support.simulator.start_simulator_process`);
 2. seeds a fresh SQLite desired-state store through :class:`~reconciler.store.DesiredStateStore`
    (batched upserts, as the projector writes) and the simulator through ``POST /admin/state``
    (the same cards, in sync), then makes ``--drift-share`` of the subscriptions drift (their MAIN
@@ -25,8 +26,6 @@ import os
 import platform
 import random
 import resource
-import secrets
-import socket
 import subprocess
 import sys
 import tempfile
@@ -38,6 +37,8 @@ from typing import Any
 
 import httpx
 import psutil
+
+from tests.support.simulator import start_simulator_process
 
 __all__ = ["main"]
 
@@ -188,38 +189,6 @@ def _peak_rss_mb() -> float:
 # --- orchestration -------------------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _start_simulator(workdir: Path) -> tuple[subprocess.Popen[bytes], str, str]:
-    token = secrets.token_urlsafe(16)
-    token_file = workdir / "kms.token"
-    token_file.write_text(token)
-    token_file.chmod(0o600)
-    port = _free_port()
-    log = open(workdir / "simulator.log", "ab")  # noqa: SIM115 - the child owns it
-    proc = subprocess.Popen([sys.executable, "-m", "kmsbridge.cli", "simulator", "--port", str(port),
-                             "--token-file", str(token_file)], stdout=log, stderr=subprocess.STDOUT,
-                            stdin=subprocess.DEVNULL)
-    log.close()
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"the simulator exited ({proc.returncode}); see {workdir / 'simulator.log'}")
-        try:
-            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                return proc, url, token
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    proc.kill()
-    raise RuntimeError("the simulator did not answer within 30 s")
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.reconcile", description=__doc__.splitlines()[0])
     parser.add_argument("--subscriptions", type=int, default=100_000)
@@ -241,12 +210,13 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="kmsbridge-bench-") as tmp:
         workdir = Path(tmp)
         database_url = f"sqlite:///{workdir / 'kmsbridge.db'}"
-        sim, url, token = _start_simulator(workdir)
+        sim = start_simulator_process(workdir, audit=False, timeout=60)
+        url, token = sim.url, sim.token
         try:
             print(f"seeding {args.subscriptions:,} subscriptions (store + simulator) ...", flush=True)
             seeded = _seed(database_url, url, token, args.subscriptions, args.twin_share, args.drift_share)
             print(f"seeded {seeded['cards']:,} cards in {seeded['seconds']} s; running the reset job ...", flush=True)
-            sim_cpu_before = sum(psutil.Process(sim.pid).cpu_times()[:2])
+            sim_cpu_before = sim.cpu_seconds()
             load_before = os.getloadavg()[0]
             child = subprocess.run(
                 [sys.executable, "-m", "bench.reconcile", "--query-concurrency", str(args.query_concurrency),
@@ -259,12 +229,10 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"the reset job failed (exit {child.returncode})", file=sys.stderr)
                 return 1
             run = json.loads(child.stdout.strip().splitlines()[-1])
-            simulator = psutil.Process(sim.pid)
-            simulator_rss = round(simulator.memory_info().rss / 2**20, 1)
-            simulator_cpu = round(sum(simulator.cpu_times()[:2]) - sim_cpu_before, 1)
+            simulator_rss = round(psutil.Process(sim.proc.pid).memory_info().rss / 2**20, 1)
+            simulator_cpu = round(sim.cpu_seconds() - sim_cpu_before, 1)
         finally:
-            sim.terminate()
-            sim.wait(10)
+            sim.stop()
     result = {
         "benchmark": "reconcile",
         "command": "make bench-reconcile",

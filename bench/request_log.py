@@ -35,11 +35,10 @@ from bench.common import (
     command_values,
     print_table,
     produce_values,
-    start_postgres,
-    stop_process,
     write_result,
 )
-from bench.projector import _pg_database
+from tests.support.pg import new_database, start_postgres
+from tests.support.pipeline import terminate
 
 __all__ = ["main", "run"]
 
@@ -223,7 +222,7 @@ def _rate(env: BenchEnv, pipe: Any, process: str, logical: str, total: int) -> d
     progress.wait_for(total, timeout=max(300.0, total / 50), alive=lambda: proc.poll() is None)
     steady = progress.steady(total)
     progress.close()
-    stop_process(proc)
+    terminate(proc)
     return {"per_second": steady["per_second"], "cpu_us_per_message": steady["cpu_us_per_message"]}
 
 
@@ -283,9 +282,9 @@ def run(rows: int, events: int, *, repeat: int = 30, results_dir: Path | None = 
         else:
             try:
                 print(f"PostgreSQL: {rows:,} rows ...", flush=True)
-                databases["postgresql"] = {"queries": _queries(_pg_database(pg.url), rows, repeat)}
+                databases["postgresql"] = {"queries": _queries(new_database(pg.url), rows, repeat)}
                 if writer and pg_writer:
-                    databases["postgresql"]["writer"] = _writer(env, "postgresql", lambda: _pg_database(pg.url),
+                    databases["postgresql"]["writer"] = _writer(env, "postgresql", lambda: new_database(pg.url),
                                                                 events)
             finally:
                 pg.stop()

@@ -40,10 +40,10 @@ from bench.common import (
     campaign_values,
     print_table,
     produce_values,
-    stop_process,
     write_result,
 )
 from kmsbridge.settings import TranslatorSettings
+from tests.support.pipeline import terminate
 
 __all__ = ["main"]
 
@@ -203,7 +203,7 @@ def run(events: int, *, twin_share: float, profile: bool, results_dir: Path | No
             progress = GroupProgress(env.bootstrap, group, topic_in, partitions, proc.pid)
             figures = _measure(proc, progress, events, timeout)
             progress.close()
-            stop_process(proc)
+            terminate(proc)
             loops.append({"loop": name, "batch_size": batch, **figures})
 
         for batch in batch_sizes:
@@ -242,7 +242,7 @@ def run(events: int, *, twin_share: float, profile: bool, results_dir: Path | No
             print("profiled translator running ...", flush=True)
             profiled = _measure(proc, progress, events, timeout * 3)
             progress.close()
-            stop_process(proc, 60)
+            terminate(proc, 60)
             prof = {"events_per_second_under_cprofile": profiled["events_per_second"],
                     **profile_summary(prof_path)}
 

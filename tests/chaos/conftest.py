@@ -12,17 +12,15 @@ runs ``-m "not full"`` (the short forms); ``pytest tests/chaos -m "chaos and ful
 
 from __future__ import annotations
 
-import secrets
-import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from localdev.local_broker import repo_root, start_broker
-from tests.support.chaos import DrillReport, RestartableBroker, markdown_table, start_simulator
+from tests.support.chaos import DrillReport, RestartableBroker, markdown_table
 from tests.support.pipeline import Pipeline
-from tests.support.simulator import SimulatorHandle
+from tests.support.simulator import SimulatorHandle, SimulatorProcess, start_simulator_process
 
 _REPORTS = pytest.StashKey[list[DrillReport]]()
 
@@ -68,23 +66,16 @@ DrillEnv = tuple[Pipeline, SimulatorHandle, Path]
 @pytest.fixture
 def drill_env(chaos_broker: RestartableBroker, tmp_path: Path) -> Iterator[Callable[..., DrillEnv]]:
     """``make(partitions=6) -> (pipeline, simulator, audit file)``: a simulator process and a pipeline."""
-    made: list[tuple[Pipeline, subprocess.Popen[bytes], SimulatorHandle]] = []
+    made: list[tuple[Pipeline, SimulatorProcess]] = []
 
     def make(partitions: int = 6) -> DrillEnv:
-        token_file = tmp_path / "simulator.token"
-        token_file.write_text(secrets.token_urlsafe(16))
-        proc, sim, audit = start_simulator(tmp_path, token_file)
+        sim = start_simulator_process(tmp_path)
+        assert sim.audit_file is not None
         pipeline = Pipeline(chaos_broker.bootstrap, sim.url, sim.token, tmp_path / "pipeline", partitions=partitions)
-        made.append((pipeline, proc, sim))
-        return pipeline, sim, audit
+        made.append((pipeline, sim))
+        return pipeline, sim, sim.audit_file
 
     yield make
-    for pipeline, proc, sim in made:
+    for pipeline, sim in made:
         pipeline.close()
-        sim.close()
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
+        sim.stop()

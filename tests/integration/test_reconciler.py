@@ -12,9 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -42,7 +41,7 @@ from schemas.records import (
     SubscriptionEvent,
 )
 from tests.support.pipeline import Pipeline, wait_until
-from tests.support.processes import RunningProcess, start_executor, start_translator
+from tests.support.processes import RunningProcess, start_executor, start_in_thread, start_translator
 from tests.support.simulator import SimulatorHandle
 
 pytestmark = pytest.mark.integration
@@ -53,28 +52,14 @@ CREATED = datetime(2026, 1, 10, 9, 0, tzinfo=UTC)
 # --- processes ----------------------------------------------------------------------------------------
 
 
-def _in_thread(name: str, run: Callable[[], None], stop: Callable[[], None], handle: Any) -> RunningProcess:
-    proc = RunningProcess(name, threading.Thread(), stop, handle=handle)
-
-    def target() -> None:
-        try:
-            run()
-        except BaseException as exc:
-            proc.error.append(exc)
-
-    proc.thread = threading.Thread(target=target, name=name, daemon=True)
-    proc.thread.start()
-    return proc
-
-
 def start_projector(pipeline: Pipeline) -> RunningProcess:
     projector = build_projector(pipeline.settings)
-    return _in_thread("projector", projector.run, projector.request_stop, projector)
+    return start_in_thread("projector", projector.run, projector.request_stop, projector)
 
 
 def start_reconciler(pipeline: Pipeline) -> RunningProcess:
     app = build_reconciler(pipeline.settings)
-    return _in_thread("reconciler", app.run, app.runner.request_stop, app)
+    return start_in_thread("reconciler", app.run, app.runner.request_stop, app)
 
 
 # --- fixtures -----------------------------------------------------------------------------------------

@@ -26,12 +26,9 @@ were applied (``duplicate: false``) and how often. From these:
 from __future__ import annotations
 
 import bisect
-import json
 import logging
-import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -47,7 +44,7 @@ from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartit
 from fastavro import parse_schema, schemaless_reader, schemaless_writer
 
 from kmsbridge.settings import Settings
-from localdev.local_broker import BrokerHandle, free_port, restart_broker, stop_broker
+from localdev.local_broker import BrokerHandle, restart_broker, stop_broker
 from provisioning.planning import plan_subscription
 from provisioning.provider import ProviderConfig
 from schemas.codec import SINGLE_OBJECT_MAGIC, Codec, load_schema
@@ -66,12 +63,12 @@ from schemas.records import (
     SubscriptionState,
 )
 from tests.support.pipeline import Pipeline
-from tests.support.simulator import SimulatorHandle
+from tests.support.simulator import AuditTail, SimulatorHandle
 
 __all__ = [
     "FULL",
     "SHORT",
-    "AuditTail",
+    "AppliedKeys",
     "DrillReport",
     "Feeder",
     "RestartableBroker",
@@ -83,7 +80,6 @@ __all__ = [
     "poison_value",
     "read_all",
     "reencode",
-    "start_simulator",
 ]
 
 log = logging.getLogger(__name__)
@@ -143,23 +139,12 @@ def reencode(codec: Codec, record: Any, topic: str, **changes: Any) -> bytes:
 
 def poison_value(kind: str, codec: Codec, topic: str, template: SubscriptionEvent) -> bytes | None:
     """A value of ``kind`` (see :data:`POISON_KINDS`) for a subscriptions topic; None is a tombstone."""
-    good = codec.encode(template, topic)
-    if kind == "bad_magic":
-        return b"\x07not avro at all"
-    if kind == "unknown_fingerprint":
-        return SINGLE_OBJECT_MAGIC + b"\x11" * 8 + good[10:]
-    if kind == "unknown_schema_id":
-        return b"\x00" + (99_999).to_bytes(4, "big") + good[10:]
     if kind == "invalid_record":
         return reencode(codec, template, topic, version=-1)
-    if kind == "oversized":
-        return good + b"\x00" * MAX_MESSAGE_BYTES
     if kind == "future_timestamp":
         future = template.model_copy(update={"occurred_at": datetime.now(UTC) + timedelta(days=400)})
         return codec.encode(future, topic)
-    if kind == "tombstone":
-        return None
-    raise ValueError(f"unknown poison kind {kind!r}")
+    return _framing_poison(kind, codec.encode(template, topic))
 
 
 def poison_command(kind: str, codec: Codec, topic: str, card: str) -> bytes | None:
@@ -167,19 +152,23 @@ def poison_command(kind: str, codec: Codec, topic: str, card: str) -> bytes | No
     cmd = KmsCommand(idempotency_key=f"poison:{uuid.uuid4().hex}", operation=Operation.SYNC_ENTITLEMENTS,
                      secure_client_id=card, products=[Product(product_id="P999")],
                      source=Source(process_name="chaos"), created_at=datetime.now(UTC))
-    good = codec.encode(cmd, topic)
     if kind == "invalid_record":
         return reencode(codec, cmd, topic, secure_client_id="")
-    if kind == "oversized":
-        return good + b"\x00" * MAX_MESSAGE_BYTES
     if kind == "future_timestamp":
         return codec.encode(cmd.model_copy(update={"created_at": datetime.now(UTC) + timedelta(days=400)}), topic)
+    return _framing_poison(kind, codec.encode(cmd, topic))
+
+
+def _framing_poison(kind: str, good: bytes) -> bytes | None:
+    """The poison kinds that break a record's framing or size, made from a good value of any record type."""
     if kind == "bad_magic":
         return b"\x07not avro at all"
     if kind == "unknown_fingerprint":
         return SINGLE_OBJECT_MAGIC + b"\x11" * 8 + good[10:]
     if kind == "unknown_schema_id":
         return b"\x00" + (99_999).to_bytes(4, "big") + good[10:]
+    if kind == "oversized":
+        return good + b"\x00" * MAX_MESSAGE_BYTES
     if kind == "tombstone":
         return None
     raise ValueError(f"unknown poison kind {kind!r}")
@@ -342,33 +331,19 @@ class Feeder(threading.Thread):
         return bisect.bisect_right(self.submitted, moment)
 
 
-class AuditTail:
-    """Reads the simulator's audit file (JSON Lines) as it grows: applied keys and their counts."""
+class AppliedKeys:
+    """The idempotency keys the simulator applied, read from its audit file as it grows, with counts."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._pos = 0
-        self._partial = b""
+        self._tail = AuditTail(path, 0)
         self.applied: Counter[str] = Counter()
         self.duplicates = 0
 
     def poll(self) -> list[str]:
         """Keys applied (first time) since the last poll."""
-        try:
-            with self.path.open("rb") as fh:
-                fh.seek(self._pos)
-                data = fh.read()
-        except FileNotFoundError:
-            return []
-        self._pos += len(data)
-        data = self._partial + data
-        lines = data.split(b"\n")
-        self._partial = lines.pop()
         fresh = []
-        for line in lines:
-            if not line.strip():
-                continue
-            entry = json.loads(line)
+        for entry in self._tail.poll():
             if entry.get("duplicate"):
                 self.duplicates += 1
                 continue
@@ -489,31 +464,6 @@ class RestartableBroker:
         stop_broker(self.handle.pid)
 
 
-def start_simulator(workdir: Path, token_file: Path, *, timeout: float = 30) -> tuple[
-        subprocess.Popen[bytes], SimulatorHandle, Path]:
-    """``kmsbridge simulator`` as its own process, with an audit file; returns (process, handle, audit)."""
-    port = free_port()
-    audit = workdir / "kms-audit.jsonl"
-    log_file = open(workdir / "simulator.log", "ab")  # noqa: SIM115 - the child owns it
-    env = {k: v for k, v in os.environ.items() if not k.startswith("KMSBRIDGE_")}
-    proc = subprocess.Popen([sys.executable, "-m", "kmsbridge.cli", "simulator", "--port", str(port),
-                             "--token-file", str(token_file), "--audit-file", str(audit)],
-                            env=env, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-    log_file.close()
-    handle = SimulatorHandle(f"http://127.0.0.1:{port}", token_file.read_text().strip())
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            handle.faults()
-            break
-        except Exception:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                raise RuntimeError(f"the KMS simulator did not start (see {workdir / 'simulator.log'})") from None
-            time.sleep(0.1)
-    return proc, handle, audit
-
-
 def read_all(bootstrap: str, topic: str, timeout: float = 60) -> list[Message]:
     """Every committed record of ``topic`` (read_committed, from the beginning, to the end)."""
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"chaos-reader-{uuid.uuid4().hex}",
@@ -602,7 +552,7 @@ class Drill:
         self.topic = pipeline.settings.topic("subscriptions")
         self.stream = Stream(size.events, provider, self.topic, pipeline.codec, poison_every=poison_every)
         self.command_poison = command_poison
-        self.audit = AuditTail(audit_file)
+        self.audit = AppliedKeys(audit_file)
         self.progress = Progress(self.stream)
         self.supervisor = Supervisor(pipeline)
         self.executors = [f"executor-{i}" for i in range(executors)]

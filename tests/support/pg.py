@@ -8,7 +8,9 @@ root, so when the tests run as root the server runs as the ``postgres`` user the
 (the folder is handed to it). The test is skipped, saying why, only when no PostgreSQL binaries are
 installed (``make system-deps`` installs them).
 
-:func:`new_database` gives each test its own empty database on that cluster.
+:func:`new_database` gives each test its own empty database on that cluster. The benchmarks start the
+same cluster with :func:`start_postgres` (``None`` without binaries) and stop it with
+:meth:`PostgresCluster.stop`.
 """
 
 from __future__ import annotations
@@ -17,17 +19,19 @@ import glob
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from sqlalchemy import create_engine, text
 
-__all__ = ["find_pg_bin", "new_database", "postgres_url"]
+from localdev.local_broker import free_port
+
+__all__ = ["PostgresCluster", "find_pg_bin", "new_database", "postgres_url", "start_postgres"]
 
 SUPERUSER = "kmsbridge"
 
@@ -43,12 +47,6 @@ def find_pg_bin() -> Path | None:
     return None
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _as_server_user(argv: list[str]) -> list[str]:
     if os.geteuid() != 0:
         return argv
@@ -61,34 +59,63 @@ def _run(argv: list[str]) -> None:
         raise RuntimeError(f"{' '.join(argv[:2])} failed ({done.returncode}): {done.stderr.strip() or done.stdout}")
 
 
-@pytest.fixture(scope="session")
-def postgres_url() -> Iterator[str]:
-    """SQLAlchemy URL of the ``postgres`` database of a throwaway cluster (see the module docstring)."""
+@dataclass(frozen=True)
+class PostgresCluster:
+    """A running throwaway cluster: ``url`` is the SQLAlchemy URL of its ``postgres`` database."""
+
+    url: str
+    bin_dir: Path
+    data_dir: Path
+    root: Path
+
+    def stop(self) -> None:
+        """Stop the server and remove its folder."""
+        try:
+            _run([str(self.bin_dir / "pg_ctl"), "-D", str(self.data_dir), "-m", "fast", "-w", "stop"])
+        finally:
+            shutil.rmtree(self.root, ignore_errors=True)
+
+
+def start_postgres() -> PostgresCluster | None:
+    """A cluster on a free loopback port (see the module docstring), or ``None`` when no PostgreSQL
+    binaries are installed."""
     bin_dir = find_pg_bin()
     if bin_dir is None:
-        pytest.skip("no PostgreSQL binaries under /usr/lib/postgresql/*/bin (run `make system-deps`)")
+        return None
     root = Path(tempfile.mkdtemp(prefix="kmsbridge-pg-"))
     data, log = root / "data", root / "server.log"
     if os.geteuid() == 0:
         server_user = pwd.getpwnam("postgres")
         os.chown(root, server_user.pw_uid, server_user.pw_gid)
     root.chmod(0o755)
-    port = _free_port()
-    _run([str(bin_dir / "initdb"), "-D", str(data), "-U", SUPERUSER, "--auth=trust", "-E", "UTF8",
-          "--no-instructions"])
-    options = (f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off "
-               "-c full_page_writes=off -c max_connections=200")
-    _run([str(bin_dir / "pg_ctl"), "-D", str(data), "-l", str(log), "-o", options, "-w", "-t", "60", "start"])
+    port = free_port()
     try:
-        yield f"postgresql+psycopg://{SUPERUSER}@127.0.0.1:{port}/postgres"
-    finally:
-        _run([str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"])
+        _run([str(bin_dir / "initdb"), "-D", str(data), "-U", SUPERUSER, "--auth=trust", "-E", "UTF8",
+              "--no-instructions"])
+        options = (f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off "
+                   "-c full_page_writes=off -c max_connections=200")
+        _run([str(bin_dir / "pg_ctl"), "-D", str(data), "-l", str(log), "-o", options, "-w", "-t", "60", "start"])
+    except BaseException:
         shutil.rmtree(root, ignore_errors=True)
+        raise
+    return PostgresCluster(f"postgresql+psycopg://{SUPERUSER}@127.0.0.1:{port}/postgres", bin_dir, data, root)
 
 
-def new_database(server_url: str) -> str:
-    """Create an empty database on the cluster of ``server_url``; its URL."""
-    name = f"t_{uuid.uuid4().hex[:12]}"
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """SQLAlchemy URL of the ``postgres`` database of a throwaway cluster (see the module docstring)."""
+    cluster = start_postgres()
+    if cluster is None:
+        pytest.skip("no PostgreSQL binaries under /usr/lib/postgresql/*/bin (run `make system-deps`)")
+    try:
+        yield cluster.url
+    finally:
+        cluster.stop()
+
+
+def new_database(server_url: str, prefix: str = "t") -> str:
+    """Create an empty database (named ``<prefix>_<random>``) on the cluster of ``server_url``; its URL."""
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
     engine = create_engine(server_url, isolation_level="AUTOCOMMIT")
     try:
         with engine.connect() as conn:

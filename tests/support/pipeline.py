@@ -30,7 +30,7 @@ from schemas.records import KmsResult
 
 __all__ = ["Pipeline", "terminate", "wait_until"]
 
-EXAMPLE_PROVIDER = Path(__file__).resolve().parent.parent / "examples" / "provider.yaml"
+EXAMPLE_PROVIDER = Path(__file__).resolve().parents[2] / "examples" / "provider.yaml"
 T = TypeVar("T")
 
 
