@@ -1,8 +1,8 @@
 """Every exception inside the SOAP client becomes one of ours (kms_adapter/errors.py).
 
-A loopback HTTP server answers canned bytes, so these run without the simulator: what lxml, zeep or
-pydantic raise for our input is ``KmsRejected("INVALID_COMMAND")`` (nothing is sent), and what they
-raise for the KMS's answer is ``KmsUnavailable("bad_response")``.
+A loopback HTTP server (``scripted_kms.ScriptedKms``) answers canned bytes, so these run without the
+simulator: what lxml, zeep or pydantic raise for our input is ``KmsRejected("INVALID_COMMAND")``
+(nothing is sent), and what they raise for the KMS's answer is ``KmsUnavailable("bad_response")``.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from typing import TypeVar
 
 import pytest
 from lxml import etree
+from scripted_kms import Reply, ScriptedKms, http
 
 from kms_adapter.errors import KmsError, KmsRejected, KmsUnavailable
 from kms_adapter.soap_client import _ANSWERED, SoapKmsClient, _guarded
@@ -34,52 +35,13 @@ def clients_answer(product_id: str = "P100", *, doctype: str = "", text: str = "
     return _ENVELOPE.format(doctype=doctype, text=text, clients=client).encode()
 
 
-class CannedKms:
-    """An HTTP/1.1 server on loopback answering every POST with ``body``; counts the requests."""
-
-    def __init__(self, body: bytes) -> None:
-        self.body = body
-        self.requests = 0
-        self._server: asyncio.Server | None = None
-
-    async def __aenter__(self) -> CannedKms:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self._server is not None
-        self._server.close()
-        await self._server.wait_closed()
-
-    @property
-    def endpoint(self) -> str:
-        assert self._server is not None
-        return f"http://127.0.0.1:{self._server.sockets[0].getsockname()[1]}/kms"
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while True:
-                head = await reader.readuntil(b"\r\n\r\n")
-                length = next(int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
-                              if line.lower().startswith(b"content-length:"))
-                await reader.readexactly(length)
-                self.requests += 1
-                writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/xml; charset=utf-8\r\nContent-Length: "
-                             + str(len(self.body)).encode() + b"\r\n\r\n" + self.body)
-                await writer.drain()
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass
-        finally:
-            writer.close()
-
-
 def against(body: bytes, call: Callable[[SoapKmsClient], Awaitable[T]]) -> tuple[T, int]:
     """``call(client)`` against a KMS answering ``body``, and how many requests reached it."""
     async def main() -> tuple[T, int]:
-        async with CannedKms(body) as kms:
+        async with ScriptedKms([Reply(http(body))]) as kms:
             client = SoapKmsClient(kms.endpoint, "ALUX", "token", timeout=5.0)
             try:
-                return await call(client), kms.requests
+                return await call(client), len(kms.requests)
             finally:
                 await client.aclose()
 
