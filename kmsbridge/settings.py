@@ -64,6 +64,10 @@ def mask_url(url: str) -> str:
             netloc = f"{user}:{_MASK}@{host}" if ":" in userinfo else f"{_MASK}@{host}"
         query = urlencode([(k, _MASK if any(w in k.lower() for w in _SECRET_QUERY_WORDS) else v)
                            for k, v in parse_qsl(parts.query, keep_blank_values=True)], safe="*")
+        if not netloc and url.startswith(f"{parts.scheme}://"):
+            # sqlite:///path: urlunsplit would drop the empty authority with its slashes
+            shown = f"{parts.scheme}://{parts.path}"
+            return f"{shown}?{query}" if query else shown
         return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
     except ValueError:
         return _MASK

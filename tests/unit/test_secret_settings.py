@@ -103,6 +103,12 @@ def test_mask_url_hides_passwords_and_secret_query_values(url: str) -> None:
     assert "pw-1" not in masked and "***" in masked
 
 
+@pytest.mark.parametrize("url", ["sqlite:///var/kmsbridge.db", "sqlite:////tmp/kmsbridge.db",
+                                 "postgresql+psycopg://db:5432/kmsbridge", "http://127.0.0.1:8089/kms"])
+def test_mask_url_shows_a_url_without_secrets_as_it_is(url: str) -> None:
+    assert mask_url(url) == url
+
+
 # --- start-up log lines ------------------------------------------------------------------------------
 
 
