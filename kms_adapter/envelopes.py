@@ -120,8 +120,8 @@ _BOOLEANS = {"true": True, "1": True, "false": False, "0": False}
 
 
 def answer_element(content: bytes, soap_op: str) -> etree._Element:
-    """The ``<soap_op>Response`` element of an answer. A SOAP fault raises as zeep's path does
-    (``Client``: rejected, else transient); anything else unexpected is a ``bad_response``."""
+    """The ``<soap_op>Response`` element of an answer. A SOAP fault raises as a zeep ``Fault`` is
+    mapped (``Client``: rejected, else transient); anything else unexpected is a ``bad_response``."""
     try:
         root = etree.fromstring(content, _XML_PARSER)
     except etree.XMLSyntaxError as exc:
@@ -159,8 +159,8 @@ _NS = f"{{{NAMESPACE}}}"
 
 
 def client_states(content: bytes) -> list[ClientState]:
-    """The ``ClientSummary`` entries of a ``queryClients`` answer (what zeep's path builds, read with
-    lxml: zeep's deserialisation was ~75 % of a reset run's CPU, docs/benchmarks.md)."""
+    """The ``ClientSummary`` entries of a ``queryClients`` answer, read with lxml (zeep's deserialisation
+    costs most of a reset run's CPU, docs/benchmarks.md "Reconciler")."""
     answer = answer_element(content, "queryClients")
     code = answer.findtext(_RESULT_CODE) or ""
     if code != "OK":
@@ -184,7 +184,7 @@ def client_states(content: bytes) -> list[ClientState]:
 
 
 def _xsd_datetime(text: str | None) -> datetime | None:
-    """An ``xsd:dateTime`` as zeep reads it, then in UTC (as :func:`_aware` does on zeep's path)."""
+    """An ``xsd:dateTime`` as zeep reads it, then in UTC (:func:`aware`)."""
     if text is None:
         return None
     try:
