@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from datetime import timedelta
 
-from confluent_kafka import IsolationLevel, KafkaException, TopicPartition
+from confluent_kafka import Consumer, IsolationLevel, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, OffsetSpec
 from pydantic import SecretStr
 
@@ -23,7 +23,7 @@ from kmsbridge.wiring_reconciler import migrated_engine
 from reconciler.rebuild import Rebuild, RebuildConfig, RebuildError, RebuildReport
 from reconciler.store import DesiredStateStore
 
-__all__ = ["REBUILD_GROUP_SUFFIX", "end_offsets", "rebuild_desired_state", "target_url"]
+__all__ = ["REBUILD_GROUP_SUFFIX", "end_offsets", "rebuild_consumer", "rebuild_desired_state", "target_url"]
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +58,14 @@ def end_offsets(kafka_config: dict[str, str], topic: str, timeout: float = 30) -
         raise RebuildError(f"reading the end offsets of {topic!r}: {exc}") from exc
 
 
+def rebuild_consumer(settings: Settings) -> Consumer:
+    """A read_committed consumer for :class:`~reconciler.rebuild.Rebuild`: it is only ever assigned
+    partitions and commits nothing, under a group id of its own (librdkafka needs one)."""
+    config = consumer_config(settings.kafka_config(), settings.group_id("projector") + REBUILD_GROUP_SUFFIX)
+    config.update({"enable.auto.commit": False, "enable.partition.eof": True})
+    return make_consumer(config)
+
+
 def rebuild_desired_state(settings: Settings, *, into: str | None = None, force: bool = False,
                           idle_timeout_seconds: float = 60.0) -> RebuildReport:
     """Rebuild the desired-state store of ``into`` (else the settings' database) from the subscriptions
@@ -70,9 +78,7 @@ def rebuild_desired_state(settings: Settings, *, into: str | None = None, force:
         topic = settings.topic("subscriptions")
         kafka = settings.kafka_config()
         ends = end_offsets(kafka, topic)
-        config = consumer_config(kafka, settings.group_id("projector") + REBUILD_GROUP_SUFFIX)
-        config.update({"enable.auto.commit": False, "enable.partition.eof": True})
-        consumer = make_consumer(config)
+        consumer = rebuild_consumer(settings)
         log.info("projector rebuild topic=%s partitions=%d records_below_end=%d database=%s", topic, len(ends),
                  sum(end - begin for begin, end in ends.values()), mask_url(url.get_secret_value()))
         try:

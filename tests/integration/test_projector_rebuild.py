@@ -26,10 +26,13 @@ from sqlalchemy import select
 
 from kmsbridge.cli.io import topics_group
 from kmsbridge.cli.projector import projector_group
+from kmsbridge.db import upgrade
 from kmsbridge.settings import Settings
 from kmsbridge.wiring import engine_for
-from kmsbridge.wiring_rebuild import REBUILD_GROUP_SUFFIX, end_offsets
+from kmsbridge.wiring_rebuild import REBUILD_GROUP_SUFFIX, end_offsets, rebuild_consumer
 from kmsbridge.wiring_reconciler import build_projector
+from reconciler.rebuild import Rebuild, RebuildConfig
+from reconciler.store import DesiredStateStore
 from reconciler.tables import cards_table, subscriptions_table
 from schemas.keys import record_key
 from schemas.records import Device, EventType, Service, ServiceState, SubscriptionEvent, SubscriptionState
@@ -244,6 +247,27 @@ def test_a_non_empty_database_is_refused_unless_forced(pipeline: Pipeline, new_d
     report = json.loads(forced.output.strip().splitlines()[-1])
     assert report["before"] == report["after"] == {"subscriptions": 20, "cards": 40}
     assert (report["events"], report["applied"]) == (40, 0)  # nothing newer than what it held
+
+
+def test_the_rebuild_stops_at_the_end_offsets_it_was_given_and_leaves_later_records(pipeline: Pipeline) -> None:
+    settings = pipeline.settings
+    topic = settings.topic("subscriptions")
+    pipeline.produce("subscriptions", [_event(n, v) for n in range(30) for v in (1, 2)])
+    ends = end_offsets(settings.kafka_config(), topic)  # the end "at start"
+    pipeline.produce("subscriptions", [_event(n, 3) for n in range(30)])  # written after the start
+    engine = engine_for(settings)
+    upgrade(engine)
+    consumer = rebuild_consumer(settings)
+    try:
+        report = Rebuild(consumer, pipeline.codec, DesiredStateStore(engine), ends, RebuildConfig(topic=topic)).run()
+    finally:
+        consumer.close()
+    try:
+        assert (report.records, report.events, report.after.subscriptions) == (60, 60, 30)
+        subscriptions, _cards = _tables(settings)
+        assert {row[3] for row in subscriptions} == {2}
+    finally:
+        engine.dispose()
 
 
 def test_topics_create_compacts_subscriptions_and_sets_the_plan_on_existing_topics(pipeline: Pipeline) -> None:
