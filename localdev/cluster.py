@@ -189,9 +189,15 @@ class LocalCluster:
         self.stop(index)
         self.start(index, timeout)
 
-    def close(self) -> None:
+    def close(self, timeout: float = 30) -> None:
+        """Stop every node: SIGTERM to all at once (the last one standing cannot hand anything over, so
+        one at a time would wait for it), SIGKILL to any still running after ``timeout``."""
+        for node in self.nodes:
+            if node.pid:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(node.pid, signal.SIGTERM)
         for i in range(len(self.nodes)):
-            self.stop(i)
+            self.stop(i, timeout=timeout)
 
     # --- what the cluster says -------------------------------------------------------------------------
 

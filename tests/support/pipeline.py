@@ -56,6 +56,9 @@ class Pipeline:
     database_url: str | None = None
     provider_file: Path = EXAMPLE_PROVIDER
     extra_env: dict[str, str] = field(default_factory=dict)
+    #: replication factor and configs of the topics it creates (a cluster: 3 and min.insync.replicas=2)
+    replication: int = 1
+    topic_config: dict[str, str] = field(default_factory=dict)
     prefix: str = field(default_factory=lambda: f"t{uuid.uuid4().hex[:10]}.")
     _producer: Producer | None = None
     _subprocesses: list[subprocess.Popen[bytes]] = field(default_factory=list)
@@ -70,7 +73,8 @@ class Pipeline:
             self.database_url = f"sqlite:///{self.workdir / 'kmsbridge.db'}"
         self.settings = load_settings(**self._overrides())
         self.codec = build_codec(self.settings)
-        create_topics(self.settings.kafka_config(), self.settings.all_topics(), self.partitions, 1)
+        create_topics(self.settings.kafka_config(), self.settings.all_topics(), self.partitions, self.replication,
+                      topic_config=self.topic_config)
 
     # --- settings for in-process and subprocess runs ----------------------------------------------
 
