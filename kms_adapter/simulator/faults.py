@@ -22,8 +22,8 @@ What each fault does to a SOAP call (``POST /kms``), checked in this order:
    ``Content-Length``) or ``oversized_chunked`` (the same, streamed in chunks without one);
    ``null`` for plain answers.
 
-``GET /admin/faults`` also reports ``connections``: the connections the server has accepted since it
-started (not a fault, not cleared), so a test can tell whether a client reused a connection.
+``GET /admin/faults`` also reports ``soap_connections``: the connections that carried a SOAP call since
+the server started (not a fault, not cleared), so a test can tell whether a client reused a connection.
 
 Faults are in-memory only and reset by ``clear`` (or ``POST /admin/reset``).
 """
@@ -59,7 +59,7 @@ class Faults:
     lose_answers: int = 0
     response_shape: str | None = None
     oversized_bytes: int = DEFAULT_OVERSIZED_BYTES
-    connections: int = 0  # accepted since start: an observation, not a fault (``clear`` keeps it)
+    soap_connections: int = 0  # since start: an observation, not a fault (``clear`` keeps it)
     _random: random.Random = field(default_factory=random.Random, repr=False)
 
     def clear(self) -> None:
@@ -73,8 +73,8 @@ class Faults:
         self.response_shape = None
         self.oversized_bytes = DEFAULT_OVERSIZED_BYTES
 
-    def count_connection(self) -> None:
-        self.connections += 1
+    def count_soap_connection(self) -> None:
+        self.soap_connections += 1
 
     def take_lost_answer(self) -> bool:
         """Whether this call's answer is to be lost (and one fewer remains)."""
@@ -195,7 +195,7 @@ class Faults:
             "lose_answers": self.lose_answers,
             "response_shape": self.response_shape,
             "oversized_bytes": self.oversized_bytes,
-            "connections": self.connections,
+            "soap_connections": self.soap_connections,
         }
 
 

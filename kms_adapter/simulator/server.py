@@ -30,7 +30,7 @@ def _config(app: Starlette, host: str, port: int, access_log: bool, **tls: Any) 
         app,
         host=host,
         port=port,
-        http=shaping_protocol(app.state.faults.count_connection),
+        http=shaping_protocol(app.state.faults.count_soap_connection),
         access_log=access_log,
         log_level="warning",
         lifespan="on",

@@ -113,13 +113,21 @@ class ShapingTransport:
             self._transport.close()
 
 
-def shaping_protocol(on_connection: Callable[[], None]) -> type[asyncio.Protocol]:
-    """uvicorn's httptools protocol over a :class:`ShapingTransport`; ``on_connection`` runs per accepted
-    connection (the simulator counts them, so tests can tell a reused connection from a new one)."""
+def shaping_protocol(on_soap_connection: Callable[[], None]) -> type[asyncio.Protocol]:
+    """uvicorn's httptools protocol over a :class:`ShapingTransport`; ``on_soap_connection`` runs once per
+    connection that carries a SOAP call (``/kms``): the simulator counts them, so tests can tell a
+    reused connection from a new one whatever the admin client does."""
 
     class ShapingProtocol(HttpToolsProtocol):
+        soap_seen = False
+
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-            on_connection()
             super().connection_made(ShapingTransport(transport))  # type: ignore[arg-type]
+
+        def on_headers_complete(self) -> None:
+            super().on_headers_complete()
+            if not self.soap_seen and self.scope.get("path") == "/kms":
+                self.soap_seen = True
+                on_soap_connection()
 
     return ShapingProtocol

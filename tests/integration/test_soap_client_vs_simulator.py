@@ -393,13 +393,13 @@ async def five_calls(client: SoapKmsClient, prefix: str) -> tuple[list[bool], li
 def test_every_response_shape_is_read_and_a_connection_is_reused_only_when_it_may(
         kms_simulator: SimulatorHandle, shape: str, connections: int) -> None:
     kms_simulator.set_faults(response_shape=shape)
-    before = kms_simulator.faults()["connections"]
+    before = kms_simulator.faults()["soap_connections"]
 
     duplicates, products, entitlements = with_client(kms_simulator, lambda c: five_calls(c, f"k-{shape}"))
 
     assert duplicates == [False, False, False] and products == ["P2"]
     assert entitlements  # the single query's section was read through zeep over the same connections
-    assert kms_simulator.faults()["connections"] - before == connections
+    assert kms_simulator.faults()["soap_connections"] - before == connections
 
 
 @pytest.mark.parametrize("shape", ["oversized", "oversized_chunked"])

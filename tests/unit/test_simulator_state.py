@@ -193,7 +193,7 @@ def test_fault_clear_comes_first_then_the_given_fields_apply() -> None:
     faults.update({"clear": True, "http_status": 429})
     assert faults.to_json() == {"latency_ms": 0.0, "error_rate": 0.0, "http_status": 429, "timeout": None,
                                 "outage_seconds": 0.0, "card_errors": {}, "lose_answers": 0, "response_shape": None,
-                                "oversized_bytes": 8 * 1024 * 1024, "connections": 0}
+                                "oversized_bytes": 8 * 1024 * 1024, "soap_connections": 0}
 
 
 def test_unknown_fault_field_is_refused_by_name() -> None:
