@@ -25,6 +25,7 @@ Command line::
 
     python -m localdev.cluster start --folder var/kafka-cluster [--nodes 3] [--json]
     python -m localdev.cluster stop --folder var/kafka-cluster
+    python -m localdev.cluster resume --folder var/kafka-cluster     # the stopped cluster, on its storage
 """
 
 from __future__ import annotations
@@ -72,6 +73,7 @@ __all__ = [
     "cluster_properties",
     "load_cluster",
     "main",
+    "resume_cluster",
     "start_cluster",
 ]
 
@@ -377,6 +379,18 @@ def load_cluster(folder: Path) -> LocalCluster:
     return LocalCluster(folder, nodes)
 
 
+def resume_cluster(folder: Path, timeout: float = 120) -> LocalCluster:
+    """Start every stopped node of the cluster :func:`start_cluster` left in ``folder`` on its storage
+    (the same ports, cluster id, topics and committed offsets); return once all are in the metadata."""
+    cluster = load_cluster(folder)
+    stopped = [i for i in range(len(cluster.nodes)) if not cluster.running(i)]
+    java, libs = _java(), ensure_jars()
+    for i in stopped:  # all at once: with two of three voters down, none can be elected alone
+        cluster._set_pid(i, _spawn(java, libs, cluster.nodes[i]))
+    cluster._wait_ready(stopped, timeout)
+    return cluster
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m localdev.cluster", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -385,13 +399,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     start.add_argument("--nodes", type=int, default=3)
     start.add_argument("--timeout", type=float, default=120)
     start.add_argument("--json", action="store_true", help="print bootstrap, pids and folder as JSON")
+    resume = sub.add_parser("resume", help="start the stopped nodes of the cluster in --folder on their storage")
+    resume.add_argument("--folder", type=Path, required=True)
+    resume.add_argument("--timeout", type=float, default=120)
+    resume.add_argument("--json", action="store_true", help="print bootstrap, pids and folder as JSON")
     stop = sub.add_parser("stop", help="stop the cluster started in --folder")
     stop.add_argument("--folder", type=Path, required=True)
     args = parser.parse_args(argv)
     try:
-        if args.command == "start":
+        if args.command in ("start", "resume"):
             began = time.monotonic()
-            cluster = start_cluster(args.folder, args.nodes, args.timeout)
+            cluster = (start_cluster(args.folder, args.nodes, args.timeout) if args.command == "start"
+                       else resume_cluster(args.folder, args.timeout))
             if args.json:
                 print(cluster.to_json())
             else:
