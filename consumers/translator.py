@@ -115,7 +115,12 @@ class TransactionalTranslator:
     def run(self, *, until_end: bool = False) -> None:
         """Run until stopped; with ``until_end``, stop once every assigned partition reached the end
         it had when the loop started (one-shot mail runs)."""
-        if not self._init_transactions():
+        try:
+            initialised = self._init_transactions()
+        except BaseException:
+            self._close()  # a fatal error (an untrusted broker, refused credentials) closes the consumer too
+            raise
+        if not initialised:
             self._close()
             return
         self._assignment.subscribe(self._consumer, list(self._cfg.inputs))

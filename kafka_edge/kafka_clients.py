@@ -39,6 +39,7 @@ __all__ = [
     "WATCHDOG_EXIT_CODE",
     "HangWatchdog",
     "KafkaErrorHandler",
+    "close_producer",
     "consumer_config",
     "is_fatal",
     "kafka_error",
@@ -246,6 +247,28 @@ def make_consumer(config: dict[str, Any]) -> Consumer:
 
 def make_producer(config: dict[str, Any]) -> Producer:
     return Producer(config)
+
+
+def close_producer(producer: Producer, timeout: float) -> int:
+    """Flush ``producer`` for up to ``timeout`` seconds, then destroy it; returns how many messages were
+    still undelivered and were dropped.
+
+    Every client must be destroyed before the interpreter exits: a client still alive at ``exit()`` keeps
+    its broker threads running (retrying a TLS handshake, for one) while OpenSSL's exit handler frees the
+    state they use, and the process dies of SIGSEGV instead of exiting with its status. What is still
+    queued is purged first, because ``Producer.close`` waits for every queued message (up to
+    ``message.timeout.ms``). An ``error_cb`` that raises while flushing (:class:`KafkaErrorHandler`)
+    still lets the producer be destroyed; the error propagates. A transactional producer's open
+    transaction is aborted by ``close``, which waits for the coordinator: end it first."""
+    try:
+        producer.flush(timeout)
+    finally:
+        dropped = len(producer)
+        if dropped:
+            log.warning("%d produced messages not delivered within %.0fs of closing; dropped", dropped, timeout)
+        producer.purge()
+        producer.close()
+    return dropped
 
 
 def schema_id_header(msg: Message) -> bytes | None:

@@ -7,10 +7,12 @@ import logging
 import os
 import signal
 import socket
+from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Literal
 
+from confluent_kafka import Producer
 from sqlalchemy import create_engine
 from sqlalchemy.engine import Engine
 
@@ -21,7 +23,14 @@ from consumers.ledger import Ledger
 from consumers.translation import DeviceDirectory, HandlerContext, build_handlers
 from consumers.translator import TransactionalTranslator, TranslatorConfig
 from kafka_edge.health import HealthServer, HealthState
-from kafka_edge.kafka_clients import consumer_config, make_consumer, make_producer, producer_config
+from kafka_edge.kafka_clients import (
+    HangWatchdog,
+    close_producer,
+    consumer_config,
+    make_consumer,
+    make_producer,
+    producer_config,
+)
 from kafka_edge.lag import LagMonitor
 from kms_adapter.port import KmsPort
 from kmsbridge.kms import build_kms
@@ -32,6 +41,7 @@ from schemas.codec import Codec
 from schemas.pin_seal import MASKED_PINS
 
 __all__ = [
+    "CLOSE_FLUSH_SECONDS",
     "ExecutorApp",
     "build_codec",
     "build_executor",
@@ -45,6 +55,11 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+#: How long a process's producer may still deliver when it is closed (its loop flushed already).
+CLOSE_FLUSH_SECONDS = 10.0
+#: The translator's producer aborts an open transaction when closed: its ``transaction.timeout.ms``.
+_TRANSACTION_CLOSE_SECONDS = 30.0
 
 
 def build_codec(settings: Settings, *, pins: Literal["ring", "masked", "none"] = "ring") -> Codec:
@@ -135,7 +150,10 @@ def translator_inputs(settings: Settings) -> list[str]:
 
 def build_translator(settings: Settings, *, only: list[str] | None = None,
                      directory: DeviceDirectory | None = None, group_suffix: str = "",
-                     health: HealthState | None = None) -> TransactionalTranslator:
+                     health: HealthState | None = None, clients: ExitStack | None = None) -> TransactionalTranslator:
+    """The translator; the close of its transactional producer goes on ``clients`` (the caller's exit
+    stack: no client may outlive the process, one alive at ``exit()`` crashes it with SIGSEGV). The loop
+    closes its consumer."""
     provider = load_provider_or_exit(settings)
     codec = build_codec(settings)
     kafka = settings.kafka_config()
@@ -145,6 +163,8 @@ def build_translator(settings: Settings, *, only: list[str] | None = None,
     consumer = make_consumer(consumer_config(kafka, group, instance_id=settings.instance_id("translator"),
                                              transactional_input=True))
     producer = make_producer(producer_config(kafka, transactional_id=f"{group}-{_instance(settings, 'tx')}"))
+    if clients is not None:
+        clients.callback(_close_transactional_producer, producer)
     if directory is None:
         # messages and PINs aimed at a subscription expand to its devices through the projector's store
         from reconciler.store import DesiredStateStore
@@ -166,10 +186,22 @@ def build_translator(settings: Settings, *, only: list[str] | None = None,
     )
 
 
+def _close_transactional_producer(producer: Producer) -> None:
+    # closing aborts a transaction the loop left open, waiting for the coordinator: bounded by the watchdog
+    with HangWatchdog("translator").guard("producer close", CLOSE_FLUSH_SECONDS + _TRANSACTION_CLOSE_SECONDS):
+        close_producer(producer, CLOSE_FLUSH_SECONDS)
+
+
 def run_translator(settings: Settings, *, until_end: bool = False, only: list[str] | None = None,
                    group_suffix: str = "") -> None:
+    with ExitStack() as clients:  # closes the producer last, also when building or running raised
+        _run_translator(settings, clients, until_end=until_end, only=only, group_suffix=group_suffix)
+
+
+def _run_translator(settings: Settings, clients: ExitStack, *, until_end: bool, only: list[str] | None,
+                    group_suffix: str) -> None:
     health, server = start_health(settings)
-    translator = build_translator(settings, only=only, group_suffix=group_suffix, health=health)
+    translator = build_translator(settings, only=only, group_suffix=group_suffix, health=health, clients=clients)
     signal.signal(signal.SIGTERM, lambda *_: translator.request_stop())
     signal.signal(signal.SIGINT, lambda *_: translator.request_stop())
     log.info("translator started inputs=%s", only or "all")
@@ -190,13 +222,18 @@ class ExecutorApp:
     executor: Executor
     breaker: Breaker
     kms: KmsPort
+    producer: Producer | None = None  # the executor's; destroyed once it stopped
 
     async def run(self) -> None:
         try:
             await self.executor.run()
         finally:
-            await self.breaker.aclose()
-            await self.kms.aclose()
+            try:
+                await self.breaker.aclose()
+                await self.kms.aclose()
+            finally:
+                if self.producer is not None:  # no client may outlive the process (SIGSEGV at exit)
+                    close_producer(self.producer, CLOSE_FLUSH_SECONDS)
 
 
 def build_executor(settings: Settings, health: HealthState | None = None) -> ExecutorApp:
@@ -228,7 +265,7 @@ def build_executor(settings: Settings, health: HealthState | None = None) -> Exe
                                        max_future_skew=timedelta(seconds=settings.max_future_skew_seconds)),
                         health=health)
     executor_ref.append(executor)
-    return ExecutorApp(executor, breaker, kms)
+    return ExecutorApp(executor, breaker, kms, producer)
 
 
 def run_executor(settings: Settings) -> None:

@@ -14,7 +14,7 @@
    closes a connection that does not deliver a whole request within
    ``KMSBRIDGE_API__READ_TIMEOUT_SECONDS``;
 4. on SIGTERM uvicorn stops taking requests and finishes those in flight (bounded by
-   ``KMSBRIDGE_SHUTDOWN_GRACE_SECONDS``); then the feed stops and the producer is flushed.
+   ``KMSBRIDGE_SHUTDOWN_GRACE_SECONDS``); then the feed stops and the producer is flushed and closed.
 """
 
 from __future__ import annotations
@@ -106,10 +106,15 @@ class ApiProcess:
     servers: list[HealthServer] = field(default_factory=list)
 
     def close(self) -> None:
-        for server in self.servers:
-            server.stop()
-        self.feed.stop()
-        self.publisher.close()
+        """Stops the probes' servers and the feed (its thread closes its consumer), then destroys the
+        publisher's producer, also when something before raised: a Kafka client alive at ``exit()``
+        crashes the process there (SIGSEGV)."""
+        try:
+            for server in self.servers:
+                server.stop()
+            self.feed.stop()
+        finally:
+            self.publisher.close()
 
 
 def _require_keys(settings: Settings) -> None:
@@ -126,14 +131,22 @@ def build_api(settings: Settings, *, directory: DeviceDirectory | None = None,
     provider = load_provider_or_exit(settings)
     store = build_outcome_store(settings, provider, directory)
     publisher = build_publisher(settings)
-    feed = start_outcome_feed(settings, store, with_requests=True, history_seconds=history_seconds, name="api")
+    try:
+        # an untrusted broker or refused credentials raise here, and the publisher is closed on the way out
+        feed = start_outcome_feed(settings, store, with_requests=True, history_seconds=history_seconds, name="api")
+    except BaseException:
+        publisher.close()
+        raise
     probe = _FeedProbe(feed, settings.health_ttl_seconds)
     try:
         outcomes = DurableOutcomes(store, request_log) if request_log is not None else store
         app = create_app(settings, publisher, outcomes, build_kms(settings, provider), probe=probe)
         app.state.request_log = request_log
     except (ValueError, SettingsError):
-        feed.stop()
+        try:
+            feed.stop()
+        finally:
+            publisher.close()
         raise
     process = ApiProcess(app=app, feed=feed, publisher=publisher, probe=probe)
     if settings.metrics_port:

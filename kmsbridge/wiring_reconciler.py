@@ -12,17 +12,19 @@ import asyncio
 import logging
 import signal
 import threading
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 
+from confluent_kafka import Producer
 from sqlalchemy.engine import Engine
 
 from kafka_edge.health import HealthState
-from kafka_edge.kafka_clients import consumer_config, make_consumer, make_producer, producer_config
+from kafka_edge.kafka_clients import close_producer, consumer_config, make_consumer, make_producer, producer_config
 from kms_adapter.port import KmsPort
 from kmsbridge.db import upgrade
 from kmsbridge.kms import build_kms
 from kmsbridge.settings import Settings, mask_url
-from kmsbridge.wiring import build_codec, engine_for, load_provider_or_exit, start_health
+from kmsbridge.wiring import CLOSE_FLUSH_SECONDS, build_codec, engine_for, load_provider_or_exit, start_health
 from kmsbridge.wiring_runs import RunServices, build_run_services
 from reconciler.expectations import Expectations
 from reconciler.job import JobConfig, ResetJob
@@ -57,14 +59,20 @@ def migrated_engine(settings: Settings) -> Engine:
 
 
 def build_projector(settings: Settings, health: HealthState | None = None,
-                    engine: Engine | None = None) -> Projector:
+                    engine: Engine | None = None, *, clients: ExitStack | None = None) -> Projector:
+    """The projector; the close of its producer (its DLQ copies) goes on ``clients`` (the caller's exit
+    stack: no client may outlive the process, one alive at ``exit()`` crashes it with SIGSEGV). The loop
+    closes its consumer."""
     kafka = settings.kafka_config()
     store = DesiredStateStore(engine or migrated_engine(settings))
     config = consumer_config(kafka, settings.group_id("projector"), instance_id=settings.instance_id("projector"))
     config["enable.auto.commit"] = False  # offsets are committed synchronously after the DB commit
     topic = settings.topic("subscriptions")
+    producer = make_producer(producer_config(kafka))
+    if clients is not None:
+        clients.callback(close_producer, producer, CLOSE_FLUSH_SECONDS)
     return Projector(
-        make_consumer(config), make_producer(producer_config(kafka)), build_codec(settings, pins="none"), store,
+        make_consumer(config), producer, build_codec(settings, pins="none"), store,
         ProjectorConfig(topic=topic, dlq_topic=settings.dlq(topic), max_message_bytes=settings.max_message_bytes),
         health=health,
     )
@@ -72,12 +80,14 @@ def build_projector(settings: Settings, health: HealthState | None = None,
 
 def run_projector(settings: Settings) -> None:
     health, server = start_health(settings)
-    projector = build_projector(settings, health)
-    signal.signal(signal.SIGTERM, lambda *_: projector.request_stop())
-    signal.signal(signal.SIGINT, lambda *_: projector.request_stop())
-    log.info("projector started topic=%s database=%s", settings.topic("subscriptions"), settings.database_url)
     try:
-        projector.run()
+        with ExitStack() as clients:  # closes the producer, also when building or running raised
+            projector = build_projector(settings, health, clients=clients)
+            signal.signal(signal.SIGTERM, lambda *_: projector.request_stop())
+            signal.signal(signal.SIGINT, lambda *_: projector.request_stop())
+            log.info("projector started topic=%s database=%s", settings.topic("subscriptions"),
+                     settings.database_url)
+            projector.run()
     finally:
         if server:
             server.stop()
@@ -101,7 +111,12 @@ def build_reset_job(settings: Settings, kms: KmsPort, sink: CommandSink, *, engi
 
 @dataclass
 class ReconcilerApp:
-    """The runner plus the event loop (its own thread) the reset jobs and the KMS client live on."""
+    """The runner plus the event loop (its own thread) the reset jobs and the KMS client live on.
+
+    :meth:`run` ends with every Kafka client destroyed, in this order, also when the runner raised: the
+    runner's consumer (by the runner), the queue reader's (by its thread, joined here), then the producer
+    they all share (here, once no part uses it). A client alive at ``exit()`` crashes the process there
+    (SIGSEGV: its broker threads use OpenSSL state that OpenSSL's exit handler frees)."""
 
     runner: ReconcileRunner
     loop: asyncio.AbstractEventLoop
@@ -109,6 +124,7 @@ class ReconcilerApp:
     kms: KmsPort
     runs: RunServices | None = None  # the scheduler of run definitions and the communication queue
     stopping: threading.Event = field(default_factory=threading.Event)
+    producer: Producer | None = None  # shared by the runner, the jobs and the run services; closed by run()
 
     def run(self) -> None:
         if self.runs is not None:
@@ -117,9 +133,13 @@ class ReconcilerApp:
             self.runner.run()
         finally:
             self.stopping.set()
-            if self.runs is not None:
-                self.runs.stop()
-            self.close()
+            try:
+                if self.runs is not None:
+                    self.runs.stop()
+                self.close()  # the jobs' loop, which publishes through the producer too
+            finally:
+                if self.producer is not None:
+                    close_producer(self.producer, CLOSE_FLUSH_SECONDS)
 
     def close(self) -> None:
         if self.loop.is_closed():
@@ -158,7 +178,7 @@ def build_reconciler(settings: Settings, health: HealthState | None = None,
                               stop=stopping, expectations=Expectations(engine, job.config.expectation_ttl))
     if runs.reader is not None:
         runs.reader.on_fatal = runner.fail  # a fenced queue reader ends the process, as a fenced runner does
-    return ReconcilerApp(runner, loop, thread, kms, runs, stopping)
+    return ReconcilerApp(runner, loop, thread, kms, runs, stopping, producer)
 
 
 def run_reconciler(settings: Settings) -> None:

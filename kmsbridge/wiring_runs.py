@@ -15,6 +15,7 @@ import logging
 import os
 import socket
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -73,12 +74,19 @@ class RunServices:
             thread.start()
             self.threads.append(thread)
 
-    def stop(self, timeout: float = 30.0) -> None:
+    def stop(self, timeout: float = 30.0) -> list[str]:
+        """Ask both parts to stop and wait up to ``timeout`` seconds for their threads to end (the queue
+        reader closes its consumer on its way out); returns the names of those still running."""
         self.scheduler.request_stop()
         if self.reader is not None:
             self.reader.request_stop()
+        deadline = time.monotonic() + timeout
         for thread in self.threads:
-            thread.join(timeout)
+            thread.join(max(0.0, deadline - time.monotonic()))
+        running = [thread.name for thread in self.threads if thread.is_alive()]
+        if running:
+            log.error("%s still running %.0fs after the stop was asked", ", ".join(running), timeout)
+        return running
 
 
 def build_queue_reader(settings: Settings, producer: Producer, codec: Codec, queue: CommunicationQueue,

@@ -25,6 +25,7 @@ from typing import Protocol
 from confluent_kafka import KafkaError, KafkaException, Producer
 from pydantic import SecretStr
 
+from kafka_edge.kafka_clients import close_producer
 from kafka_edge.tracing import propagation_headers
 from producers.errors import ProducerError
 from schemas.codec import Codec
@@ -107,11 +108,9 @@ class KafkaRequestPublisher:
                  len(run.subscription_ids))
 
     def close(self) -> None:
-        """Deliver what is queued, then release the client (confluent-kafka >= 2.x ``Producer.close``)."""
-        self._producer.flush(self._timeout)
-        close = getattr(self._producer, "close", None)
-        if callable(close):
-            close()
+        """Deliver what is queued (up to the timeout), then destroy the client: none may outlive the
+        process (:func:`~kafka_edge.kafka_clients.close_producer`)."""
+        close_producer(self._producer, self._timeout)
 
     def _produce(self, topic: str, key: str, value: bytes) -> None:
         done = threading.Event()

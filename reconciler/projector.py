@@ -93,8 +93,12 @@ class Projector:
                          batch_size=self._cfg.batch_size, batch_seconds=self._cfg.batch_seconds,
                          handle=self._process_batch)
         finally:
-            self._producer.flush(self._cfg.flush_timeout_seconds)
-            self._consumer.close()  # leaves the group at once; everything processed is committed
+            try:
+                self._producer.flush(self._cfg.flush_timeout_seconds)
+            finally:
+                # leaves the group at once; everything processed is committed. Also when the flush
+                # raised (the producer's error_cb): a consumer left open crashes the process at exit()
+                self._consumer.close()
 
     def _process_batch(self, msgs: list[Message]) -> None:
         t0 = time.monotonic()

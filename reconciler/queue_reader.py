@@ -95,17 +95,22 @@ class QueueReader:
     def run(self) -> None:
         topics = [t for t in (self._cfg.communications_topic, self._cfg.results_topic) if t]
         try:
-            poll_batches(self._consumer, topics, self._assignment, self._health, self._stop,  # step 1
-                         batch_size=self._cfg.batch_size, batch_seconds=self._cfg.batch_seconds,
-                         handle=self._process)
-        except FatalKafkaError as exc:
+            try:
+                poll_batches(self._consumer, topics, self._assignment, self._health, self._stop,  # step 1
+                             batch_size=self._cfg.batch_size, batch_seconds=self._cfg.batch_seconds,
+                             handle=self._process)
+            finally:
+                try:
+                    self._producer.flush(self._cfg.flush_timeout_seconds)
+                finally:
+                    # also when the flush raised (the shared producer's error_cb): a consumer left
+                    # open outlives the process into exit(), where it crashes it (SIGSEGV)
+                    self._consumer.close()
+        except FatalKafkaError as exc:  # the consumer's, or the shared producer's raised by that flush
             self.failure = exc
             if self.on_fatal is None:
                 raise
             self.on_fatal(exc)
-        finally:
-            self._producer.flush(self._cfg.flush_timeout_seconds)
-            self._consumer.close()
 
     def _process(self, msgs: list[Message]) -> None:
         comms: list[CommunicationEvent] = []

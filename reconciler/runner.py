@@ -110,8 +110,12 @@ class ReconcileRunner:
                 self._handle(msg)
         finally:
             self._stop.set()  # a run still going on the job's loop stops between two batches
-            self._producer.flush(self._cfg.flush_timeout_seconds)
-            self._consumer.close()
+            try:
+                self._producer.flush(self._cfg.flush_timeout_seconds)
+            finally:
+                # also when the flush raised (the producer's error_cb, e.g. an untrusted broker): a
+                # consumer left open outlives the process into exit(), where it crashes it (SIGSEGV)
+                self._consumer.close()
         if self._failure is not None:
             raise self._failure
 

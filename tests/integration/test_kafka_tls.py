@@ -32,7 +32,7 @@ from tests.support.simulator import SimulatorHandle
 
 pytestmark = pytest.mark.integration
 
-PROCESSES = ["translator", "executor", "projector", "reconciler", "api"]
+PROCESSES = ["translator", "executor", "projector", "reconciler", "api", "request-log"]
 #: How long a process may take to notice refused credentials or an untrusted broker and exit.
 FAIL_CLOSED_SECONDS = 60
 
