@@ -4,7 +4,9 @@ Steps, in order (the executor calls :meth:`CommandRunner.run` for each command, 
 commands one after the other):
 
 1. Ledger: a key already COMPLETED or REJECTED is not sent again; its result is returned with
-   ``duplicate`` true.
+   ``duplicate`` true. Only a deliberate replay from the DLQ (``kmsbridge dlq replay``, the
+   ``kmsbridge.replayed.from`` header) runs again a command whose recorded outcome was that it could not
+   be delivered (``TRANSPORT_ERROR``, ``OUTCOME_UNKNOWN``).
 2. Stale guard: a command for an older subscription version than the newest applied to the same
    secure client is not applied; its result is REJECTED with ``STALE_COMMAND``.
 3. Call the KMS. Business errors are REJECTED at once. Transient errors retry in place with
@@ -15,6 +17,11 @@ commands one after the other):
    other secure clients fail often enough that the streak may be chance: a fresh budget), or fine for
    everyone else: this card alone is failing and the command is REJECTED with ``TRANSPORT_ERROR`` and
    marked for the DLQ with its attempt history. So a degraded KMS never dead-letters anything either.
+   An effect (a Mail or a Message: :data:`~kms_adapter.port.EFFECT_OPERATIONS`) whose request reached
+   the KMS without a complete answer (``KmsUnavailable.maybe_applied``) is never resent on its own: the KMS
+   may have shown it already, and it does not deduplicate by our key. It is REJECTED with
+   ``OUTCOME_UNKNOWN`` and dead-lettered, so an operator sees it and replays it deliberately
+   (``kmsbridge dlq replay``). Absolute commands are resent: applying them twice changes nothing.
 5. The outcome goes to the ledger (and the client's version rises) before the result is published.
 
 A database error caused by the command's content (a value too long for its ledger column, a NUL
@@ -51,11 +58,11 @@ from kafka_edge.dlq import DatabaseRejected, is_content_error
 from kafka_edge.errors import CommandAbandoned
 from kafka_edge.metrics import KMS_REQUEST_SECONDS, KMS_REQUESTS, KMS_RETRIES
 from kms_adapter.errors import KmsError, KmsRejected
-from kms_adapter.port import KmsPort
+from kms_adapter.port import EFFECT_OPERATIONS, KmsPort
 from schemas.records import KmsCommand, KmsResult, Operation, ResultState
 
-__all__ = ["INVALID_COMMAND", "KMS_ERROR", "MAX_HISTORY", "STALE_COMMAND", "TRANSPORT_ERROR", "CommandRunner",
-           "LedgerRejected", "RunOutcome", "full_jitter"]
+__all__ = ["INVALID_COMMAND", "KMS_ERROR", "MAX_HISTORY", "OUTCOME_UNKNOWN", "STALE_COMMAND", "TRANSPORT_ERROR",
+           "UNDELIVERED", "CommandRunner", "LedgerRejected", "RunOutcome", "full_jitter"]
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +70,9 @@ STALE_COMMAND = "STALE_COMMAND"
 TRANSPORT_ERROR = "TRANSPORT_ERROR"
 KMS_ERROR = "KMS_ERROR"
 INVALID_COMMAND = "INVALID_COMMAND"
+OUTCOME_UNKNOWN = "OUTCOME_UNKNOWN"
+#: Recorded outcomes of a command that was not delivered: a replay from the DLQ runs it again (step 1).
+UNDELIVERED = frozenset({TRANSPORT_ERROR, OUTCOME_UNKNOWN})
 _ABANDON_CHECK_SECONDS = 0.5
 MAX_HISTORY = 20  # attempts kept for the DLQ headers (the newest; the count says how many there were)
 
@@ -111,9 +121,10 @@ class CommandRunner:
         self._cap = retry_max
 
     async def run(self, cmd: KmsCommand, *, abandoned: Callable[[], bool] | None = None,
-                  gate: asyncio.Semaphore | None = None) -> RunOutcome:
+                  gate: asyncio.Semaphore | None = None, replayed: bool = False) -> RunOutcome:
         """Run ``cmd`` to its outcome. ``abandoned`` is asked before every attempt; when it answers
-        true (the partition was revoked) :class:`CommandAbandoned` is raised and nothing is recorded."""
+        true (the partition was revoked) :class:`CommandAbandoned` is raised and nothing is recorded.
+        ``replayed``: the command was replayed from the DLQ on purpose (step 1)."""
         # step 1: ledger
         guarded = cmd.subscription_version is not None and cmd.secure_client_id != "*"
         try:
@@ -125,7 +136,7 @@ class CommandRunner:
                                   error_code=INVALID_COMMAND,
                                   error_description="the ledger refused the command's content")
             raise LedgerRejected(exc, result) from exc
-        if known is not None:
+        if known is not None and not (replayed and known.error_code in UNDELIVERED):
             return RunOutcome(known.model_copy(update={"duplicate": True}))
         # step 2: stale guard
         stale = self._stale(cmd, applied)
@@ -167,6 +178,9 @@ class CommandRunner:
                 if not exc.retryable:
                     history.append(f"attempt {attempts} +{t0 - started:.1f}s {kind}")
                     return await self._transport_reject(cmd, started, attempts, history)
+                if op in EFFECT_OPERATIONS and getattr(exc, "maybe_applied", False):
+                    history.append(f"attempt {attempts} +{t0 - started:.1f}s {kind} (sent, no answer)")
+                    return await self._outcome_unknown(cmd, started, attempts, history)
             except Exception as exc:  # an unmapped error or a bug in an adapter: not the command's fault
                 kind = f"unexpected_{type(exc).__name__}"
                 log.warning("unexpected error calling the KMS idempotency_key=%s: %s", cmd.idempotency_key,
@@ -255,6 +269,18 @@ class CommandRunner:
         await self._record(result)
         log.error("command rejected after %d transient failures idempotency_key=%s secure_client_id=%s",
                   attempts, cmd.idempotency_key, cmd.secure_client_id)
+        return RunOutcome(result, dead_letter=True, history=tuple(history))
+
+    async def _outcome_unknown(self, cmd: KmsCommand, started: float, attempts: int,
+                               history: deque[str]) -> RunOutcome:
+        result = self._result(
+            cmd, ResultState.REJECTED, attempts=attempts, started=started, error_code=OUTCOME_UNKNOWN,
+            error_description="sent to the KMS but no answer came back: it may have been shown; not resent on "
+                              "its own (replay it from the DLQ to send it again)",
+        )
+        await self._record(result)
+        log.error("effect not resent: the KMS may have applied it idempotency_key=%s secure_client_id=%s",
+                  cmd.idempotency_key, cmd.secure_client_id)
         return RunOutcome(result, dead_letter=True, history=tuple(history))
 
     @staticmethod

@@ -56,7 +56,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 from consumers.command_runner import CommandRunner, LedgerRejected, RunOutcome
 from kafka_edge import tracing
 from kafka_edge.assignment import Assignment
-from kafka_edge.dlq import HEADER_PREFIX, DeadLetters, screen_size, screen_times
+from kafka_edge.dlq import HEADER_PREFIX, REPLAYED_FROM, DeadLetters, screen_size, screen_times
 from kafka_edge.errors import CommandAbandoned, FatalKafkaError
 from kafka_edge.health import HealthState
 from kafka_edge.kafka_clients import (
@@ -231,7 +231,8 @@ class Executor:
             try:
                 # step 4: bounded concurrency of the KMS calls themselves (the runner holds the gate
                 # around each call only; ledger reads and writes do not occupy a KMS slot)
-                outcome = await self._runner.run(cmd, abandoned=abandoned, gate=self._sem)  # step 5
+                outcome = await self._runner.run(cmd, abandoned=abandoned, gate=self._sem,  # step 5
+                                                 replayed=_replayed(msg))
                 break
             except CommandAbandoned:
                 log.debug("command abandoned idempotency_key=%s (partition revoked or shutting down)",
@@ -387,3 +388,8 @@ class ResultNotPublished(Exception):
 
     def __init__(self, exc: BaseException) -> None:
         super().__init__(f"the result could not be published ({type(exc).__name__})")
+
+
+def _replayed(msg: Message) -> bool:
+    """The record was replayed from the DLQ on purpose (``kmsbridge dlq replay``)."""
+    return any(name == REPLAYED_FROM for name, _value in msg.headers() or ())

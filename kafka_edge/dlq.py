@@ -47,6 +47,7 @@ from schemas.errors import PoisonMessage
 
 __all__ = [
     "HEADER_PREFIX",
+    "REPLAYED_FROM",
     "TRUNCATED_BODY_BYTES",
     "TRUNCATED_KEY_BYTES",
     "DatabaseRejected",
@@ -66,6 +67,8 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 HEADER_PREFIX = "kmsbridge."
+#: Header of a record replayed from a DLQ (``kmsbridge dlq replay``): the DLQ position it came from.
+REPLAYED_FROM = f"{HEADER_PREFIX}replayed.from"
 _DIGITS = re.compile(r"\d{4,}")
 _QUOTED = re.compile(r"'[^']*'|\"[^\"]*\"")
 MAX_REASON = 300

@@ -24,12 +24,9 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
 
-from kafka_edge.dlq import HEADER_PREFIX
+from kafka_edge.dlq import HEADER_PREFIX, REPLAYED_FROM
 
 __all__ = ["DeadLetter", "ReplayPlan", "origin_of", "plan_replay", "read_dead_letters", "replay"]
-
-REPLAYED_FROM = f"{HEADER_PREFIX}replayed.from"
-
 
 @dataclass(frozen=True)
 class DeadLetter:

@@ -16,6 +16,7 @@ from sqlalchemy import create_engine
 from consumers.breaker import Breaker
 from consumers.command_runner import (
     KMS_ERROR,
+    OUTCOME_UNKNOWN,
     STALE_COMMAND,
     TRANSPORT_ERROR,
     CommandRunner,
@@ -27,7 +28,7 @@ from kafka_edge.errors import CommandAbandoned
 from kms_adapter.errors import KmsUnavailable
 from kms_adapter.fake import InMemoryKms, KmsCall
 from kms_adapter.port import KmsOutcome
-from schemas.records import KmsCommand, Operation, Product, ResultState, Source
+from schemas.records import KmsCommand, Message, MessageKind, Operation, Product, ResultState, Source, TextMode
 
 BUDGET = 4
 
@@ -362,3 +363,84 @@ def test_the_gate_bounds_kms_calls_in_flight_and_every_command_still_completes(l
     outcomes = asyncio.run(main())
     assert kms.most == 3  # never more than the gate allows
     assert [o.result.state for o in outcomes] == [ResultState.COMPLETED] * 12
+
+
+# An effect sent without a complete answer is never resent on its own (OUTCOME_UNKNOWN, dead-lettered).
+
+
+def mail(card: str, key: str) -> KmsCommand:
+    return KmsCommand(
+        idempotency_key=key, operation=Operation.SEND_MAIL, secure_client_id=card,
+        message=Message(kind=MessageKind.MAIL, text_mode=TextMode.ANSI, text="Your bill is ready"),
+        source=Source(process_name="test", communication_id=key), created_at=datetime.now(UTC),
+    )
+
+
+def test_a_mail_sent_without_an_answer_is_not_resent_and_is_dead_lettered(ledger: Ledger) -> None:
+    kms = FlakyKms()
+    kms.fail_next(1, lambda: KmsUnavailable("timeout", maybe_applied=True))
+
+    outcome = run_one(kms, ledger, mail("C1", "m1"))
+
+    assert outcome.result.state is ResultState.REJECTED
+    assert outcome.result.error_code == OUTCOME_UNKNOWN
+    assert outcome.dead_letter
+    assert len(kms.executed) == 1  # the one call whose answer was lost; no second one
+    assert ledger.get("m1") is not None  # a redelivery is not sent again either
+
+
+def test_a_mail_that_never_reached_the_kms_is_retried_until_it_is_shown(ledger: Ledger) -> None:
+    kms = FlakyKms()
+    kms.fail_next(2, lambda: KmsUnavailable("connect"))
+
+    outcome = run_one(kms, ledger, mail("C1", "m2"))
+
+    assert outcome.result.state is ResultState.COMPLETED
+    assert outcome.result.attempts == 3
+
+
+def test_an_absolute_command_whose_answer_was_lost_is_resent(ledger: Ledger) -> None:
+    kms = FlakyKms()
+    kms.fail_next(1, lambda: KmsUnavailable("timeout", maybe_applied=True))
+
+    outcome = run_one(kms, ledger, command("C1", "k1"))
+
+    assert outcome.result.state is ResultState.COMPLETED
+    assert outcome.result.attempts == 2
+
+
+def test_a_replay_from_the_dlq_sends_an_undelivered_command_again_and_a_redelivery_does_not(ledger: Ledger) -> None:
+    kms = FlakyKms()
+    kms.fail_next(1, lambda: KmsUnavailable("timeout", maybe_applied=True))
+    first = run_one(kms, ledger, mail("C1", "m3"))
+    redelivered = run_one(kms, ledger, mail("C1", "m3"))
+    calls_before_the_replay = len(kms.executed)
+
+    async def replay() -> RunOutcome:
+        runner, breaker = runner_for(kms, ledger)
+        try:
+            return await runner.run(mail("C1", "m3"), replayed=True)
+        finally:
+            await breaker.aclose()
+
+    replayed = asyncio.run(replay())
+
+    assert first.result.error_code == OUTCOME_UNKNOWN
+    assert redelivered.result.duplicate and calls_before_the_replay == 1
+    assert replayed.result.state is ResultState.COMPLETED and not replayed.result.duplicate
+    assert len(kms.executed) == 2
+
+
+def test_a_replay_of_a_command_that_completed_is_not_sent_again(ledger: Ledger) -> None:
+    kms = FlakyKms()
+    run_one(kms, ledger, mail("C1", "m4"))
+
+    async def replay() -> RunOutcome:
+        runner, breaker = runner_for(kms, ledger)
+        try:
+            return await runner.run(mail("C1", "m4"), replayed=True)
+        finally:
+            await breaker.aclose()
+
+    assert asyncio.run(replay()).result.duplicate
+    assert len(kms.executed) == 1
