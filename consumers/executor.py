@@ -63,6 +63,7 @@ from kafka_edge.kafka_clients import (
     HangWatchdog,
     Headers,
     consume_available,
+    header,
     produce,
     schema_id_header,
 )
@@ -392,4 +393,4 @@ class ResultNotPublished(Exception):
 
 def _replayed(msg: Message) -> bool:
     """The record was replayed from the DLQ on purpose (``kmsbridge dlq replay``)."""
-    return any(name == REPLAYED_FROM for name, _value in msg.headers() or ())
+    return header(msg, REPLAYED_FROM) is not None

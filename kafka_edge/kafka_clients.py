@@ -41,6 +41,7 @@ __all__ = [
     "KafkaErrorHandler",
     "close_producer",
     "consumer_config",
+    "header",
     "is_fatal",
     "kafka_error",
     "make_consumer",
@@ -269,6 +270,15 @@ def close_producer(producer: Producer, timeout: float) -> int:
         producer.purge()
         producer.close()
     return dropped
+
+
+def header(msg: Message, name: str) -> bytes | None:
+    """The value of ``msg``'s header ``name`` (the first one), or None."""
+    headers: Any = msg.headers()
+    for key, value in (headers.items() if isinstance(headers, dict) else headers or ()):
+        if key == name:
+            return value if isinstance(value, bytes) else b""
+    return None
 
 
 def schema_id_header(msg: Message) -> bytes | None:

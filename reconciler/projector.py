@@ -48,7 +48,7 @@ from schemas.codec import Codec
 from schemas.errors import PoisonMessage, SchemaRegistryUnavailable
 from schemas.records import SubscriptionEvent
 
-__all__ = ["Projector", "ProjectorConfig"]
+__all__ = ["Projector", "ProjectorConfig", "decode_event"]
 
 log = logging.getLogger(__name__)
 PROCESS = "projector"
@@ -65,6 +65,16 @@ class ProjectorConfig:
     max_future_skew: timedelta = timedelta(days=1)
     retry_seconds: float = 1.0
     flush_timeout_seconds: float = 30.0
+
+
+def decode_event(msg: Message, value: bytes, codec: Codec, *, max_message_bytes: int,
+                 max_future_skew: timedelta) -> SubscriptionEvent:
+    """One record's event, screened as every consumer screens (size, codec, time skew); a record that fails
+    raises :class:`PoisonMessage`. The rebuild (:mod:`reconciler.rebuild`) reads the topic through it too."""
+    screen_size(value, max_message_bytes)
+    event = codec.decode(value, SubscriptionEvent, schema_id_header(msg))
+    screen_times(event, _TIME_FIELDS, max_future_skew)
+    return event
 
 
 class Projector:
@@ -130,9 +140,8 @@ class Projector:
                 outcomes.append("skipped")
                 continue
             try:
-                screen_size(value, self._cfg.max_message_bytes)
-                event = self._codec.decode(value, SubscriptionEvent, schema_id_header(msg))
-                screen_times(event, _TIME_FIELDS, self._cfg.max_future_skew)
+                event = decode_event(msg, value, self._codec, max_message_bytes=self._cfg.max_message_bytes,
+                                     max_future_skew=self._cfg.max_future_skew)
             except PoisonMessage as exc:
                 self._dead_letters.send(self._cfg.dlq_topic, msg, exc)
                 outcomes.append("dlq")

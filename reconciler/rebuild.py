@@ -41,9 +41,9 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, Top
 from sqlalchemy import func, select
 from sqlalchemy.exc import SQLAlchemyError
 
-from kafka_edge.dlq import DatabaseRejected, is_content_error, screen_size, screen_times
-from kafka_edge.kafka_clients import schema_id_header
+from kafka_edge.dlq import DatabaseRejected, is_content_error
 from kafka_edge.messages import is_record
+from reconciler.projector import decode_event
 from reconciler.store import DesiredStateStore
 from reconciler.tables import cards_table, subscriptions_table
 from schemas.codec import Codec
@@ -63,8 +63,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 PROCESS = "projector-rebuild"
-#: The event times the projector screens against the future skew.
-_TIME_FIELDS = ("occurred_at", "created_at")
 
 
 class RebuildError(Exception):
@@ -211,9 +209,8 @@ class Rebuild:
                 report.tombstones += 1
                 continue
             try:
-                screen_size(value, self._cfg.max_message_bytes)
-                event = self._codec.decode(value, SubscriptionEvent, schema_id_header(msg))
-                screen_times(event, _TIME_FIELDS, self._cfg.max_future_skew)
+                event = decode_event(msg, value, self._codec, max_message_bytes=self._cfg.max_message_bytes,
+                                     max_future_skew=self._cfg.max_future_skew)
             except PoisonMessage as exc:
                 self._bad(report, msg, exc.reason, str(exc))
                 continue
