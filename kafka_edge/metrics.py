@@ -7,9 +7,12 @@ objects they update. Label values never carry PINs, texts or ids of customers.
 from __future__ import annotations
 
 import platform
+from typing import Any
 
 import confluent_kafka
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import Counter as _Counter
+from prometheus_client import Gauge as _Gauge
+from prometheus_client import Histogram as _Histogram
 
 from kafka_edge.build_info import kmsbridge_version
 
@@ -21,6 +24,8 @@ __all__ = [
     "CONSUMER_LAG_SECONDS",
     "DLQ_MESSAGES",
     "KMS_BREAKER_OPEN",
+    "KMS_RATE_LIMIT_PER_SECOND",
+    "KMS_RATE_LIMIT_WAITS",
     "KMS_REQUESTS",
     "KMS_REQUEST_SECONDS",
     "KMS_RETRIES",
@@ -30,6 +35,46 @@ __all__ = [
     "RECONCILE_DRIFTED",
     "RECONCILE_LAST_SUCCESS",
 ]
+
+class _CachedLabels:
+    """``labels(*values)`` from a plain dict once a label set has been seen: prometheus_client
+    converts every value with ``str`` and takes the metric's lock on each call, which the consume
+    loops pay several times per message. The child is the one prometheus_client made and keeps, so
+    exposition is unchanged; ``remove`` and ``clear`` drop the cache with the children."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._cached_children: dict[tuple[object, ...], Any] = {}
+        super().__init__(*args, **kwargs)
+
+    def labels(self, *labelvalues: object, **labelkwargs: object) -> Any:
+        if labelkwargs or not labelvalues:
+            return super().labels(*labelvalues, **labelkwargs)  # type: ignore[misc]
+        try:
+            return self._cached_children[labelvalues]
+        except KeyError:
+            child = self._cached_children[labelvalues] = super().labels(*labelvalues)  # type: ignore[misc]
+            return child
+
+    def remove(self, *labelvalues: Any) -> None:
+        self._cached_children = {}
+        super().remove(*labelvalues)  # type: ignore[misc]
+
+    def clear(self) -> None:
+        self._cached_children = {}
+        super().clear()  # type: ignore[misc]
+
+
+class Counter(_CachedLabels, _Counter):
+    """``prometheus_client.Counter`` whose label look-ups are cached (:class:`_CachedLabels`)."""
+
+
+class Gauge(_CachedLabels, _Gauge):
+    """``prometheus_client.Gauge`` whose label look-ups are cached (:class:`_CachedLabels`)."""
+
+
+class Histogram(_CachedLabels, _Histogram):
+    """``prometheus_client.Histogram`` whose label look-ups are cached (:class:`_CachedLabels`)."""
+
 
 MESSAGES_CONSUMED = Counter(
     "kmsbridge_messages_consumed_total", "Messages taken from Kafka", ["process", "topic"]
@@ -74,6 +119,16 @@ KMS_REQUEST_SECONDS = Histogram(
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
 KMS_RETRIES = Counter("kmsbridge_kms_retries_total", "KMS call retries", ["operation"])
+KMS_RATE_LIMIT_PER_SECOND = Gauge(
+    "kmsbridge_kms_rate_limit_per_second",
+    "This replica's share of the KMS calls-per-second limit, by operation class (all: every call)",
+    ["class"],
+)
+KMS_RATE_LIMIT_WAITS = Counter(
+    "kmsbridge_kms_rate_limit_waits_total",
+    "KMS calls that waited for a token of the calls-per-second limit, by operation class",
+    ["class"],
+)
 KMS_BREAKER_OPEN = Gauge("kmsbridge_kms_breaker_open", "1 while the KMS circuit breaker is open")
 COMMANDS_INFLIGHT = Gauge("kmsbridge_commands_inflight", "Commands taken from Kafka and not yet finished")
 DLQ_MESSAGES = Counter("kmsbridge_dlq_messages_total", "Messages sent to a DLQ", ["topic", "error"])
