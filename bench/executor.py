@@ -276,7 +276,9 @@ def run(grid: dict[int, list[int]], *, seconds: float, client_calls: int, result
         p["cpu_bound"] = p["little_bound"] > cap
     ok = [p["ratio_to_expected"] >= TARGET_RATIO for p in points]
     result: dict[str, Any] = {
-        "command": "python -m bench.executor" + ("" if seconds > 1 else " --quick"),
+        "command": "python -m bench.executor" + ("" if seconds > 1 else " --quick")
+                   + ("" if grid else " --saturation-only")
+                   + (f" --compare-tree {compare_tree}" if compare_tree else ""),
         "client_alone": client, "saturation": saturation, "saturation_before": before, "points": points,
         "profile": prof,
         "order_violations": sum(p["order"]["cards_out_of_order"] for p in [*points, saturation]),
@@ -332,8 +334,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", action="store_true", help="also profile an executor at L = 0 (cProfile)")
     parser.add_argument("--compare-tree", type=Path,
                         help="also run the saturation point with the executor from this source tree (before/after)")
+    parser.add_argument("--saturation-only", action="store_true",
+                        help="only the CPU limit (L = 0, N = 64) and the client alone, no N/L grid")
     args = parser.parse_args(argv)
-    grid = QUICK_GRID if args.quick else FULL_GRID
+    grid = {} if args.saturation_only else QUICK_GRID if args.quick else FULL_GRID
     seconds = 0.5 if args.quick else args.seconds
     run(grid, seconds=seconds, client_calls=300 if args.quick else 3000, results_dir=args.results_dir,
         img_dir=args.img_dir, compare_tree=args.compare_tree, profile=args.profile)

@@ -4,13 +4,20 @@ Steps, in order (the executor calls :meth:`CommandRunner.run` for each command, 
 commands one after the other):
 
 1. Ledger: a key already COMPLETED or REJECTED is not sent again; its result is returned with
-   ``duplicate`` true. Only a deliberate replay from the DLQ (``kmsbridge dlq replay``, the
-   ``kmsbridge.replayed.from`` header) runs again a command whose recorded outcome was that it could not
-   be delivered (``TRANSPORT_ERROR``, ``OUTCOME_UNKNOWN``).
+   ``duplicate`` true. The executor reads the keys and cards of a polled batch in one query each
+   (:meth:`CommandRunner.expect`, :meth:`CommandRunner.read_ahead`, :class:`~consumers.ledger.ReadAhead`).
+   Only a deliberate replay from the DLQ (``kmsbridge dlq replay``, the ``kmsbridge.replayed.from``
+   header) runs again a command whose recorded outcome was that it could not be delivered
+   (``TRANSPORT_ERROR``, ``OUTCOME_UNKNOWN``).
 2. Stale guard: a command for an older subscription version than the newest applied to the same
-   secure client is not applied; its result is REJECTED with ``STALE_COMMAND``.
-3. Call the KMS. Business errors are REJECTED at once. Transient errors retry in place with
-   exponential backoff and full jitter; attempts made while the breaker is open do not count
+   secure client is not applied; its result is REJECTED with ``STALE_COMMAND``. An absolute command
+   older than the last one applied to the same attribute of its secure client
+   (:mod:`consumers.coalesce`: the ledger keeps each attribute's origin) is not sent either: it ends
+   COMPLETED with ``superseded_by`` naming the newer key, so the express lane and the regular lane
+   never undo each other.
+3. Call the KMS, after a token of the calls-per-second limiter (:mod:`consumers.limiter`, for every
+   attempt) and a KMS call slot, both express first. Business errors are REJECTED at once.
+   Transient errors retry in place with exponential backoff and full jitter; attempts made while the breaker is open do not count
    against the budget, so an outage never dead-letters anything.
 4. Past the attempt budget the breaker diagnoses (:meth:`Breaker.diagnose`): the KMS down for everyone
    (a probe fails: the breaker opens, the command waits with a fresh budget), flaky for everyone (the
@@ -22,7 +29,8 @@ commands one after the other):
    may have shown it already, and it does not deduplicate by our key. It is REJECTED with
    ``OUTCOME_UNKNOWN`` and dead-lettered, so an operator sees it and replays it deliberately
    (``kmsbridge dlq replay``). Absolute commands are resent: applying them twice changes nothing.
-5. The outcome goes to the ledger (and the client's version rises) before the result is published.
+5. The outcome goes to the ledger (and the client's version rises, and an absolute command's attribute
+   takes its origin) before the result is published.
 
 A database error caused by the command's content (a value too long for its ledger column, a NUL
 byte: :func:`~kafka_edge.dlq.is_content_error`) raises :class:`LedgerRejected` with the result to
@@ -52,7 +60,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from consumers.breaker import Breaker, Diagnosis
-from consumers.ledger import GroupCommit, Ledger
+from consumers.coalesce import Origin, attribute_of, is_newer
+from consumers.ledger import GroupCommit, Ledger, ReadAhead
+from consumers.limiter import KmsRateLimiter, PriorityGate
 from kafka_edge import tracing
 from kafka_edge.dlq import DatabaseRejected, is_content_error
 from kafka_edge.errors import CommandAbandoned
@@ -111,24 +121,42 @@ class CommandRunner:
         attempt_budget: int = 6,
         retry_initial: float = 0.2,
         retry_max: float = 5.0,
+        limiter: KmsRateLimiter | None = None,
     ) -> None:
         self._kms = kms
+        self._limiter = limiter
         self._ledger = ledger
-        self._writes = GroupCommit(ledger)
+        self._reads = ReadAhead(ledger)
+        self._writes = GroupCommit(ledger, self._reads)
         self._breaker = breaker
         self._budget = attempt_budget
         self._initial = retry_initial
         self._cap = retry_max
 
+    def expect(self, cmd: KmsCommand) -> None:
+        """``cmd`` was polled and will run: its ledger reads join the batch's (:meth:`read_ahead`)."""
+        guarded = cmd.subscription_version is not None and cmd.secure_client_id != "*"
+        self._reads.expect(cmd.idempotency_key, cmd.secure_client_id if guarded else None)
+
+    def read_ahead(self) -> None:
+        """The ledger reads of the commands :meth:`expect` named, in one query each for keys and cards
+        (:class:`~consumers.ledger.ReadAhead`); when it fails each command reads for itself."""
+        try:
+            self._reads.read()
+        except Exception as exc:
+            log.warning("batch ledger read failed (%s); each command reads its own", type(exc).__name__)
+
     async def run(self, cmd: KmsCommand, *, abandoned: Callable[[], bool] | None = None,
-                  gate: asyncio.Semaphore | None = None, replayed: bool = False) -> RunOutcome:
+                  gate: asyncio.Semaphore | PriorityGate | None = None, replayed: bool = False,
+                  express: bool = False) -> RunOutcome:
         """Run ``cmd`` to its outcome. ``abandoned`` is asked before every attempt; when it answers
         true (the partition was revoked) :class:`CommandAbandoned` is raised and nothing is recorded.
-        ``replayed``: the command was replayed from the DLQ on purpose (step 1)."""
+        ``replayed``: the command was replayed from the DLQ on purpose (step 1). ``express``: its
+        calls wait for a token of the limiter and a KMS call slot before every regular command's."""
         # step 1: ledger
         guarded = cmd.subscription_version is not None and cmd.secure_client_id != "*"
         try:
-            known, applied = self._ledger.lookup(cmd.idempotency_key, cmd.secure_client_id if guarded else None)
+            known, applied = self._reads.lookup(cmd.idempotency_key, cmd.secure_client_id if guarded else None)
         except Exception as exc:
             if not is_content_error(exc):
                 raise
@@ -147,6 +175,12 @@ class CommandRunner:
             log.info("stale command not applied idempotency_key=%s secure_client_id=%s",
                      cmd.idempotency_key, cmd.secure_client_id)
             return RunOutcome(result)
+        # step 2b: an absolute command older than the last applied to its attribute is superseded
+        attribute = attribute_of(cmd)
+        if attribute is not None:
+            last = self._ledger.origin(cmd.secure_client_id, attribute)
+            if last is not None and is_newer(last, Origin.of(cmd)):
+                return await self._superseded(cmd, last.idempotency_key)
         # steps 3-4: call with retries
         history: deque[str] = deque(maxlen=MAX_HISTORY)
         attempts = 0
@@ -159,8 +193,13 @@ class CommandRunner:
             attempts += 1
             t0 = time.monotonic()
             retry_after: float | None = None
+            if self._limiter is not None:  # calls per second: every attempt is a call
+                await self._limiter.acquire(cmd.operation, express=express)
+                if abandoned is not None and abandoned():
+                    raise CommandAbandoned(cmd.idempotency_key)
             try:
-                async with gate or contextlib.nullcontext():  # max_inflight KMS calls, ledger work aside
+                slot = gate.slot(express) if isinstance(gate, PriorityGate) else gate or contextlib.nullcontext()
+                async with slot:  # max_inflight KMS calls, ledger work aside
                     outcome = await self._call(cmd)
             except KmsRejected as exc:
                 KMS_REQUESTS.labels(op, "rejected").inc()
@@ -194,7 +233,8 @@ class CommandRunner:
                                       provider_error_code=outcome[0], provider_error_description=None,
                                       client_info=outcome[1])
                 await self._record(result, version=cmd.subscription_version,
-                                          subscription_id=cmd.subscription_id)
+                                   subscription_id=cmd.subscription_id, attribute=attribute,
+                                   origin=Origin.of(cmd) if attribute is not None else None)
                 return RunOutcome(result)
             # a transient failure
             KMS_REQUESTS.labels(op, "transient").inc()
@@ -218,11 +258,38 @@ class CommandRunner:
                 delay = max(delay, min(retry_after, self._cap))
             await asyncio.sleep(delay)
 
+    async def supersede(self, cmd: KmsCommand, newer_key: str) -> RunOutcome:
+        """``cmd`` is not sent: the executor holds a newer absolute command (``newer_key``) for the same
+        secure client and attribute (:class:`~consumers.coalesce.Holding`). A key the ledger already
+        has is a duplicate, as in :meth:`run`."""
+        try:
+            known, _ = self._ledger.lookup(cmd.idempotency_key, None)
+        except Exception as exc:
+            if not is_content_error(exc):
+                raise
+            result = self._result(cmd, ResultState.REJECTED, attempts=0, started=time.monotonic(),
+                                  error_code=INVALID_COMMAND,
+                                  error_description="the ledger refused the command's content")
+            raise LedgerRejected(exc, result) from exc
+        if known is not None:
+            return RunOutcome(known.model_copy(update={"duplicate": True}))
+        return await self._superseded(cmd, newer_key)
+
+    async def _superseded(self, cmd: KmsCommand, newer_key: str) -> RunOutcome:
+        result = self._result(cmd, ResultState.COMPLETED, attempts=0, started=time.monotonic())
+        result = result.model_copy(update={"superseded_by": newer_key})
+        await self._record(result)
+        log.info("superseded command not sent idempotency_key=%s secure_client_id=%s superseded_by=%s",
+                 cmd.idempotency_key, cmd.secure_client_id, newer_key)
+        return RunOutcome(result)
+
     async def _record(self, result: KmsResult, *, version: int | None = None,
-                      subscription_id: str | None = None) -> None:
+                      subscription_id: str | None = None, attribute: str | None = None,
+                      origin: Origin | None = None) -> None:
         """Step 5: the outcome to the ledger; a refusal of its content is :class:`LedgerRejected`."""
         try:
-            await self._writes.record(result, version=version, subscription_id=subscription_id)
+            await self._writes.record(result, version=version, subscription_id=subscription_id,
+                                      attribute=attribute, origin=origin)
         except Exception as exc:
             if not is_content_error(exc):
                 raise

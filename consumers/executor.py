@@ -162,7 +162,9 @@ class Executor:
                 self._health.polled()
                 for msg in msgs:
                     self._dispatch(msg)
-                if not msgs:
+                if msgs:
+                    self._runner.read_ahead()  # the batch's ledger reads in one query, before any runs
+                else:
                     await asyncio.sleep(0)  # let finished tasks run their callbacks
         finally:
             await self._shutdown(loop)
@@ -196,6 +198,7 @@ class Executor:
             self._dead_letters.send(self._cfg.dlq_topic, msg, exc, on_delivered=finish)
             MESSAGES_PROCESSED.labels(PROCESS, topic, "dlq").inc()
             return
+        self._runner.expect(cmd)
         # step 4: chain behind the same secure client
         key = cmd.secure_client_id
         prev = self._tails.get(key)

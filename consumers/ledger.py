@@ -6,16 +6,18 @@ PostgreSQL (production, shared by executor replicas) both work.
 
 Speed (docs/benchmarks.md, executor): every statement is built once, with bind parameters, so
 SQLAlchemy's compiled cache is hit instead of generating a cache key from a fresh construct per call;
-:meth:`Ledger.lookup` reads the key and the client's version on one connection; :meth:`Ledger.record`
-is two single-statement upserts (``INSERT ... ON CONFLICT DO UPDATE``) in one transaction instead of
-select-then-insert-or-update twice; :class:`GroupCommit` writes the outcomes of one event-loop turn
-in one transaction.
+:meth:`Ledger.lookup` reads the key and the client's version on one connection, and
+:class:`ReadAhead` reads those of a whole polled batch in two queries (:meth:`Ledger.lookup_many`);
+:meth:`Ledger.record` is two single-statement upserts (``INSERT ... ON CONFLICT DO UPDATE``) in one
+transaction instead of select-then-insert-or-update twice; :class:`GroupCommit` writes the outcomes
+of one event-loop turn in one transaction.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+import time
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -23,10 +25,11 @@ from sqlalchemy import BigInteger, Column, DateTime, MetaData, String, Table, Te
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 
+from consumers.coalesce import Origin, is_newer
 from kafka_edge.dlq import is_content_error
 from schemas.records import KmsResult
 
-__all__ = ["LEDGER_METADATA", "Entry", "GroupCommit", "Ledger"]
+__all__ = ["LEDGER_METADATA", "Entry", "GroupCommit", "Ledger", "ReadAhead"]
 
 LEDGER_METADATA = MetaData()
 
@@ -47,9 +50,32 @@ versions_table = Table(
     Column("version", BigInteger, nullable=False),  # an Avro long
 )
 
+#: per secure client and attribute (:func:`consumers.coalesce.attribute_of`), the origin of the last
+#: absolute command applied: an older one for the same attribute is superseded, never sent
+origins_table = Table(
+    "kms_client_attributes",
+    LEDGER_METADATA,
+    Column("secure_client_id", String(128), primary_key=True),
+    Column("attribute", String(160), primary_key=True),
+    Column("origin_at", DateTime(timezone=True), nullable=False),
+    Column("subscription_id", String(128), nullable=True),
+    Column("version", BigInteger, nullable=True),
+    Column("idempotency_key", String(255), nullable=False),
+)
+_ORIGIN = select(origins_table.c.origin_at, origins_table.c.subscription_id, origins_table.c.version,
+                 origins_table.c.idempotency_key).where(
+    origins_table.c.secure_client_id == bindparam("card"), origins_table.c.attribute == bindparam("attribute"))
+
 _GET = select(ledger_table.c.result_json).where(ledger_table.c.idempotency_key == bindparam("key"))
 _VERSION = select(versions_table.c.subscription_id, versions_table.c.version).where(
     versions_table.c.secure_client_id == bindparam("card"))
+_GET_MANY = select(ledger_table.c.idempotency_key, ledger_table.c.result_json).where(
+    ledger_table.c.idempotency_key.in_(bindparam("keys", expanding=True)))
+_VERSION_MANY = select(versions_table.c.secure_client_id, versions_table.c.subscription_id,
+                       versions_table.c.version).where(
+    versions_table.c.secure_client_id.in_(bindparam("cards", expanding=True)))
+#: keys or cards in one ``IN`` list (SQLite before 3.32 allows 999 bound parameters a statement)
+_IN_CHUNK = 900
 
 
 def _upserts(dialect_name: str) -> tuple[object, object]:
@@ -76,6 +102,9 @@ class Entry:
     result: KmsResult
     version: int | None = None
     subscription_id: str | None = None
+    #: an applied absolute command: its attribute and origin (the attribute's last applied, when newer)
+    attribute: str | None = None
+    origin: Origin | None = None
 
 
 class GroupCommit:
@@ -88,17 +117,19 @@ class GroupCommit:
     entry is written alone, so only the entries at fault fail and the others are recorded.
     """
 
-    def __init__(self, ledger: Ledger) -> None:
+    def __init__(self, ledger: Ledger, reads: ReadAhead | None = None) -> None:
         self._ledger = ledger
+        self._reads = reads
         self._pending: list[tuple[Entry, asyncio.Future[None]]] = []
 
     async def record(self, result: KmsResult, *, version: int | None = None,
-                     subscription_id: str | None = None) -> None:
+                     subscription_id: str | None = None, attribute: str | None = None,
+                     origin: Origin | None = None) -> None:
         loop = asyncio.get_running_loop()
         done: asyncio.Future[None] = loop.create_future()
         if not self._pending:
             loop.call_soon(self._flush)  # after every callback ready in this turn has had its say
-        self._pending.append((Entry(result, version, subscription_id), done))
+        self._pending.append((Entry(result, version, subscription_id, attribute, origin), done))
         await done
 
     def _flush(self) -> None:
@@ -112,6 +143,8 @@ class GroupCommit:
             for _, done in batch:
                 _settle(done, exc)
             return
+        if self._reads is not None:
+            self._reads.recorded(entry for entry, _ in batch)
         for _, done in batch:
             _settle(done, None)
 
@@ -122,7 +155,101 @@ class GroupCommit:
             except Exception as exc:
                 _settle(done, exc)
             else:
+                if self._reads is not None:
+                    self._reads.recorded([entry])
                 _settle(done, None)
+
+
+class ReadAhead:
+    """The ledger reads of a polled batch in two queries, instead of :meth:`Ledger.lookup` per command.
+
+    The executor calls :meth:`expect` for each command of a batch as it dispatches it and :meth:`read`
+    once the batch is dispatched, before any of its commands runs: one ``IN`` query for the keys, one
+    for the cards. :meth:`lookup` then answers a command from what was read, and falls back to
+    :meth:`Ledger.lookup` for anything the batch read does not cover. What was read stays right
+    because:
+
+    1. every outcome this process records goes through :class:`GroupCommit`, which hands it to
+       :meth:`recorded` after its commit: a card's version rises here as in the table (the same rule
+       as the upsert), so the second command of a card in one batch sees the first's outcome, and a
+       later batch's read keeps a card already held (it is at least as new as the table);
+    2. a key is answered from the read once: a second command with the same key in the batch, and a
+       command tried again after a failure, read the table;
+    3. an entry is used for at most :data:`MAX_AGE_SECONDS` after its read (then the table is read):
+       a card's commands run in one process only (its partition's owner), and the bound keeps the
+       window in which a previous owner's late write goes unseen close to a single lookup's.
+    """
+
+    #: how long a batch read answers for its commands (seconds)
+    MAX_AGE_SECONDS = 2.0
+
+    def __init__(self, ledger: Ledger) -> None:
+        self._ledger = ledger
+        self._wanted_keys: list[str] = []
+        self._wanted_cards: dict[str, None] = {}
+        self._known: dict[str, tuple[float, KmsResult | None]] = {}  # key -> (read at, its result)
+        self._versions: dict[str, tuple[float, tuple[str | None, int] | None]] = {}  # card -> (read at, version)
+
+    def expect(self, key: str, card: str | None) -> None:
+        """``key`` (and ``card``, when the command is version-guarded) will be looked up soon."""
+        self._wanted_keys.append(key)
+        if card is not None:
+            self._wanted_cards[card] = None
+
+    def read(self) -> None:
+        """Read what :meth:`expect` named since the last read (two queries); an error propagates and
+        leaves the commands to :meth:`Ledger.lookup`."""
+        keys, self._wanted_keys = self._wanted_keys, []
+        wanted, self._wanted_cards = self._wanted_cards, {}
+        now = time.monotonic()
+        self._purge(now)
+        cards = [card for card in wanted if card not in self._versions]  # what is held is at least as new
+        if not keys and not cards:
+            return
+        known, versions = self._ledger.lookup_many(keys, cards)
+        for key in keys:
+            self._known[key] = (now, known.get(key))
+        for card in cards:
+            self._versions[card] = (now, versions.get(card))
+
+    def lookup(self, key: str, card: str | None) -> tuple[KmsResult | None, tuple[str | None, int] | None]:
+        """:meth:`Ledger.lookup`, answered from the batch read when it covers ``key`` (and ``card``)."""
+        now = time.monotonic()
+        read = self._known.pop(key, None)
+        if read is None or now - read[0] > self.MAX_AGE_SECONDS:
+            return self._ledger.lookup(key, card)
+        if read[1] is not None or card is None:
+            return read[1], None
+        held = self._versions.get(card)
+        if held is None or now - held[0] > self.MAX_AGE_SECONDS:
+            return self._ledger.lookup(key, card)
+        return None, held[1]
+
+    def recorded(self, entries: Iterable[Entry]) -> None:
+        """Outcomes just committed by this process: a held key's result and a held card's version
+        follow the table."""
+        for entry in entries:
+            key = entry.result.idempotency_key
+            read = self._known.get(key)
+            if read is not None:
+                self._known[key] = (read[0], entry.result)
+            card = entry.result.secure_client_id
+            if entry.version is None or not card:
+                continue
+            held = self._versions.get(card)
+            if held is None:
+                continue
+            read_at, current = held
+            if current is None or current[0] != entry.subscription_id or entry.version > current[1]:
+                self._versions[card] = (read_at, (entry.subscription_id, entry.version))
+
+    def _purge(self, now: float) -> None:
+        """Forget reads older than :data:`MAX_AGE_SECONDS` (commands abandoned before their lookup)."""
+        limit = now - self.MAX_AGE_SECONDS
+        if self._known:
+            self._known = {k: v for k, v in self._known.items() if v[0] >= limit}
+        if self._versions:
+            self._versions = {c: v for c, v in self._versions.items() if v[0] >= limit}
 
 
 def _settle(done: asyncio.Future[None], exc: BaseException | None) -> None:
@@ -155,6 +282,22 @@ class Ledger:
                 return known, None
             return None, self._version(conn, secure_client_id)
 
+    def lookup_many(self, keys: Sequence[str], cards: Sequence[str]
+                    ) -> tuple[dict[str, KmsResult], dict[str, tuple[str | None, int]]]:
+        """:meth:`lookup` of many keys and cards on one connection: the stored results of the keys
+        that have one, and the subscription and version of the cards that have one."""
+        known: dict[str, KmsResult] = {}
+        versions: dict[str, tuple[str | None, int]] = {}
+        with self._engine.connect() as conn:
+            for i in range(0, len(keys), _IN_CHUNK):
+                for key, result_json in conn.execute(_GET_MANY, {"keys": list(keys[i:i + _IN_CHUNK])}):
+                    known[key] = KmsResult.model_validate_json(result_json)
+            for i in range(0, len(cards), _IN_CHUNK):
+                for card, subscription_id, version in conn.execute(_VERSION_MANY,
+                                                                   {"cards": list(cards[i:i + _IN_CHUNK])}):
+                    versions[card] = (subscription_id, int(version))
+        return known, versions
+
     def record(self, result: KmsResult, *, version: int | None = None,
                subscription_id: str | None = None) -> None:
         """Store the outcome and, for an applied command, raise the client's version (one transaction)."""
@@ -169,10 +312,37 @@ class Ledger:
         versions = [{"secure_client_id": e.result.secure_client_id, "subscription_id": e.subscription_id,
                      "version": e.version} for e in entries if e.version is not None and e.result.secure_client_id]
         unique = list({row["idempotency_key"]: row for row in outcomes}.values())  # one row per key, last wins
+        origins = [(e.result.secure_client_id, e.attribute, e.origin) for e in entries
+                   if e.attribute is not None and e.origin is not None and e.result.secure_client_id]
         with self._engine.begin() as conn:
             conn.execute(self._record_outcome, unique)  # type: ignore[call-overload]
             for row in versions:
                 conn.execute(self._raise_version, row)  # type: ignore[call-overload]
+            for card, attribute, origin in origins:
+                self._raise_origin(conn, card, attribute, origin)
+
+    def origin(self, secure_client_id: str, attribute: str) -> Origin | None:
+        """The origin of the last absolute command applied to ``attribute`` of the secure client."""
+        with self._engine.connect() as conn:
+            row = conn.execute(_ORIGIN, {"card": secure_client_id, "attribute": attribute}).first()
+        if row is None:
+            return None
+        return Origin(_aware(row[0]), row[1], None if row[2] is None else int(row[2]), row[3])
+
+    @staticmethod
+    def _raise_origin(conn: Connection, card: str, attribute: str, origin: Origin) -> None:
+        # read and write in the caller's transaction; a card's commands run in one process at a time
+        row = conn.execute(_ORIGIN, {"card": card, "attribute": attribute}).first()
+        values = {"origin_at": origin.created_at.astimezone(UTC), "subscription_id": origin.subscription_id,
+                  "version": origin.version, "idempotency_key": origin.idempotency_key}
+        if row is None:
+            conn.execute(origins_table.insert().values(secure_client_id=card, attribute=attribute, **values))
+            return
+        held = Origin(_aware(row[0]), row[1], None if row[2] is None else int(row[2]), row[3])
+        if is_newer(held, origin):
+            return  # the newer one stays the attribute's last applied
+        conn.execute(origins_table.update().where(origins_table.c.secure_client_id == card,
+                                                  origins_table.c.attribute == attribute).values(**values))
 
     @staticmethod
     def _get(conn: Connection, key: str) -> KmsResult | None:
@@ -183,3 +353,8 @@ class Ledger:
     def _version(conn: Connection, card: str) -> tuple[str | None, int] | None:
         row = conn.execute(_VERSION, {"card": card}).first()
         return (row[0], int(row[1])) if row else None
+
+
+def _aware(at: datetime) -> datetime:
+    """SQLite hands a stored time back without its zone (it was stored in UTC)."""
+    return at if at.tzinfo is not None else at.replace(tzinfo=UTC)

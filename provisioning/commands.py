@@ -15,6 +15,7 @@ from datetime import datetime
 from pydantic import SecretStr
 
 from provisioning.keys import KeySource, idempotency_key
+from schemas.limits import MAX_PRODUCTS
 from schemas.records import KmsCommand, Message, Operation, Priority, Product, Source
 
 __all__ = ["GLOBAL_CLIENT", "CommandFactory"]
@@ -48,21 +49,41 @@ class CommandFactory:
         message: Message | None = None,
         discriminator: str | None = None,
     ) -> KmsCommand:
-        return KmsCommand(
-            idempotency_key=idempotency_key(
+        values = {
+            "idempotency_key": idempotency_key(
                 self.key_source, self.source_id, secure_client_id, operation, discriminator
             ),
-            operation=operation,
-            secure_client_id=secure_client_id,
-            subscription_id=self.subscription_id,
-            subscription_version=self.subscription_version,
-            distributor=distributor,
-            products=list(products),
-            chipset=chipset,
-            pin=pin,
-            message=message,
-            source=self.source,
-            priority=self.priority,
-            not_before=self.not_before,
-            created_at=self.created_at,
-        )
+            "operation": operation,
+            "secure_client_id": secure_client_id,
+            "subscription_id": self.subscription_id,
+            "subscription_version": self.subscription_version,
+            "distributor": distributor,
+            "products": list(products),
+            "chipset": chipset,
+            "pin": pin,
+            "message": message,
+            "source": self.source,
+            "priority": self.priority,
+            "not_before": self.not_before,
+            "created_at": self.created_at,
+        }
+        if (secure_client_id.__class__ is str and (pin is None or pin.__class__ is SecretStr)
+                and self._trusted(operation, products, message)):
+            return KmsCommand.trusted(values)
+        return KmsCommand(**values)
+
+    def _trusted(self, operation: Operation, products: Sequence[Product], message: Message | None) -> bool:
+        """True when ``KmsCommand(**values)`` would store the values unchanged and refuse none of them,
+        so the record is built without validating it again (planning's hot path). Every other value
+        is a validated record's field (the input, the provider) or a key of bounded length; what is
+        checked here (with the card's and the PIN's types, above) is what the factory's caller could
+        still get wrong: the types of the shared fields and the enums, a naive time, products beyond
+        the record's limit, a message or product that is not a record. A PIN that is not a
+        ``SecretStr`` goes through validation, which wraps it, so it never shows in a ``repr``."""
+        created, not_before = self.created_at, self.not_before
+        return (operation.__class__ is Operation and self.priority.__class__ is Priority
+                and created.__class__ is datetime and created.tzinfo is not None
+                and (not_before is None or (not_before.__class__ is datetime and not_before.tzinfo is not None))
+                and self.source.__class__ is Source
+                and len(products) <= MAX_PRODUCTS and all(p.__class__ is Product for p in products)
+                and (message is None or message.__class__ is Message))

@@ -117,3 +117,16 @@ def test_a_failed_group_commit_fails_every_record_of_its_batch(ledger: Ledger) -
     outcomes = asyncio.run(main())
     assert all(isinstance(o, OperationalError) for o in outcomes)
     assert ledger.get("f0") is None
+
+
+def test_a_batch_lookup_answers_what_single_lookups_answer(ledger: Ledger) -> None:
+    ledger.record(result("k1", card="C-1"), version=4, subscription_id="S-1")
+    ledger.record(result("k2", ResultState.REJECTED, card="C-2"))
+    keys = ["k1", "k2", "k3", *(f"absent-{i}" for i in range(1000))]  # more than one IN list
+    cards = ["C-1", "C-2", "C-3"]
+
+    known, versions = ledger.lookup_many(keys, cards)
+
+    assert known == {key: ledger.get(key) for key in ("k1", "k2")}
+    assert versions == {"C-1": ("S-1", 4)}
+    assert versions.get("C-1") == ledger.version("C-1") and ledger.version("C-2") is None
