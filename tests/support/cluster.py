@@ -115,7 +115,7 @@ class ClusterReport(DrillReport):
     @property
     def passed(self) -> bool:
         exactly_once_as_expected = (self.duplicate_commands > 0) == self.duplicates_expected
-        return DrillReport.passed.fget(self) and exactly_once_as_expected  # type: ignore[attr-defined]
+        return super().passed and exactly_once_as_expected
 
 
 def count_duplicate_commands(messages: Sequence[Message], codec: Codec) -> tuple[int, int]:
