@@ -136,7 +136,9 @@ class CommandRunner:
     def expect(self, cmd: KmsCommand) -> None:
         """``cmd`` was polled and will run: its ledger reads join the batch's (:meth:`read_ahead`)."""
         guarded = cmd.subscription_version is not None and cmd.secure_client_id != "*"
-        self._reads.expect(cmd.idempotency_key, cmd.secure_client_id if guarded else None)
+        attribute = attribute_of(cmd)
+        self._reads.expect(cmd.idempotency_key, cmd.secure_client_id if guarded else None,
+                           None if attribute is None else (cmd.secure_client_id, attribute))
 
     def read_ahead(self) -> None:
         """The ledger reads of the commands :meth:`expect` named, in one query each for keys and cards
@@ -178,7 +180,7 @@ class CommandRunner:
         # step 2b: an absolute command older than the last applied to its attribute is superseded
         attribute = attribute_of(cmd)
         if attribute is not None:
-            last = self._ledger.origin(cmd.secure_client_id, attribute)
+            last = self._reads.origin(cmd.secure_client_id, attribute)
             if last is not None and is_newer(last, Origin.of(cmd)):
                 return await self._superseded(cmd, last.idempotency_key)
         # steps 3-4: call with retries

@@ -66,6 +66,15 @@ _ORIGIN = select(origins_table.c.origin_at, origins_table.c.subscription_id, ori
                  origins_table.c.idempotency_key).where(
     origins_table.c.secure_client_id == bindparam("card"), origins_table.c.attribute == bindparam("attribute"))
 
+_ORIGINS_MANY = select(origins_table.c.secure_client_id, origins_table.c.attribute, origins_table.c.origin_at,
+                       origins_table.c.subscription_id, origins_table.c.version,
+                       origins_table.c.idempotency_key).where(
+    origins_table.c.secure_client_id.in_(bindparam("cards", expanding=True)))
+# built once with bind parameters, like every other statement here (SQLAlchemy's compiled cache)
+_INSERT_ORIGIN = origins_table.insert()
+_UPDATE_ORIGIN = origins_table.update().where(
+    origins_table.c.secure_client_id == bindparam("card"), origins_table.c.attribute == bindparam("attr"))
+
 _GET = select(ledger_table.c.result_json).where(ledger_table.c.idempotency_key == bindparam("key"))
 _VERSION = select(versions_table.c.subscription_id, versions_table.c.version).where(
     versions_table.c.secure_client_id == bindparam("card"))
@@ -161,18 +170,20 @@ class GroupCommit:
 
 
 class ReadAhead:
-    """The ledger reads of a polled batch in two queries, instead of :meth:`Ledger.lookup` per command.
+    """The ledger reads of a polled batch in three queries, instead of :meth:`Ledger.lookup` and
+    :meth:`Ledger.origin` per command.
 
     The executor calls :meth:`expect` for each command of a batch as it dispatches it and :meth:`read`
     once the batch is dispatched, before any of its commands runs: one ``IN`` query for the keys, one
-    for the cards. :meth:`lookup` then answers a command from what was read, and falls back to
-    :meth:`Ledger.lookup` for anything the batch read does not cover. What was read stays right
-    because:
+    for the cards' versions, one for the attributes' origins. :meth:`lookup` and :meth:`origin` then
+    answer a command from what was read, and fall back to the :class:`Ledger` for anything the batch
+    read does not cover. What was read stays right because:
 
     1. every outcome this process records goes through :class:`GroupCommit`, which hands it to
-       :meth:`recorded` after its commit: a card's version rises here as in the table (the same rule
-       as the upsert), so the second command of a card in one batch sees the first's outcome, and a
-       later batch's read keeps a card already held (it is at least as new as the table);
+       :meth:`recorded` after its commit: a card's version rises and an attribute's origin moves here
+       as in the tables (the same rules as the writes), so the second command of a card in one batch
+       sees the first's outcome, and a later batch's read keeps what is already held (it is at least
+       as new as the tables);
     2. a key is answered from the read once: a second command with the same key in the batch, and a
        command tried again after a failure, read the table;
     3. an entry is used for at most :data:`MAX_AGE_SECONDS` after its read (then the table is read):
@@ -189,28 +200,45 @@ class ReadAhead:
         self._wanted_cards: dict[str, None] = {}
         self._known: dict[str, tuple[float, KmsResult | None]] = {}  # key -> (read at, its result)
         self._versions: dict[str, tuple[float, tuple[str | None, int] | None]] = {}  # card -> (read at, version)
+        self._wanted_attributes: dict[tuple[str, str], None] = {}
+        self._origins: dict[tuple[str, str], tuple[float, Origin | None]] = {}  # (card, attribute) -> (read at, it)
 
-    def expect(self, key: str, card: str | None) -> None:
-        """``key`` (and ``card``, when the command is version-guarded) will be looked up soon."""
+    def expect(self, key: str, card: str | None, attribute: tuple[str, str] | None = None) -> None:
+        """``key`` (and ``card``, when the command is version-guarded, and ``attribute``, the card and
+        attribute an absolute command sets) will be looked up soon."""
         self._wanted_keys.append(key)
         if card is not None:
             self._wanted_cards[card] = None
+        if attribute is not None:
+            self._wanted_attributes[attribute] = None
 
     def read(self) -> None:
         """Read what :meth:`expect` named since the last read (two queries); an error propagates and
         leaves the commands to :meth:`Ledger.lookup`."""
         keys, self._wanted_keys = self._wanted_keys, []
         wanted, self._wanted_cards = self._wanted_cards, {}
+        wanted_attributes, self._wanted_attributes = self._wanted_attributes, {}
         now = time.monotonic()
         self._purge(now)
         cards = [card for card in wanted if card not in self._versions]  # what is held is at least as new
-        if not keys and not cards:
+        attributes = [pair for pair in wanted_attributes if pair not in self._origins]
+        if not keys and not cards and not attributes:
             return
         known, versions = self._ledger.lookup_many(keys, cards)
+        origins = self._ledger.origins_of(attributes) if attributes else {}
         for key in keys:
             self._known[key] = (now, known.get(key))
         for card in cards:
             self._versions[card] = (now, versions.get(card))
+        for pair in attributes:
+            self._origins[pair] = (now, origins.get(pair))
+
+    def origin(self, secure_client_id: str, attribute: str) -> Origin | None:
+        """:meth:`Ledger.origin`, answered from the batch read when it holds the attribute."""
+        held = self._origins.get((secure_client_id, attribute))
+        if held is None or time.monotonic() - held[0] > self.MAX_AGE_SECONDS:
+            return self._ledger.origin(secure_client_id, attribute)
+        return held[1]
 
     def lookup(self, key: str, card: str | None) -> tuple[KmsResult | None, tuple[str | None, int] | None]:
         """:meth:`Ledger.lookup`, answered from the batch read when it covers ``key`` (and ``card``)."""
@@ -234,6 +262,11 @@ class ReadAhead:
             if read is not None:
                 self._known[key] = (read[0], entry.result)
             card = entry.result.secure_client_id
+            if card and entry.attribute is not None and entry.origin is not None:
+                pair = (card, entry.attribute)
+                was = self._origins.get(pair)
+                if was is not None and (was[1] is None or not is_newer(was[1], entry.origin)):
+                    self._origins[pair] = (was[0], entry.origin)  # the rule of Ledger._raise_origin
             if entry.version is None or not card:
                 continue
             held = self._versions.get(card)
@@ -250,6 +283,8 @@ class ReadAhead:
             self._known = {k: v for k, v in self._known.items() if v[0] >= limit}
         if self._versions:
             self._versions = {c: v for c, v in self._versions.items() if v[0] >= limit}
+        if self._origins:
+            self._origins = {a: v for a, v in self._origins.items() if v[0] >= limit}
 
 
 def _settle(done: asyncio.Future[None], exc: BaseException | None) -> None:
@@ -321,6 +356,20 @@ class Ledger:
             for card, attribute, origin in origins:
                 self._raise_origin(conn, card, attribute, origin)
 
+    def origins_of(self, attributes: Sequence[tuple[str, str]]) -> dict[tuple[str, str], Origin]:
+        """:meth:`origin` of many (secure client, attribute) pairs on one connection: those that have one."""
+        wanted = set(attributes)
+        cards = list(dict.fromkeys(card for card, _ in attributes))
+        found: dict[tuple[str, str], Origin] = {}
+        with self._engine.connect() as conn:
+            for i in range(0, len(cards), _IN_CHUNK):
+                for card, attribute, at, subscription_id, version, key in conn.execute(
+                        _ORIGINS_MANY, {"cards": cards[i:i + _IN_CHUNK]}):
+                    if (card, attribute) in wanted:
+                        found[(card, attribute)] = Origin(_aware(at), subscription_id,
+                                                          None if version is None else int(version), key)
+        return found
+
     def origin(self, secure_client_id: str, attribute: str) -> Origin | None:
         """The origin of the last absolute command applied to ``attribute`` of the secure client."""
         with self._engine.connect() as conn:
@@ -336,13 +385,12 @@ class Ledger:
         values = {"origin_at": origin.created_at.astimezone(UTC), "subscription_id": origin.subscription_id,
                   "version": origin.version, "idempotency_key": origin.idempotency_key}
         if row is None:
-            conn.execute(origins_table.insert().values(secure_client_id=card, attribute=attribute, **values))
+            conn.execute(_INSERT_ORIGIN, {"secure_client_id": card, "attribute": attribute, **values})
             return
         held = Origin(_aware(row[0]), row[1], None if row[2] is None else int(row[2]), row[3])
         if is_newer(held, origin):
             return  # the newer one stays the attribute's last applied
-        conn.execute(origins_table.update().where(origins_table.c.secure_client_id == card,
-                                                  origins_table.c.attribute == attribute).values(**values))
+        conn.execute(_UPDATE_ORIGIN, {"card": card, "attr": attribute, **values})
 
     @staticmethod
     def _get(conn: Connection, key: str) -> KmsResult | None:

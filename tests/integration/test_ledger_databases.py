@@ -130,3 +130,18 @@ def test_a_batch_lookup_answers_what_single_lookups_answer(ledger: Ledger) -> No
     assert known == {key: ledger.get(key) for key in ("k1", "k2")}
     assert versions == {"C-1": ("S-1", 4)}
     assert versions.get("C-1") == ledger.version("C-1") and ledger.version("C-2") is None
+
+
+def test_a_batch_read_of_origins_answers_what_single_reads_answer(ledger: Ledger) -> None:
+    from consumers.coalesce import Origin
+
+    for key, card, attribute, version in [("k1", "C-1", "entitlements", 2), ("k2", "C-1", "pin", 3),
+                                          ("k3", "C-2", "entitlements", 1)]:
+        ledger.record_many([Entry(result(key, card=card), version, "S-1", attribute,
+                                  Origin(T0, "S-1", version, key))])
+    pairs = [("C-1", "entitlements"), ("C-2", "entitlements"), ("C-2", "pin"), ("C-3", "pin")]
+
+    found = ledger.origins_of(pairs)
+
+    assert found == {pair: ledger.origin(*pair) for pair in pairs if ledger.origin(*pair) is not None}
+    assert set(found) == {("C-1", "entitlements"), ("C-2", "entitlements")}

@@ -14,6 +14,7 @@ from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Engine
 
 from consumers.breaker import Breaker
+from consumers.coalesce import Origin
 from consumers.command_runner import STALE_COMMAND, CommandRunner
 from consumers.ledger import LEDGER_METADATA, GroupCommit, Ledger, ReadAhead
 from kms_adapter.fake import InMemoryKms
@@ -153,3 +154,32 @@ def test_the_runner_rejects_an_older_version_behind_a_newer_one_of_the_same_batc
 
     assert codes == [None, STALE_COMMAND]
     assert [c.command.idempotency_key for c in kms.calls if c.command is not None] == ["k-new"]
+
+
+def origin(key: str, version: int) -> Origin:
+    return Origin(datetime(2026, 1, 1, tzinfo=UTC), "S-1", version, key)
+
+
+def test_attribute_origins_are_read_with_the_batch_and_follow_what_is_recorded(db: Counted) -> None:
+    async def write(reads: ReadAhead | None, key: str, version: int) -> None:
+        await GroupCommit(db.ledger, reads).record(result(key, "C1"), version=version, subscription_id="S-1",
+                                                   attribute="entitlements", origin=origin(key, version))
+
+    asyncio.run(write(None, "k0", 3))
+    reads = ReadAhead(db.ledger)
+    reads.expect("k1", "C1", ("C1", "entitlements"))
+    reads.expect("k2", "C1", ("C1", "entitlements"))
+    reads.expect("k3", "C2", ("C2", "pin"))
+    before_read = db.selects
+    reads.read()
+    after_read = db.selects
+
+    assert reads.origin("C1", "entitlements") == db.ledger.origin("C1", "entitlements") == origin("k0", 3)
+    assert reads.origin("C2", "pin") is None
+    asyncio.run(write(reads, "k1", 5))
+    selects = db.selects
+    assert reads.origin("C1", "entitlements") == origin("k1", 5)
+    asyncio.run(write(reads, "k-older", 4))  # an older one is recorded: the newer stays, as in the table
+    assert reads.origin("C1", "entitlements") == db.ledger.origin("C1", "entitlements") == origin("k1", 5)
+    assert after_read - before_read == 3
+    assert db.selects - selects == 2  # the record's own read of the origin and the check above
