@@ -43,7 +43,7 @@ from collections.abc import Collection
 from datetime import datetime
 
 from provisioning.commands import CommandFactory
-from provisioning.entitlements import DesiredClient, desired_state_of_valid
+from provisioning.entitlements import DesiredClient, ProductsOf, desired_state_of_valid, entitled_products
 from provisioning.keys import KeySource
 from provisioning.plan import Plan
 from provisioning.provider import ProviderConfig
@@ -54,6 +54,7 @@ from schemas.records import (
     EventType,
     KmsCommand,
     Operation,
+    Product,
     Source,
     SubscriptionEvent,
     SubscriptionState,
@@ -76,7 +77,7 @@ def plan_subscription(
     make = CommandFactory(
         key_source=KeySource.EVENT,
         source_id=event.event_id,
-        source=Source(process_name=process_name, topic=topic, event_id=event.event_id),
+        source=_event_source(process_name, topic, event.event_id),
         created_at=event.occurred_at,
         subscription_id=event.subscription_id,
         subscription_version=event.version,
@@ -90,7 +91,8 @@ def plan_subscription(
         commands.extend(_clear(make, d) for d in revoked_devices(event, provider)
                         if d.secure_client_id not in cleared)
         return Plan(tuple(commands), rejection)
-    desired = desired_state_of_valid(event, provider, at=event.occurred_at)  # validated above
+    desired = desired_state_of_valid(event, provider, at=event.occurred_at,  # validated above
+                                     products_of=_products_memo(event, provider))
     fresh = new_devices(event)
     for device in sorted_devices(event.devices):
         if device.secure_client_id in fresh:
@@ -147,6 +149,8 @@ def new_devices(event: SubscriptionEvent) -> frozenset[str]:
     """Secure client ids of the current devices that must be paired and given the default PIN."""
     if event.event_type is EventType.ACTIVATED:
         return frozenset(d.secure_client_id for d in event.devices)
+    if not event.added_devices and not event.removed_devices:
+        return frozenset()  # nothing put on, taken off or swapped (most events: a service change)
     added = {d.secure_client_id for d in event.added_devices}
     readded = {d.secure_client_id for d in event.removed_devices}
     swapped_distributors = (
@@ -159,6 +163,59 @@ def new_devices(event: SubscriptionEvent) -> frozenset[str]:
         for d in event.devices
         if d.secure_client_id in added | readded or d.distributor in swapped_distributors
     )
+
+
+def _event_source(process_name: str, topic: str | None, event_id: str) -> Source:
+    """The ``source`` of an event's commands; its values are the validated event's and the caller's
+    own, so the record is built without validating them again unless one is not a plain string."""
+    if process_name.__class__ is str and (topic is None or topic.__class__ is str) and event_id.__class__ is str:
+        return Source.trusted({"process_name": process_name, "topic": topic, "event_id": event_id,
+                               "request_id": None, "communication_id": None, "run_id": None})
+    return Source(process_name=process_name, topic=topic, event_id=event_id)
+
+
+#: (provider, its answers): the entitlement rule's answers for the last provider planned with, keyed by
+#: distributor and the subscription's state and services (:func:`_products_memo`).
+_MEMO: list[tuple[ProviderConfig, dict[tuple[object, ...], tuple[Product, ...]]]] = []
+#: answers kept per provider; past it the memo starts again (a campaign repeats a few service sets)
+_MEMO_SIZE = 4096
+
+
+def _products_memo(event: SubscriptionEvent, provider: ProviderConfig) -> ProductsOf | None:
+    """The entitlement rule's answer for ``event``'s devices, remembered across events.
+
+    The rule (:func:`~provisioning.entitlements.entitled_products`) reads the subscription's state,
+    its services, the distributor, the provider and the time; a service with a ``valid_until``
+    makes the answer depend on the time, so such an event is not remembered (None: the rule runs).
+    Otherwise the key holds every field of every service the rule reads, the zones of their dates
+    included (equal instants in different zones print differently), and the provider is held by
+    identity, so an answer is reused only for an identical question. Planning tests and the property
+    tests compare every plan against the rule's own answers."""
+    services = event.services
+    for service in services:
+        if service.valid_until is not None:
+            return None
+    signature = (event.state, *[(s.service_code, s.state, s.valid_from, s.valid_from and s.valid_from.tzinfo,
+                                 None if s.distributors is None else tuple(s.distributors)) for s in services])
+    if _MEMO and _MEMO[0][0] is provider:
+        answers = _MEMO[0][1]
+    else:
+        answers = {}
+        _MEMO[:] = [(provider, answers)]
+    at = event.occurred_at
+
+    def products_of(e: SubscriptionEvent, distributor: str) -> tuple[Product, ...]:
+        key = (distributor, signature)
+        try:
+            return answers[key]
+        except KeyError:
+            pass
+        if len(answers) >= _MEMO_SIZE:
+            answers.clear()
+        found = answers[key] = tuple(entitled_products(e, distributor, provider, at))
+        return found
+
+    return products_of
 
 
 def removal_commands(make: CommandFactory, device: Device) -> list[KmsCommand]:
