@@ -17,8 +17,8 @@ commands one after the other):
    never undo each other.
 3. Call the KMS, after a token of the calls-per-second limiter (:mod:`consumers.limiter`, for every
    attempt) and a KMS call slot, both express first. Business errors are REJECTED at once.
-   Transient errors retry in place with exponential backoff and full jitter; attempts made while the breaker is open do not count
-   against the budget, so an outage never dead-letters anything.
+   Transient errors retry in place with exponential backoff and full jitter; attempts made while the
+   breaker is open do not count against the budget, so an outage never dead-letters anything.
 4. Past the attempt budget the breaker diagnoses (:meth:`Breaker.diagnose`): the KMS down for everyone
    (a probe fails: the breaker opens, the command waits with a fresh budget), flaky for everyone (the
    other secure clients fail often enough that the streak may be chance: a fresh budget), or fine for
@@ -150,11 +150,14 @@ class CommandRunner:
 
     async def run(self, cmd: KmsCommand, *, abandoned: Callable[[], bool] | None = None,
                   gate: asyncio.Semaphore | PriorityGate | None = None, replayed: bool = False,
-                  express: bool = False) -> RunOutcome:
+                  express: bool = False, newer: Callable[[], str | None] | None = None) -> RunOutcome:
         """Run ``cmd`` to its outcome. ``abandoned`` is asked before every attempt; when it answers
         true (the partition was revoked) :class:`CommandAbandoned` is raised and nothing is recorded.
         ``replayed``: the command was replayed from the DLQ on purpose (step 1). ``express``: its
-        calls wait for a token of the limiter and a KMS call slot before every regular command's."""
+        calls wait for a token of the limiter and a KMS call slot before every regular command's.
+        ``newer`` is asked before every attempt, once the breaker is closed and again once a token is
+        taken: the key of a newer absolute command the executor holds for the same box and attribute
+        (coalescing), and then ``cmd`` ends COMPLETED ``superseded_by`` it, without a KMS call."""
         # step 1: ledger
         guarded = cmd.subscription_version is not None and cmd.secure_client_id != "*"
         try:
@@ -192,6 +195,8 @@ class CommandRunner:
         card = cmd.secure_client_id
         while True:
             await self._wait_closed(cmd, abandoned)
+            if newer is not None and (newer_key := newer()) is not None:
+                return await self._superseded(cmd, newer_key)
             attempts += 1
             t0 = time.monotonic()
             retry_after: float | None = None
@@ -199,6 +204,8 @@ class CommandRunner:
                 await self._limiter.acquire(cmd.operation, express=express)
                 if abandoned is not None and abandoned():
                     raise CommandAbandoned(cmd.idempotency_key)
+                if newer is not None and (newer_key := newer()) is not None:
+                    return await self._superseded(cmd, newer_key)  # the token goes unused
             try:
                 slot = gate.slot(express) if isinstance(gate, PriorityGate) else gate or contextlib.nullcontext()
                 async with slot:  # max_inflight KMS calls, ledger work aside
@@ -259,23 +266,6 @@ class CommandRunner:
             if retry_after:
                 delay = max(delay, min(retry_after, self._cap))
             await asyncio.sleep(delay)
-
-    async def supersede(self, cmd: KmsCommand, newer_key: str) -> RunOutcome:
-        """``cmd`` is not sent: the executor holds a newer absolute command (``newer_key``) for the same
-        secure client and attribute (:class:`~consumers.coalesce.Holding`). A key the ledger already
-        has is a duplicate, as in :meth:`run`."""
-        try:
-            known, _ = self._ledger.lookup(cmd.idempotency_key, None)
-        except Exception as exc:
-            if not is_content_error(exc):
-                raise
-            result = self._result(cmd, ResultState.REJECTED, attempts=0, started=time.monotonic(),
-                                  error_code=INVALID_COMMAND,
-                                  error_description="the ledger refused the command's content")
-            raise LedgerRejected(exc, result) from exc
-        if known is not None:
-            return RunOutcome(known.model_copy(update={"duplicate": True}))
-        return await self._superseded(cmd, newer_key)
 
     async def _superseded(self, cmd: KmsCommand, newer_key: str) -> RunOutcome:
         result = self._result(cmd, ResultState.COMPLETED, attempts=0, started=time.monotonic())

@@ -69,6 +69,7 @@ from kafka_edge.metrics import MESSAGES_CONSUMED, MESSAGES_PROCESSED, PROCESSING
 from schemas.codec import Codec
 from schemas.errors import PoisonMessage, SchemaRegistryRefused, SchemaRegistryUnavailable
 from schemas.keys import result_key
+from schemas.records import KmsCommand, Priority
 
 __all__ = ["Oversized", "TooFarInFuture", "TransactionalTranslator", "TranslatorConfig"]
 
@@ -90,6 +91,8 @@ class TranslatorConfig:
     max_message_bytes: int = 1_000_000
     max_future_skew: timedelta = timedelta(days=1)
     transaction_timeout_seconds: float = 30.0
+    #: the express lane: EXPRESS commands (agents' requests) go here; None: every command to commands_topic
+    express_commands_topic: str | None = None
 
 
 class TransactionalTranslator:
@@ -219,8 +222,8 @@ class TransactionalTranslator:
         """Every output of ``translation`` encoded, each checked against the producer's limit first, so
         the record is dead-lettered whole rather than half published (:class:`OutputTooLarge`)."""
         cfg = self._cfg
-        outputs = [(cfg.commands_topic, cmd.secure_client_id.encode(), self._codec.encode(cmd, cfg.commands_topic))
-                   for cmd in translation.commands]
+        outputs = [(topic, cmd.secure_client_id.encode(), self._codec.encode(cmd, topic))
+                   for cmd in translation.commands for topic in (self._commands_topic_of(cmd),)]
         outputs += [(cfg.results_topic, result_key(result).encode(), self._codec.encode(result, cfg.results_topic))
                     for result in translation.results]
         outputs += [(cfg.reconcile_requests_topic, run.run_id.encode(),
@@ -228,6 +231,11 @@ class TransactionalTranslator:
         for _topic, key, encoded in outputs:
             screen_output(key, encoded)
         return outputs
+
+    def _commands_topic_of(self, cmd: KmsCommand) -> str:
+        """The express lane for an EXPRESS command (same key: the secure client), else the commands topic."""
+        express = self._cfg.express_commands_topic
+        return express if express and cmd.priority is Priority.EXPRESS else self._cfg.commands_topic
 
     def _init_transactions(self) -> bool:
         """Register the transactional id (fencing any zombie with the same id); False when stopped first."""

@@ -28,6 +28,7 @@ from schemas.pin_seal import PinKeyError, PinKeyRing
 
 __all__ = [
     "ApiSettings",
+    "ClassRateLimits",
     "ExecutorSettings",
     "KafkaSettings",
     "KmsSettings",
@@ -127,6 +128,8 @@ class TopicSettings(TopicPolicy):
     communications: str = "crm.communications"
     requests: str = "kms.requests"
     commands: str = "kms.commands"
+    #: the express lane: commands of agents' requests (PIN, re-authorisation, single messages, queries)
+    commands_express: str = "kms.commands.express"
     results: str = "kms.results"
     reconcile_requests: str = "reconcile.requests"
     reconcile_reports: str = "reconcile.reports"
@@ -222,6 +225,21 @@ class PinKeySettings(BaseModel):
             raise SettingsError(f"{ENV_PREFIX}PIN_KEYS: {exc}") from None
 
 
+class ClassRateLimits(BaseModel):
+    """KMS calls per second of one operation class for the whole deployment (unset: no class limit);
+    each executor replica takes its share (``consumers.limiter``)."""
+
+    entitlements: float | None = Field(default=None, gt=0, description="SYNC_ENTITLEMENTS, CLEAR_ENTITLEMENTS")
+    pairing: float | None = Field(default=None, gt=0, description="PAIR, UNPAIR")
+    pin: float | None = Field(default=None, gt=0, description="SET_PIN")
+    sector: float | None = Field(default=None, gt=0, description="REAUTHORISE_SECTOR")
+    messages: float | None = Field(default=None, gt=0, description="Mail and on-screen messages, global ones too")
+    queries: float | None = Field(default=None, gt=0, description="QUERY_CLIENT")
+
+    def as_dict(self) -> dict[str, float]:
+        return {name: value for name, value in self.model_dump().items() if value is not None}
+
+
 class ExecutorSettings(BaseModel):
     max_inflight: int = Field(default=64, ge=1, description="KMS calls in flight at once")
     max_buffered: int = Field(default=2000, ge=1, description="commands taken from Kafka, not yet done")
@@ -231,6 +249,14 @@ class ExecutorSettings(BaseModel):
     breaker_failure_threshold: int = Field(default=5, ge=1)
     breaker_probe_seconds: float = Field(default=1.0, gt=0)
     prefetch_kbytes: int = Field(default=8192, ge=1024, description="librdkafka read-ahead of the commands topic")
+    express_lane: bool = Field(default=True, description="EXPRESS commands (agents' requests) travel on "
+                               "topics.commands_express, which the executor reads first with a consumer of its own")
+    express_prefetch_kbytes: int = Field(default=1024, ge=1024, description="read-ahead of the express topic")
+    rate_limit_per_second: float | None = Field(
+        default=None, gt=0, description="KMS calls per second of the whole deployment, every replica's share "
+                                        "together (unset: no limit)")
+    rate_limits: ClassRateLimits = Field(default_factory=ClassRateLimits,
+                                         description="per operation class, on top of rate_limit_per_second")
 
 
 class TranslatorSettings(BaseModel):
@@ -321,11 +347,11 @@ class Settings(BaseSettings):
         return f"{topic}{self.topics.dlq_suffix}"
 
     def all_topics(self) -> list[str]:
-        names = ["subscriptions", "communications", "requests", "commands", "results",
+        names = ["subscriptions", "communications", "requests", "commands", "commands_express", "results",
                  "reconcile_requests", "reconcile_reports"]
         base = [self.topic(n) for n in names]
         inputs = [self.topic(n) for n in ("subscriptions", "communications", "requests", "commands",
-                                          "reconcile_requests")]
+                                          "commands_express", "reconcile_requests")]
         return base + [self.dlq(t) for t in inputs]
 
     def group_id(self, process: str) -> str:

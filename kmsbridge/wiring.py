@@ -20,6 +20,7 @@ from consumers.breaker import Breaker
 from consumers.command_runner import CommandRunner
 from consumers.executor import Executor, ExecutorConfig
 from consumers.ledger import Ledger
+from consumers.limiter import KmsRateLimiter, RateLimits
 from consumers.translation import DeviceDirectory, HandlerContext, build_handlers
 from consumers.translator import TransactionalTranslator, TranslatorConfig
 from kafka_edge.health import HealthServer, HealthState
@@ -181,7 +182,9 @@ def build_translator(settings: Settings, *, only: list[str] | None = None,
                          max_message_bytes=settings.max_message_bytes,
                          batch_size=settings.translator.batch_size,
                          batch_seconds=settings.translator.batch_seconds,
-                         max_future_skew=timedelta(seconds=settings.max_future_skew_seconds)),
+                         max_future_skew=timedelta(seconds=settings.max_future_skew_seconds),
+                         express_commands_topic=settings.topic("commands_express")
+                         if settings.executor.express_lane else None),
         health=health,
     )
 
@@ -249,21 +252,32 @@ def build_executor(settings: Settings, health: HealthState | None = None) -> Exe
     breaker = Breaker(kms.ping, threshold=ex_cfg.breaker_failure_threshold,
                       probe_seconds=ex_cfg.breaker_probe_seconds,
                       on_change=lambda is_open: executor_ref[0].set_breaker_open(is_open))
+    limits = RateLimits(ex_cfg.rate_limit_per_second, ex_cfg.rate_limits.as_dict())
+    limiter = KmsRateLimiter(limits) if limits.enabled else None
     runner = CommandRunner(kms, Ledger(engine), breaker, attempt_budget=ex_cfg.attempt_budget,
-                           retry_initial=ex_cfg.retry_initial_seconds, retry_max=ex_cfg.retry_max_seconds)
+                           retry_initial=ex_cfg.retry_initial_seconds, retry_max=ex_cfg.retry_max_seconds,
+                           limiter=limiter)
     group = settings.group_id("executor")
     consumer = make_consumer(consumer_config(kafka, group, instance_id=settings.instance_id("executor"),
                                              prefetch_kbytes=ex_cfg.prefetch_kbytes))
     producer = make_producer(producer_config(kafka))
     commands = settings.topic("commands")
+    express = settings.topic("commands_express") if ex_cfg.express_lane else None
+    # the express lane: a consumer (and group) of its own, so its records never wait behind the regular
+    # lane's read-ahead or its pauses (docs/traffic.md)
+    express_consumer = make_consumer(consumer_config(
+        kafka, f"{group}-express", instance_id=settings.instance_id("executor-express"),
+        prefetch_kbytes=ex_cfg.express_prefetch_kbytes)) if express else None
     executor = Executor(consumer, producer, codec, runner,
                         ExecutorConfig(commands_topic=commands, results_topic=settings.topic("results"),
                                        dlq_topic=settings.dlq(commands), max_inflight=ex_cfg.max_inflight,
                                        max_buffered=ex_cfg.max_buffered,
                                        grace_seconds=settings.shutdown_grace_seconds,
                                        max_message_bytes=settings.max_message_bytes,
-                                       max_future_skew=timedelta(seconds=settings.max_future_skew_seconds)),
-                        health=health)
+                                       max_future_skew=timedelta(seconds=settings.max_future_skew_seconds),
+                                       express_topic=express,
+                                       express_dlq_topic=settings.dlq(express) if express else None),
+                        health=health, express_consumer=express_consumer, limiter=limiter)
     executor_ref.append(executor)
     return ExecutorApp(executor, breaker, kms, producer)
 

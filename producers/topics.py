@@ -93,6 +93,8 @@ TOPIC_TABLE: dict[str, TopicRule] = {
     # outage from a Friday evening to a Tuesday morning; a request older than that is better sent anew.
     "requests": TopicRule("delete", "requests_retention_hours"),
     "commands": TopicRule("delete", "commands_retention_hours"),
+    # The express lane (agents' requests) is kept as the commands are: it holds the same kind of record.
+    "commands_express": TopicRule("delete", "commands_retention_hours"),
     # CRM reads the outcomes to move its provisioning requests on; two weeks let a CRM that was down
     # (or a new CRM consumer) catch up. The durable history is the request log, not this topic.
     "results": TopicRule("delete", "results_retention_hours"),

@@ -634,10 +634,10 @@ def test_the_topics_job_compacts_subscriptions_and_times_every_topic_from_the_va
     retention = {name: int(config["retention.ms"]) // day for name, config in plan.items()
                  if config.get("cleanup.policy") == "delete"}
     assert retention == {
-        "crm.communications": 7, "kms.requests": 4, "kms.commands": 4, "kms.results": 14,
-        "reconcile.requests": 7, "reconcile.reports": 7, "crm.subscriptions.dlq": 30,
+        "crm.communications": 7, "kms.requests": 4, "kms.commands": 4, "kms.commands.express": 4,
+        "kms.results": 14, "reconcile.requests": 7, "reconcile.reports": 7, "crm.subscriptions.dlq": 30,
         "crm.communications.dlq": 30, "kms.requests.dlq": 30, "kms.commands.dlq": 30,
-        "reconcile.requests.dlq": 30,
+        "kms.commands.express.dlq": 30, "reconcile.requests.dlq": 30,
     }
     assert {config["min.insync.replicas"] for name, config in plan.items() if name != "*"} == {"2"}
 
