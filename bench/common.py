@@ -294,8 +294,11 @@ def campaign_values(n: int, *, start: int = 0, twin_share: float = 0.3, run: str
 def command_values(cards: int, per_card: int, *, run: str, products: int = 2) -> list[tuple[bytes, bytes]]:
     """``(key, value)`` of SYNC_ENTITLEMENTS commands: ``per_card`` for each of ``cards`` cards, in
     rounds (every card's j-th command before any card's j+1-th), so each card's commands are spread
-    over the run. Key ``b:<run>:<card>:<j>`` and ``subscription_version`` j let the order the KMS
-    applied them be checked against the order they were produced."""
+    over the run. Key ``b:<run>:<card>:<j>`` lets the order the KMS applied them be checked against
+    the order they were produced. A card's commands share one origin (subscription, version and
+    ``created_at``), as the commands of one input do, so none supersedes another
+    (:mod:`consumers.coalesce`) and every one of them reaches the KMS: the benchmarks of the KMS path
+    measure calls, not the coalescing of a backlog."""
     from fastavro import schemaless_writer
 
     header, schema = _writer("KmsCommand")
@@ -307,7 +310,7 @@ def command_values(cards: int, per_card: int, *, run: str, products: int = 2) ->
             card = f"C{run}{c:06d}"
             record = {
                 "idempotency_key": f"b:{run}:{card}:{j:06d}", "operation": "SYNC_ENTITLEMENTS",
-                "secure_client_id": card, "subscription_id": f"S{run}{c:06d}", "subscription_version": j,
+                "secure_client_id": card, "subscription_id": f"S{run}{c:06d}", "subscription_version": 1,
                 "distributor": "MAIN", "products": prods, "chipset": None, "pin": None, "message": None,
                 "source": {"process_name": "bench", "topic": None, "event_id": None, "request_id": None,
                            "communication_id": None, "run_id": run},
