@@ -315,7 +315,8 @@ class RequestLog:
                     "entry_key": row.entry_key, "operation": row.operation, "state": row.state,
                     "attempts": row.attempts, "duplicate": row.duplicate, "error_code": row.error_code,
                     "error_description": row.error_description, "provider_error_code": row.provider_error_code,
-                    "provider_error_description": row.provider_error_description})))
+                    "provider_error_description": row.provider_error_description,
+                    "superseded_by": _superseded_by(row.kind, row.detail_json)})))
         items.sort(key=lambda item: (item[0], item[1]))
         return [item for _, _, item in items[-limit:]]
 
@@ -397,3 +398,10 @@ def _outcome(request_id: str, group: Sequence[Row[Any]]) -> Outcome:
                    expected=expected, results=tuple(results), report=report,
                    submitted_at=first.created_at if first is not None else None)
 
+
+def _superseded_by(kind: str, detail_json: str | None) -> str | None:
+    """The key of the newer command a result was superseded by (coalesced or older than the last applied)."""
+    if kind != EntryKind.COMMAND.value or not detail_json or "superseded_by" not in detail_json:
+        return None
+    result = parse_detail(kind, detail_json).result
+    return result.superseded_by if result is not None else None

@@ -122,6 +122,8 @@ def describe_history_item(what: str, d: dict[str, Any]) -> str:
                 text += f": {d.get('provider_error_description') or d.get('error_description')}"
         if d.get("attempts"):
             text += f" after {d['attempts']} attempt(s)"
+        if d.get("superseded_by"):
+            text += f" superseded by {d['superseded_by']} (not sent to the KMS)"
         return text + (" (duplicate delivery)" if d.get("duplicate") else "")
     return (f"{d['operation']} by {d['process_name']} from {d['source_kind']} {d['source_id']}"
             + (f" on {d['distributor']}" if d.get("distributor") else ""))

@@ -19,7 +19,7 @@ from consumers.executor import Executor, ExecutorConfig
 from consumers.ledger import LEDGER_METADATA, Ledger
 from kms_adapter.fake import InMemoryKms
 from schemas.codec import Codec
-from schemas.records import KmsCommand, KmsResult, MessageKind, Operation, Product, Source, TextMode
+from schemas.records import KmsCommand, KmsResult, MessageKind, Operation, Product, ResultState, Source, TextMode
 from schemas.records import Message as KmsMessage
 
 T0 = datetime(2026, 12, 1, 10, 0, tzinfo=UTC)
@@ -205,3 +205,25 @@ def test_a_command_that_waited_for_its_turn_is_superseded_by_a_newer_one_that_ar
 
     result = asyncio.run(main())
     assert result.superseded_by == "a5" and sent(kms) == []
+
+
+def test_a_superseded_result_shows_in_the_boxs_history_as_not_sent(tmp_path: Path) -> None:
+    from kmsbridge.cli.requests import describe_history_item
+    from kmsbridge.db import upgrade
+    from reconciler.request_log_store import LogBatch, RequestLog
+
+    engine = create_engine(f"sqlite:///{tmp_path / 'log.db'}")
+    upgrade(engine)
+    log = RequestLog(engine)
+    older = command("a1", "A", Operation.SYNC_ENTITLEMENTS, 1)
+    newer = command("a3", "A", Operation.SYNC_ENTITLEMENTS, 3)
+    log.write(LogBatch(commands=[older, newer], results=[
+        KmsResult(idempotency_key="a1", operation="SYNC_ENTITLEMENTS", secure_client_id="A", event_id="a1",
+                  state=ResultState.COMPLETED, executed_at=T0, superseded_by="a3"),
+        KmsResult(idempotency_key="a3", operation="SYNC_ENTITLEMENTS", secure_client_id="A", event_id="a3",
+                  state=ResultState.COMPLETED, attempts=1, executed_at=T0)]))
+
+    lines = [describe_history_item(item.what, item.detail) for item in log.history("A") if item.what == "result"]
+
+    assert "SYNC_ENTITLEMENTS COMPLETED superseded by a3 (not sent to the KMS)" in lines
+    assert "SYNC_ENTITLEMENTS COMPLETED after 1 attempt(s)" in lines
