@@ -184,7 +184,7 @@ _PROFILE_ROWS: list[tuple[str, str, tuple[str, ...]]] = [
 ]
 
 
-def profile_executor(env: BenchEnv, commands: int, n: int = SATURATION_N) -> dict[str, Any]:
+def profile_executor(env: BenchEnv, commands: int, n: int = SATURATION_N, keep: Path | None = None) -> dict[str, Any]:
     """An executor under cProfile at L = 0: where a command's CPU goes."""
     import pstats
 
@@ -200,6 +200,8 @@ def profile_executor(env: BenchEnv, commands: int, n: int = SATURATION_N) -> dic
     point = _run_point(env, topic, proc.pid, n=n, latency_ms=0, count=commands, timeout=600)
     terminate(proc, 60)
     stats = pstats.Stats(str(prof_path))
+    if keep is not None:
+        stats.dump_stats(str(keep))
     table: dict[tuple[str, int, str], Any] = stats.stats  # type: ignore[attr-defined]
     total = sum(v[2] for v in table.values())
     rows: dict[str, dict[str, float]] = {}
@@ -267,7 +269,7 @@ def run(grid: dict[int, list[int]], *, seconds: float, client_calls: int, result
         prof = None
         if profile:
             print(f"profiled executor N={SATURATION_N} L=0 ...", flush=True)
-            prof = profile_executor(env, 3000)
+            prof = profile_executor(env, 3000, keep=None if results_dir is None else results_dir / "executor.prof")
     assert saturation is not None
     cap = saturation["commands_per_second"]
     for p in points:

@@ -185,9 +185,7 @@ class TransactionalTranslator:
             per_topic[topic] += n
         for topic, n in per_topic.items():
             MESSAGES_CONSUMED.labels(PROCESS, topic).inc(n)
-            seconds = PROCESSING_SECONDS.labels(PROCESS, topic)
-            for _ in range(n):  # a histogram counts observations: one per message
-                seconds.observe(elapsed)
+            PROCESSING_SECONDS.labels(PROCESS, topic).observe_many(elapsed, n)  # one observation per message
 
     def _process_one(self, msg: Message) -> str:
         topic = msg.topic() or ""

@@ -75,6 +75,24 @@ class Gauge(_CachedLabels, _Gauge):
 class Histogram(_CachedLabels, _Histogram):
     """``prometheus_client.Histogram`` whose label look-ups are cached (:class:`_CachedLabels`)."""
 
+    def observe_many(self, amount: float, count: int) -> None:
+        """``count`` observations of ``amount`` in one step: the buckets and the count ``count`` calls
+        of ``observe`` would give, the sum ``amount * count`` (a batch's share per message, counted
+        once per batch). Falls back to ``observe`` calls if prometheus_client's internals differ."""
+        if count <= 0:
+            return
+        buckets, total, bounds = (getattr(self, name, None) for name in ("_buckets", "_sum", "_upper_bounds"))
+        if buckets is None or total is None or bounds is None:
+            for _ in range(count):
+                self.observe(amount)
+            return
+        self._raise_if_not_observable()
+        total.inc(amount * count)
+        for i, bound in enumerate(bounds):
+            if amount <= bound:
+                buckets[i].inc(count)
+                break
+
 
 MESSAGES_CONSUMED = Counter(
     "kmsbridge_messages_consumed_total", "Messages taken from Kafka", ["process", "topic"]

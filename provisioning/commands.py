@@ -9,7 +9,7 @@ of a plan carries the same ``source``, ``created_at`` and subscription fields an
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from pydantic import SecretStr
@@ -36,6 +36,11 @@ class CommandFactory:
     subscription_version: int | None = None
     priority: Priority = Priority.REGULAR
     not_before: datetime | None = None
+    #: the shared fields are of the types validation would store (:meth:`_shared_fields_trusted`)
+    _shared_trusted: bool = field(default=False, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_shared_trusted", self._shared_fields_trusted())
 
     def __call__(
         self,
@@ -67,23 +72,28 @@ class CommandFactory:
             "not_before": self.not_before,
             "created_at": self.created_at,
         }
-        if (secure_client_id.__class__ is str and (pin is None or pin.__class__ is SecretStr)
-                and self._trusted(operation, products, message)):
+        if (self._shared_trusted and operation.__class__ is Operation and secure_client_id.__class__ is str
+                and (pin is None or pin.__class__ is SecretStr) and (message is None or message.__class__ is Message)
+                and _products_trusted(products)):
             return KmsCommand.trusted(values)
         return KmsCommand(**values)
 
-    def _trusted(self, operation: Operation, products: Sequence[Product], message: Message | None) -> bool:
-        """True when ``KmsCommand(**values)`` would store the values unchanged and refuse none of them,
-        so the record is built without validating it again (planning's hot path). Every other value
-        is a validated record's field (the input, the provider) or a key of bounded length; what is
-        checked here (with the card's and the PIN's types, above) is what the factory's caller could
-        still get wrong: the types of the shared fields and the enums, a naive time, products beyond
-        the record's limit, a message or product that is not a record. A PIN that is not a
-        ``SecretStr`` goes through validation, which wraps it, so it never shows in a ``repr``."""
+    def _shared_fields_trusted(self) -> bool:
+        """True when ``KmsCommand(**values)`` would store this factory's shared fields unchanged.
+
+        The record is then built without validating it again (planning's hot path) when the per-call
+        values pass the checks of :meth:`__call__` too. Every other value is a validated record's
+        field (the input, the provider) or a key of bounded length; what is checked is what the
+        factory's caller could still get wrong: the types of the fields and the enums, a naive time,
+        products beyond the record's limit, a message or product that is not a record. A PIN that is
+        not a ``SecretStr`` goes through validation, which wraps it, so it never shows in a ``repr``."""
         created, not_before = self.created_at, self.not_before
-        return (operation.__class__ is Operation and self.priority.__class__ is Priority
+        return (self.priority.__class__ is Priority and self.source.__class__ is Source
                 and created.__class__ is datetime and created.tzinfo is not None
                 and (not_before is None or (not_before.__class__ is datetime and not_before.tzinfo is not None))
-                and self.source.__class__ is Source
-                and len(products) <= MAX_PRODUCTS and all(p.__class__ is Product for p in products)
-                and (message is None or message.__class__ is Message))
+                and (self.subscription_id is None or self.subscription_id.__class__ is str)
+                and (self.subscription_version is None or self.subscription_version.__class__ is int))
+
+
+def _products_trusted(products: Sequence[Product]) -> bool:
+    return len(products) <= MAX_PRODUCTS and all(product.__class__ is Product for product in products)
