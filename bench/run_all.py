@@ -25,7 +25,7 @@ from bench.common import machine, print_table, write_result
 
 __all__ = ["main"]
 
-BENCHMARKS = ("translator", "executor", "latency", "projector", "memory")
+BENCHMARKS = ("translator", "executor", "latency", "projector", "memory", "traffic")
 _BOOTSTRAP_ENV = "KMSBRIDGE_KAFKA__BOOTSTRAP_SERVERS"
 
 
@@ -51,7 +51,7 @@ def _shared_broker() -> Iterator[None]:
 
 def _plans(quick: bool, results_dir: Path | None, img_dir: Path | None,
            compare_tree: Path | None = None) -> dict[str, Callable[[], dict[str, Any]]]:
-    from bench import executor, latency, memory, projector, translator
+    from bench import executor, latency, memory, projector, traffic, translator
 
     return {
         "translator": lambda: translator.run(translator.QUICK_EVENTS if quick else 60_000, twin_share=0.3,
@@ -67,6 +67,7 @@ def _plans(quick: bool, results_dir: Path | None, img_dir: Path | None,
         "latency": lambda: latency.run([100.0] if quick else [100.0, 250.0, 1000.0], seconds=2.0 if quick else 20.0,
                                        twin_share=0.3, results_dir=results_dir, img_dir=img_dir),
         "projector": lambda: projector.run(2000 if quick else 40_000, results_dir=results_dir),
+        "traffic": lambda: traffic.run(quick=quick, backlog=50_000, results_dir=results_dir),  # 200,000: 10 min more
         "memory": lambda: memory.run(1500 if quick else 40_000, twin_share=0.3, interval=0.2 if quick else 1.0,
                                      results_dir=results_dir, img_dir=img_dir),
     }
@@ -112,6 +113,19 @@ def summary_rows(results: dict[str, dict[str, Any]]) -> list[list[Any]]:
                 continue
             rows.append([f"projector {db} events/s", r["projector"]["events_per_second"],
                          f"store alone {r['store_only']['events_per_second']:,.0f}", r["ratio"], "-", "-"])
+    if "traffic" in results:
+        r = results["traffic"]
+        ag = r["agents"]
+        rows.append([f"agent request p99 s, backlog {ag[0]['backlog']:,}", ag[0]["p99_s"],
+                     f"express lane off p99 {ag[1]['p99_s']:,.1f}" if len(ag) > 1 else "-", None, "< 2 s",
+                     verdict(r["met"]["agent_p99"])])
+        for c in r["catch_up"][:2]:
+            rows.append([f"catch-up KMS calls/box (max_buffered {c['max_buffered']:,})", c["calls_per_box"],
+                         f"replay every version {r['catch_up'][2]['catch_up_seconds']:,.1f} s",
+                         c["vs_replaying_every_version"], "<= 1.05", verdict(c["calls_per_box"] <= 1.05)])
+        for h in r["limits"]:
+            rows.append([f"KMS calls/s at limit {h['limit_per_second']:,.0f}", h["steady_calls_per_second"],
+                         f"limit {h['limit_per_second']:,.0f}", None, "within 5 %", verdict(h["met"])])
     if "memory" in results:
         for name, r in results["memory"]["processes"].items():
             rows.append([f"{name} peak RSS MB", r["peak_rss_mb"], f"{r['growth_mb_per_million']:+.1f} MB/M events",
