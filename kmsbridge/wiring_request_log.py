@@ -26,7 +26,8 @@ __all__ = ["INPUTS", "build_request_log_writer", "open_request_log", "run_reques
 log = logging.getLogger(__name__)
 
 #: The logical topics the writer reads (``Settings.topic`` names).
-INPUTS = ("subscriptions", "requests", "commands", "results", "reconcile_requests", "reconcile_reports")
+INPUTS = ("subscriptions", "requests", "commands", "commands_express", "results", "reconcile_requests",
+          "reconcile_reports")
 
 
 def open_request_log(settings: Settings, engine: Engine | None = None) -> RequestLog:

@@ -1,9 +1,9 @@
-"""The request-log writer (``kmsbridge run request-log``): six topics → the provisioning request log.
+"""The request-log writer (``kmsbridge run request-log``): seven topics → the provisioning request log.
 
-It reads ``crm.subscriptions`` (the events that name a box), ``kms.requests``, ``kms.commands``,
-``kms.results``, ``reconcile.requests`` and ``reconcile.reports`` with its own consumer group and
+It reads ``crm.subscriptions`` (the events that name a box), ``kms.requests``, ``kms.commands`` and
+its express lane, ``kms.results``, ``reconcile.requests`` and ``reconcile.reports`` with its own consumer group and
 writes :mod:`reconciler.request_log_store`. It is its own process, not a part of the projector: it
-reads five topics the projector does not, it writes several rows per command where the projector
+reads six topics the projector does not, it writes several rows per command where the projector
 writes one per subscription, and a slow or unavailable log database must hold back neither the
 desired state reset runs read nor the provisioning itself (it only observes: nothing waits on it but
 the support tools). It also enforces the retention (:attr:`RequestLogConfig.retention_days`).
@@ -65,8 +65,9 @@ log = logging.getLogger(__name__)
 PROCESS = "request-log"
 
 _RECORDS: dict[str, type[BaseModel]] = {
-    "subscriptions": SubscriptionEvent, "requests": ServiceRequest, "commands": KmsCommand, "results": KmsResult,
-    "reconcile_requests": ReconcileRequest, "reconcile_reports": ReconcileReport}
+    "subscriptions": SubscriptionEvent, "requests": ServiceRequest, "commands": KmsCommand,
+    "commands_express": KmsCommand, "results": KmsResult, "reconcile_requests": ReconcileRequest,
+    "reconcile_reports": ReconcileReport}
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ from reconciler.request_log_store import RequestLog
 __all__ = ["dlq_group"]
 
 #: The inputs whose consumers dead-letter (``Settings.topic`` names): the only topics a replay may target.
-REPLAYABLE = ("subscriptions", "communications", "requests", "commands", "reconcile_requests")
+REPLAYABLE = ("subscriptions", "communications", "requests", "commands", "commands_express", "reconcile_requests")
 
 
 def _resolve(settings: Settings, topic: str) -> tuple[str, str]:
