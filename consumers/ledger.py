@@ -169,15 +169,29 @@ class GroupCommit:
                 _settle(done, None)
 
 
+class _Batch:
+    """What the commands of one polled batch will look up."""
+
+    __slots__ = ("attributes", "cards", "keys", "polled_at")
+
+    def __init__(self) -> None:
+        self.keys: list[str] = []
+        self.cards: dict[str, None] = {}
+        self.attributes: dict[tuple[str, str], None] = {}
+        self.polled_at = 0.0
+
+
 class ReadAhead:
     """The ledger reads of a polled batch in three queries, instead of :meth:`Ledger.lookup` and
     :meth:`Ledger.origin` per command.
 
     The executor calls :meth:`expect` for each command of a batch as it dispatches it and :meth:`read`
-    once the batch is dispatched, before any of its commands runs: one ``IN`` query for the keys, one
-    for the cards' versions, one for the attributes' origins. :meth:`lookup` and :meth:`origin` then
-    answer a command from what was read, and fall back to the :class:`Ledger` for anything the batch
-    read does not cover. What was read stays right because:
+    once the batch is dispatched. The batch is read when its first command asks (:meth:`lookup` or
+    :meth:`origin`), so at the time the per-command reads would have been made, not when it was
+    polled (the executor buffers up to ``max_buffered`` commands ahead): one ``IN`` query for the
+    keys, one for the cards' versions, one for the attributes' origins. Its commands are then answered
+    from what was read; anything the read does not cover, or a read that failed, falls back to the
+    :class:`Ledger`. What was read stays right because:
 
     1. every outcome this process records goes through :class:`GroupCommit`, which hands it to
        :meth:`recorded` after its commit: a card's version rises and an attribute's origin moves here
@@ -193,55 +207,49 @@ class ReadAhead:
 
     #: how long a batch read answers for its commands (seconds)
     MAX_AGE_SECONDS = 2.0
+    #: a batch none of whose commands asked within this time is forgotten (they were abandoned)
+    MAX_UNREAD_SECONDS = 120.0
 
     def __init__(self, ledger: Ledger) -> None:
         self._ledger = ledger
-        self._wanted_keys: list[str] = []
-        self._wanted_cards: dict[str, None] = {}
+        self._open = _Batch()
+        self._unread: dict[str, _Batch] = {}  # key -> its batch, until the batch is read
+        self._unread_attributes: dict[tuple[str, str], _Batch] = {}
+        self._batches: list[_Batch] = []  # unread, oldest first
         self._known: dict[str, tuple[float, KmsResult | None]] = {}  # key -> (read at, its result)
         self._versions: dict[str, tuple[float, tuple[str | None, int] | None]] = {}  # card -> (read at, version)
-        self._wanted_attributes: dict[tuple[str, str], None] = {}
         self._origins: dict[tuple[str, str], tuple[float, Origin | None]] = {}  # (card, attribute) -> (read at, it)
 
     def expect(self, key: str, card: str | None, attribute: tuple[str, str] | None = None) -> None:
         """``key`` (and ``card``, when the command is version-guarded, and ``attribute``, the card and
         attribute an absolute command sets) will be looked up soon."""
-        self._wanted_keys.append(key)
+        batch = self._open
+        batch.keys.append(key)
         if card is not None:
-            self._wanted_cards[card] = None
+            batch.cards[card] = None
         if attribute is not None:
-            self._wanted_attributes[attribute] = None
+            batch.attributes[attribute] = None
 
     def read(self) -> None:
-        """Read what :meth:`expect` named since the last read (two queries); an error propagates and
-        leaves the commands to :meth:`Ledger.lookup`."""
-        keys, self._wanted_keys = self._wanted_keys, []
-        wanted, self._wanted_cards = self._wanted_cards, {}
-        wanted_attributes, self._wanted_attributes = self._wanted_attributes, {}
+        """The batch :meth:`expect` named since the last call is complete; it is read when its first
+        command asks."""
+        batch, self._open = self._open, _Batch()
         now = time.monotonic()
         self._purge(now)
-        cards = [card for card in wanted if card not in self._versions]  # what is held is at least as new
-        attributes = [pair for pair in wanted_attributes if pair not in self._origins]
-        if not keys and not cards and not attributes:
+        if not batch.keys:
             return
-        known, versions = self._ledger.lookup_many(keys, cards)
-        origins = self._ledger.origins_of(attributes) if attributes else {}
-        for key in keys:
-            self._known[key] = (now, known.get(key))
-        for card in cards:
-            self._versions[card] = (now, versions.get(card))
-        for pair in attributes:
-            self._origins[pair] = (now, origins.get(pair))
-
-    def origin(self, secure_client_id: str, attribute: str) -> Origin | None:
-        """:meth:`Ledger.origin`, answered from the batch read when it holds the attribute."""
-        held = self._origins.get((secure_client_id, attribute))
-        if held is None or time.monotonic() - held[0] > self.MAX_AGE_SECONDS:
-            return self._ledger.origin(secure_client_id, attribute)
-        return held[1]
+        batch.polled_at = now
+        for key in batch.keys:
+            self._unread[key] = batch
+        for pair in batch.attributes:
+            self._unread_attributes[pair] = batch
+        self._batches.append(batch)
 
     def lookup(self, key: str, card: str | None) -> tuple[KmsResult | None, tuple[str | None, int] | None]:
         """:meth:`Ledger.lookup`, answered from the batch read when it covers ``key`` (and ``card``)."""
+        batch = self._unread.get(key)
+        if batch is not None:
+            self._read(batch)
         now = time.monotonic()
         read = self._known.pop(key, None)
         if read is None or now - read[0] > self.MAX_AGE_SECONDS:
@@ -253,9 +261,20 @@ class ReadAhead:
             return self._ledger.lookup(key, card)
         return None, held[1]
 
+    def origin(self, secure_client_id: str, attribute: str) -> Origin | None:
+        """:meth:`Ledger.origin`, answered from the batch read when it holds the attribute."""
+        pair = (secure_client_id, attribute)
+        batch = self._unread_attributes.get(pair)
+        if batch is not None:
+            self._read(batch)
+        held = self._origins.get(pair)
+        if held is None or time.monotonic() - held[0] > self.MAX_AGE_SECONDS:
+            return self._ledger.origin(secure_client_id, attribute)
+        return held[1]
+
     def recorded(self, entries: Iterable[Entry]) -> None:
-        """Outcomes just committed by this process: a held key's result and a held card's version
-        follow the table."""
+        """Outcomes just committed by this process: a held key's result, a held card's version and a
+        held attribute's origin follow the tables."""
         for entry in entries:
             key = entry.result.idempotency_key
             read = self._known.get(key)
@@ -276,8 +295,38 @@ class ReadAhead:
             if current is None or current[0] != entry.subscription_id or entry.version > current[1]:
                 self._versions[card] = (read_at, (entry.subscription_id, entry.version))
 
+    def _read(self, batch: _Batch) -> None:
+        """Read ``batch`` (three queries); a failure leaves its commands to the :class:`Ledger`'s own
+        reads, which then fail or succeed each on its own (a content error is one command's)."""
+        for key in batch.keys:
+            if self._unread.get(key) is batch:
+                del self._unread[key]
+        for pair in batch.attributes:
+            if self._unread_attributes.get(pair) is batch:
+                del self._unread_attributes[pair]
+        if batch in self._batches:
+            self._batches.remove(batch)
+        now = time.monotonic()
+        fresh = now - self.MAX_AGE_SECONDS
+        # what is held and fresh is at least as new as the tables (rule 1)
+        cards = [card for card in batch.cards if card not in self._versions or self._versions[card][0] < fresh]
+        attributes = [pair for pair in batch.attributes
+                      if pair not in self._origins or self._origins[pair][0] < fresh]
+        try:
+            known, versions = self._ledger.lookup_many(batch.keys, cards)
+            origins = self._ledger.origins_of(attributes) if attributes else {}
+        except Exception:
+            return
+        for key in batch.keys:
+            self._known[key] = (now, known.get(key))
+        for card in cards:
+            self._versions[card] = (now, versions.get(card))
+        for pair in attributes:
+            self._origins[pair] = (now, origins.get(pair))
+
     def _purge(self, now: float) -> None:
-        """Forget reads older than :data:`MAX_AGE_SECONDS` (commands abandoned before their lookup)."""
+        """Forget reads older than :data:`MAX_AGE_SECONDS` and batches unread for
+        :data:`MAX_UNREAD_SECONDS` (commands abandoned before their lookup)."""
         limit = now - self.MAX_AGE_SECONDS
         if self._known:
             self._known = {k: v for k, v in self._known.items() if v[0] >= limit}
@@ -285,6 +334,14 @@ class ReadAhead:
             self._versions = {c: v for c, v in self._versions.items() if v[0] >= limit}
         if self._origins:
             self._origins = {a: v for a, v in self._origins.items() if v[0] >= limit}
+        while self._batches and self._batches[0].polled_at < now - self.MAX_UNREAD_SECONDS:
+            stale = self._batches.pop(0)
+            for key in stale.keys:
+                if self._unread.get(key) is stale:
+                    del self._unread[key]
+            for pair in stale.attributes:
+                if self._unread_attributes.get(pair) is stale:
+                    del self._unread_attributes[pair]
 
 
 def _settle(done: asyncio.Future[None], exc: BaseException | None) -> None:

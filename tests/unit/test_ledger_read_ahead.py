@@ -61,18 +61,18 @@ def record(ledger: Ledger, reads: ReadAhead, key: str, card: str, version: int |
     asyncio.run(main())
 
 
-def test_a_batch_is_read_in_two_queries_and_its_lookups_send_none(db: Counted) -> None:
+def test_a_batch_is_read_in_two_queries_when_its_first_command_asks(db: Counted) -> None:
     db.ledger.record(result("k0", "C0"), version=3, subscription_id="S-1")
     reads = ReadAhead(db.ledger)
     for i in range(50):
         reads.expect(f"k{i}", f"C{i}")
 
     reads.read()
-    after_read = db.selects
+    polled = db.selects
     answers = [reads.lookup(f"k{i}", f"C{i}") for i in range(50)]
 
-    assert after_read == 2
-    assert db.selects == after_read
+    assert polled == 0  # nothing is read before a command of the batch runs
+    assert db.selects == 2
     assert answers[0][0] is not None and answers[0][0].idempotency_key == "k0"
     assert answers[1] == (None, None)  # no outcome, no version yet
 
@@ -110,8 +110,10 @@ def test_a_key_recorded_after_a_later_batch_read_it_is_known_to_that_batch(db: C
     reads.expect("k1", "C1")
     reads.read()
     reads.lookup("k1", "C1")  # the first delivery starts
-    reads.expect("k1", "C1")  # a redelivery is polled and read before the first delivery records
+    reads.expect("k9", "C9")
+    reads.expect("k1", "C1")  # a redelivery is polled, and its batch read, before the first delivery records
     reads.read()
+    reads.lookup("k9", "C9")
     record(db.ledger, reads, "k1", "C1", version=2)
     selects = db.selects
 
@@ -170,11 +172,12 @@ def test_attribute_origins_are_read_with_the_batch_and_follow_what_is_recorded(d
     reads.expect("k1", "C1", ("C1", "entitlements"))
     reads.expect("k2", "C1", ("C1", "entitlements"))
     reads.expect("k3", "C2", ("C2", "pin"))
-    before_read = db.selects
     reads.read()
+    before_read = db.selects
+    held = reads.origin("C1", "entitlements")
     after_read = db.selects
 
-    assert reads.origin("C1", "entitlements") == db.ledger.origin("C1", "entitlements") == origin("k0", 3)
+    assert held == db.ledger.origin("C1", "entitlements") == origin("k0", 3)
     assert reads.origin("C2", "pin") is None
     asyncio.run(write(reads, "k1", 5))
     selects = db.selects
@@ -183,3 +186,32 @@ def test_attribute_origins_are_read_with_the_batch_and_follow_what_is_recorded(d
     assert reads.origin("C1", "entitlements") == db.ledger.origin("C1", "entitlements") == origin("k1", 5)
     assert after_read - before_read == 3
     assert db.selects - selects == 2  # the record's own read of the origin and the check above
+
+
+def test_a_batch_is_read_when_it_runs_not_when_it_was_polled(db: Counted) -> None:
+    reads = ReadAhead(db.ledger)
+    reads.expect("k1", "C1")
+    reads.read()  # polled; it waits in the executor's buffer
+    db.ledger.record(result("k1", "C1"), version=2, subscription_id="S-1")  # meanwhile, the table moves on
+
+    known, _ = reads.lookup("k1", "C1")
+
+    assert known is not None and known.idempotency_key == "k1"
+
+
+def test_a_batch_read_that_fails_leaves_each_command_to_its_own_read(db: Counted,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    db.ledger.record(result("k1", "C1"), version=2, subscription_id="S-1")
+    reads = ReadAhead(db.ledger)
+    reads.expect("k1", "C1")
+    reads.expect("k2", "C1")
+    reads.read()
+
+    def refused(*_args: Any) -> Any:
+        raise RuntimeError("the database refused the batch")
+
+    monkeypatch.setattr(db.ledger, "lookup_many", refused)
+
+    known, _ = reads.lookup("k1", "C1")
+    assert known is not None
+    assert reads.lookup("k2", "C1") == (None, ("S-1", 2))
