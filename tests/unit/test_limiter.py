@@ -213,3 +213,21 @@ def test_a_cancelled_slot_waiter_does_not_keep_a_free_slot_from_the_next() -> No
         return gate.free
 
     assert asyncio.run(asyncio.wait_for(scenario(), 5)) == 1
+
+
+
+def test_the_chart_turns_the_traffic_values_into_the_executor_settings() -> None:
+    from tests.unit.test_helm_chart import CI_VALUES, _objects
+
+    objects = _objects(str(CI_VALUES), sets=("executor.trafficControl.expressLane=false",
+                                             "executor.trafficControl.rateLimitPerSecond=300",
+                                             "executor.trafficControl.rateLimits.messages=20"))
+    executor = next(o for o in objects if o["kind"] == "Deployment" and o["metadata"]["name"].endswith("-executor"))
+    env = {e["name"]: e.get("value") for e in executor["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["KMSBRIDGE_EXECUTOR__EXPRESS_LANE"] == "false"
+    assert env["KMSBRIDGE_EXECUTOR__RATE_LIMIT_PER_SECOND"] == "300"
+    assert env["KMSBRIDGE_EXECUTOR__RATE_LIMITS__MESSAGES"] == "20"
+    default = next(o for o in _objects(str(CI_VALUES)) if o["kind"] == "Deployment"
+                   and o["metadata"]["name"].endswith("-executor"))
+    names = {e["name"] for e in default["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert "KMSBRIDGE_EXECUTOR__RATE_LIMIT_PER_SECOND" not in names  # no limit unless one is set

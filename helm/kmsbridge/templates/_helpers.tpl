@@ -113,6 +113,18 @@ settings read *_FILE), secretKeyRef for the database URL and the Kafka SASL cred
   value: {{ $v.topics.partitions | quote }}
 - name: KMSBRIDGE_TOPICS__REPLICATION_FACTOR
   value: {{ $v.topics.replicationFactor | quote }}
+{{- with $v.executor.trafficControl }}
+- name: KMSBRIDGE_EXECUTOR__EXPRESS_LANE
+  value: {{ .expressLane | quote }}
+{{- if .rateLimitPerSecond }}
+- name: KMSBRIDGE_EXECUTOR__RATE_LIMIT_PER_SECOND
+  value: {{ .rateLimitPerSecond | quote }}
+{{- end }}
+{{- range $class, $rate := .rateLimits }}
+- name: KMSBRIDGE_EXECUTOR__RATE_LIMITS__{{ upper $class }}
+  value: {{ $rate | quote }}
+{{- end }}
+{{- end }}
 {{- with $v.schemaRegistry }}
 {{- if .url }}
 - name: KMSBRIDGE_SCHEMA_REGISTRY_URL
