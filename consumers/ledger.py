@@ -186,10 +186,11 @@ class ReadAhead:
     :meth:`Ledger.origin` per command.
 
     The executor calls :meth:`expect` for each command of a batch as it dispatches it and :meth:`read`
-    once the batch is dispatched. The batch is read when its first command asks (:meth:`lookup` or
-    :meth:`origin`), so at the time the per-command reads would have been made, not when it was
-    polled (the executor buffers up to ``max_buffered`` commands ahead): one ``IN`` query for the
-    keys, one for the cards' versions, one for the attributes' origins. Its commands are then answered
+    once the batch is dispatched. The batch is read in chunks of :data:`READ_CHUNK` commands, each
+    when its first command asks (:meth:`lookup` or :meth:`origin`), so about when the per-command
+    reads would have been made, not when it was polled (the executor buffers up to ``max_buffered``
+    commands ahead): one ``IN`` query for the keys, one for the cards' versions, one for the
+    attributes' origins. Its commands are then answered
     from what was read; anything the read does not cover, or a read that failed, falls back to the
     :class:`Ledger`. What was read stays right because:
 
@@ -209,10 +210,13 @@ class ReadAhead:
     MAX_AGE_SECONDS = 2.0
     #: a batch none of whose commands asked within this time is forgotten (they were abandoned)
     MAX_UNREAD_SECONDS = 120.0
+    #: commands read together: twice the default KMS slots (``max_inflight``), so the commands of one
+    #: read start within about two KMS calls of each other
+    READ_CHUNK = 128
 
     def __init__(self, ledger: Ledger) -> None:
         self._ledger = ledger
-        self._open = _Batch()
+        self._open: list[tuple[str, str | None, tuple[str, str] | None]] = []
         self._unread: dict[str, _Batch] = {}  # key -> its batch, until the batch is read
         self._unread_attributes: dict[tuple[str, str], _Batch] = {}
         self._batches: list[_Batch] = []  # unread, oldest first
@@ -223,27 +227,28 @@ class ReadAhead:
     def expect(self, key: str, card: str | None, attribute: tuple[str, str] | None = None) -> None:
         """``key`` (and ``card``, when the command is version-guarded, and ``attribute``, the card and
         attribute an absolute command sets) will be looked up soon."""
-        batch = self._open
-        batch.keys.append(key)
-        if card is not None:
-            batch.cards[card] = None
-        if attribute is not None:
-            batch.attributes[attribute] = None
+        self._open.append((key, card, attribute))
 
     def read(self) -> None:
-        """The batch :meth:`expect` named since the last call is complete; it is read when its first
-        command asks."""
-        batch, self._open = self._open, _Batch()
+        """The batch :meth:`expect` named since the last call is complete. It is read in chunks of
+        :data:`READ_CHUNK` commands in the order they were polled, each when its first command asks:
+        a chunk's commands start close together (the KMS slots take them in turn), so each read is
+        fresh when its commands use it."""
+        items, self._open = self._open, []
         now = time.monotonic()
         self._purge(now)
-        if not batch.keys:
-            return
-        batch.polled_at = now
-        for key in batch.keys:
-            self._unread[key] = batch
-        for pair in batch.attributes:
-            self._unread_attributes[pair] = batch
-        self._batches.append(batch)
+        for start in range(0, len(items), self.READ_CHUNK):
+            batch = _Batch()
+            batch.polled_at = now
+            for key, card, attribute in items[start:start + self.READ_CHUNK]:
+                batch.keys.append(key)
+                self._unread[key] = batch
+                if card is not None:
+                    batch.cards[card] = None
+                if attribute is not None:
+                    batch.attributes[attribute] = None
+                    self._unread_attributes[attribute] = batch
+            self._batches.append(batch)
 
     def lookup(self, key: str, card: str | None) -> tuple[KmsResult | None, tuple[str | None, int] | None]:
         """:meth:`Ledger.lookup`, answered from the batch read when it covers ``key`` (and ``card``)."""
@@ -285,7 +290,7 @@ class ReadAhead:
                 pair = (card, entry.attribute)
                 was = self._origins.get(pair)
                 if was is not None and (was[1] is None or not is_newer(was[1], entry.origin)):
-                    self._origins[pair] = (was[0], entry.origin)  # the rule of Ledger._raise_origin
+                    self._origins[pair] = (was[0], entry.origin)  # the rule of Ledger._raise_origins
             if entry.version is None or not card:
                 continue
             held = self._versions.get(card)
@@ -357,6 +362,10 @@ class Ledger:
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
         self._record_outcome, self._raise_version = _upserts(engine.dialect.name)
+        # SQLite's executemany runs the rows one by one, in order, as separate executes would; other
+        # drivers may fold an executemany INSERT into one multi-row statement, which PostgreSQL
+        # refuses when one card's version is raised twice in it
+        self._sequential_many = engine.dialect.name == "sqlite"
 
     def get(self, key: str) -> KmsResult | None:
         with self._engine.connect() as conn:
@@ -408,23 +417,30 @@ class Ledger:
                    if e.attribute is not None and e.origin is not None and e.result.secure_client_id]
         with self._engine.begin() as conn:
             conn.execute(self._record_outcome, unique)  # type: ignore[call-overload]
-            for row in versions:
-                conn.execute(self._raise_version, row)  # type: ignore[call-overload]
-            for card, attribute, origin in origins:
-                self._raise_origin(conn, card, attribute, origin)
+            if self._sequential_many and versions:
+                conn.execute(self._raise_version, versions)  # type: ignore[call-overload]
+            else:
+                for row in versions:
+                    conn.execute(self._raise_version, row)  # type: ignore[call-overload]
+            if origins:
+                self._raise_origins(conn, origins)
 
     def origins_of(self, attributes: Sequence[tuple[str, str]]) -> dict[tuple[str, str], Origin]:
         """:meth:`origin` of many (secure client, attribute) pairs on one connection: those that have one."""
+        with self._engine.connect() as conn:
+            return self._origins_on(conn, attributes)
+
+    @staticmethod
+    def _origins_on(conn: Connection, attributes: Sequence[tuple[str, str]]) -> dict[tuple[str, str], Origin]:
         wanted = set(attributes)
         cards = list(dict.fromkeys(card for card, _ in attributes))
         found: dict[tuple[str, str], Origin] = {}
-        with self._engine.connect() as conn:
-            for i in range(0, len(cards), _IN_CHUNK):
-                for card, attribute, at, subscription_id, version, key in conn.execute(
-                        _ORIGINS_MANY, {"cards": cards[i:i + _IN_CHUNK]}):
-                    if (card, attribute) in wanted:
-                        found[(card, attribute)] = Origin(_aware(at), subscription_id,
-                                                          None if version is None else int(version), key)
+        for i in range(0, len(cards), _IN_CHUNK):
+            for card, attribute, at, subscription_id, version, key in conn.execute(
+                    _ORIGINS_MANY, {"cards": cards[i:i + _IN_CHUNK]}):
+                if (card, attribute) in wanted:
+                    found[(card, attribute)] = Origin(_aware(at), subscription_id,
+                                                      None if version is None else int(version), key)
         return found
 
     def origin(self, secure_client_id: str, attribute: str) -> Origin | None:
@@ -435,19 +451,33 @@ class Ledger:
             return None
         return Origin(_aware(row[0]), row[1], None if row[2] is None else int(row[2]), row[3])
 
-    @staticmethod
-    def _raise_origin(conn: Connection, card: str, attribute: str, origin: Origin) -> None:
-        # read and write in the caller's transaction; a card's commands run in one process at a time
-        row = conn.execute(_ORIGIN, {"card": card, "attribute": attribute}).first()
-        values = {"origin_at": origin.created_at.astimezone(UTC), "subscription_id": origin.subscription_id,
-                  "version": origin.version, "idempotency_key": origin.idempotency_key}
-        if row is None:
-            conn.execute(_INSERT_ORIGIN, {"secure_client_id": card, "attribute": attribute, **values})
-            return
-        held = Origin(_aware(row[0]), row[1], None if row[2] is None else int(row[2]), row[3])
-        if is_newer(held, origin):
-            return  # the newer one stays the attribute's last applied
-        conn.execute(_UPDATE_ORIGIN, {"card": card, "attr": attribute, **values})
+    def _raise_origins(self, conn: Connection, origins: Sequence[tuple[str, str, Origin]]) -> None:
+        """Each applied command's origin becomes its attribute's, unless the attribute holds a newer
+        one (:func:`~consumers.coalesce.is_newer`), in order: one read of the attributes, the rule
+        followed here entry by entry (a card's commands run in one process at a time), then one write
+        of each kind."""
+        pairs = list(dict.fromkeys((card, attribute) for card, attribute, _ in origins))
+        held = self._origins_on(conn, pairs)
+        stored = set(held)
+        final: dict[tuple[str, str], Origin] = {}
+        for card, attribute, origin in origins:
+            pair = (card, attribute)
+            current = held.get(pair)
+            if current is not None and is_newer(current, origin):
+                continue  # the newer one stays the attribute's last applied
+            held[pair] = final[pair] = origin
+        inserts, updates = [], []
+        for (card, attribute), origin in final.items():
+            values = {"origin_at": origin.created_at.astimezone(UTC), "subscription_id": origin.subscription_id,
+                      "version": origin.version, "idempotency_key": origin.idempotency_key}
+            if (card, attribute) in stored:
+                updates.append({"card": card, "attr": attribute, **values})
+            else:
+                inserts.append({"secure_client_id": card, "attribute": attribute, **values})
+        if inserts:
+            conn.execute(_INSERT_ORIGIN, inserts)
+        if updates:
+            conn.execute(_UPDATE_ORIGIN, updates)
 
     @staticmethod
     def _get(conn: Connection, key: str) -> KmsResult | None:

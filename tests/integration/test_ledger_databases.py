@@ -145,3 +145,22 @@ def test_a_batch_read_of_origins_answers_what_single_reads_answer(ledger: Ledger
 
     assert found == {pair: ledger.origin(*pair) for pair in pairs if ledger.origin(*pair) is not None}
     assert set(found) == {("C-1", "entitlements"), ("C-2", "entitlements")}
+
+
+def test_origins_recorded_together_end_as_recorded_one_by_one(ledger: Ledger) -> None:
+    from consumers.coalesce import Origin
+
+    def entry(key: str, card: str, attribute: str, version: int) -> Entry:
+        return Entry(result(key, card=card), version, "S-1", attribute, Origin(T0, "S-1", version, key))
+
+    ledger.record_many([entry("k0", "C-1", "pin", 2)])  # stored before: the group updates it
+    ledger.record_many([entry("k1", "C-1", "entitlements", 5), entry("k2", "C-1", "entitlements", 4),
+                        entry("k3", "C-1", "pin", 3), entry("k4", "C-1", "pin", 1),
+                        entry("k5", "C-2", "entitlements", 1), entry("k6", "C-1", "entitlements", 7),
+                        entry("k7", "C-3", "entitlements", 5), entry("k8", "C-3", "entitlements", 4)])
+
+    assert ledger.origin("C-1", "entitlements") == Origin(T0, "S-1", 7, "k6")
+    assert ledger.origin("C-1", "pin") == Origin(T0, "S-1", 3, "k3")
+    assert ledger.origin("C-2", "entitlements") == Origin(T0, "S-1", 1, "k5")
+    assert ledger.origin("C-3", "entitlements") == Origin(T0, "S-1", 5, "k7")  # the older second one is not
+    assert ledger.version("C-1") == ("S-1", 7)

@@ -215,3 +215,20 @@ def test_a_batch_read_that_fails_leaves_each_command_to_its_own_read(db: Counted
     known, _ = reads.lookup("k1", "C1")
     assert known is not None
     assert reads.lookup("k2", "C1") == (None, ("S-1", 2))
+
+
+def test_a_large_batch_is_read_a_chunk_at_a_time(db: Counted) -> None:
+    reads = ReadAhead(db.ledger)
+    n = ReadAhead.READ_CHUNK * 2 + 10
+    for i in range(n):
+        reads.expect(f"k{i}", f"C{i}")
+    reads.read()
+
+    for i in range(ReadAhead.READ_CHUNK):
+        reads.lookup(f"k{i}", f"C{i}")
+    first_chunk = db.selects
+    for i in range(ReadAhead.READ_CHUNK, n):
+        reads.lookup(f"k{i}", f"C{i}")
+
+    assert first_chunk == 2
+    assert db.selects == 6
