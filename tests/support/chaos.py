@@ -15,6 +15,9 @@ were applied (``duplicate: false``) and how often. From these:
 - **lost**: events with a key that was never applied, plus secure clients whose final KMS state
   (entitlements, pairing, PIN) differs from what the last event asks for (computed independently of
   the planner);
+  a key the executor coalesced or found older than the attribute's last applied (its result on
+  ``kms.results`` names the newer command: ``superseded_by``, docs/traffic.md) is accounted for
+  without reaching the KMS, and the final-state check still says whether the box ended right;
 - **applied twice**: keys with more than one non-duplicate audit entry;
 - **DLQ**: records on the translator's and the executor's DLQ topics (read_committed);
 - **recovery**: for each fault, from the moment the fault ended to the moment every event produced
@@ -355,8 +358,36 @@ class AppliedKeys:
         return fresh
 
 
+class SupersededKeys:
+    """The idempotency keys the executor did not send because a newer absolute command of the same box
+    and attribute made them moot (``KmsResult.superseded_by``), read from ``kms.results`` as it grows."""
+
+    def __init__(self, bootstrap: str, topic: str, codec: Codec) -> None:
+        self._codec = codec
+        self._consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"superseded-{uuid.uuid4().hex}",
+                                   "auto.offset.reset": "earliest", "enable.auto.commit": False})
+        self._consumer.subscribe([topic])
+        self.keys: set[str] = set()
+
+    def poll(self) -> list[str]:
+        """Keys superseded since the last poll."""
+        fresh = []
+        for msg in self._consumer.consume(5000, 0):
+            if msg.error() or msg.value() is None:
+                continue
+            result = self._codec.decode(msg.value(), KmsResult)
+            if result.superseded_by is not None and result.idempotency_key not in self.keys:
+                self.keys.add(result.idempotency_key)
+                fresh.append(result.idempotency_key)
+        return fresh
+
+    def close(self) -> None:
+        self._consumer.close()
+
+
 class Progress:
-    """Which events have had every key applied; the frontier is the first event still waiting."""
+    """Which events have had every key applied (or superseded); the frontier is the first event still
+    waiting."""
 
     def __init__(self, stream: Stream) -> None:
         self._stream = stream
@@ -557,6 +588,7 @@ class Drill:
         self.stream = Stream(size.events, provider, self.topic, pipeline.codec, poison_every=poison_every)
         self.command_poison = command_poison
         self.audit = AppliedKeys(audit_file)
+        self.superseded = SupersededKeys(pipeline.bootstrap, pipeline.settings.topic("results"), pipeline.codec)
         self.progress = Progress(self.stream)
         self.supervisor = Supervisor(pipeline)
         self.executors = [f"executor-{i}" for i in range(executors)]
@@ -595,7 +627,7 @@ class Drill:
         warm_deadline = time.monotonic() + 90
         while self.progress.frontier < 1:
             self.supervisor.check()
-            self.progress.applied(self.audit.poll())
+            self.progress.applied([*self.audit.poll(), *self.superseded.poll()])
             if time.monotonic() > warm_deadline:
                 raise RuntimeError(f"{self.case}: the pipeline did not apply its first event within 90 s")
             time.sleep(0.2)
@@ -616,7 +648,7 @@ class Drill:
                 checkpoints.append((label, end, None))
                 now = time.monotonic()
             self.supervisor.check()
-            self.progress.applied(self.audit.poll())
+            self.progress.applied([*self.audit.poll(), *self.superseded.poll()])
             now = time.monotonic()
             for i, (label, end, target) in enumerate(checkpoints):
                 if isinstance(end, Future):  # still under way in the background, or just ended
@@ -649,6 +681,9 @@ class Drill:
         bad_exits = {n: c for n, c in codes.items() if c != 0}
         if bad_exits:
             self.notes.append(f"exit codes at the end: {bad_exits}")
+        if self.superseded.keys:
+            self.notes.append(f"{len(self.superseded.keys)} commands superseded by newer ones (not sent)")
+        self.superseded.close()
         report.notes = self.notes
         return report
 
@@ -672,7 +707,7 @@ class Drill:
             if not wrong or time.monotonic() > state_deadline:
                 break
             time.sleep(1)
-        self.progress.applied(self.audit.poll())
+        self.progress.applied([*self.audit.poll(), *self.superseded.poll()])
         settings = self.pipeline.settings
         dlq = sum(len(read_all(self.pipeline.bootstrap, settings.dlq(settings.topic(n))))
                   for n in ("subscriptions", "commands"))
