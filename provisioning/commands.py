@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 from pydantic import SecretStr
 
@@ -54,7 +55,7 @@ class CommandFactory:
         message: Message | None = None,
         discriminator: str | None = None,
     ) -> KmsCommand:
-        values = {
+        values: dict[str, Any] = {
             "idempotency_key": idempotency_key(
                 self.key_source, self.source_id, secure_client_id, operation, discriminator
             ),
