@@ -26,11 +26,12 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Annotated, Any, Literal, Protocol
+from typing import Annotated, Any, Literal, Protocol, get_args, get_origin
 
 from fastapi import Depends, FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.routing import APIRoute, APIRouter
 from prometheus_client import Counter, Histogram, make_asgi_app
 from pydantic import SecretStr
 from starlette.exceptions import HTTPException
@@ -149,8 +150,42 @@ def create_app(settings: ApiConfig, publisher: RequestPublisher, outcomes: Outco
 
     # a route, not a mount: a mount at /metrics would redirect /metrics to /metrics/
     app.router.routes.append(Route("/metrics", _Asgi(make_asgi_app()), methods=["GET"], include_in_schema=False))
+    repeatable = _repeatable_query_parameters(router, log_router, runs_router)
+    app.middleware("http")(_one_value_per_query_parameter(repeatable))
     app.middleware("http")(_observe)
     return app
+
+
+def _repeatable_query_parameters(*routers: APIRouter) -> frozenset[str]:
+    """The query parameters some route of ``routers`` declares as a list (``?section=A&section=B``)."""
+    names: set[str] = set()
+    for route in (route for r in routers for route in r.routes):
+        if isinstance(route, APIRoute):
+            for param in route.dependant.query_params:
+                if get_origin(param.field_info.annotation) in (list, tuple, set) or any(
+                        get_origin(arg) in (list, tuple, set) for arg in get_args(param.field_info.annotation)):
+                    names.add(param.alias)
+    return frozenset(names)
+
+
+Middleware = Callable[[Request, Callable[[Request], Awaitable[Response]]], Awaitable[Response]]
+
+
+def _one_value_per_query_parameter(repeatable: frozenset[str]) -> Middleware:
+    """A middleware: a query parameter that takes one value, given twice, is a 422 naming it; taking the
+    last of several silently would act on something the caller did not mean."""
+
+    async def check(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        seen: set[str] = set()
+        for name, _value in request.query_params.multi_items():
+            if name in seen and name not in repeatable:
+                return JSONResponse({"detail": [{"type": "repeated", "loc": ["query", name],
+                                                 "msg": f"query parameter {name!r} given more than once"}]},
+                                    status_code=422)
+            seen.add(name)
+        return await call_next(request)
+
+    return check
 
 
 async def _observe(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:

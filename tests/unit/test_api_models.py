@@ -356,3 +356,12 @@ def test_the_openapi_document_lists_every_route() -> None:
                           "/v1/communications"}
     assert "process_immediately" in {p["name"] for p in paths["/v1/messages"]["post"]["parameters"]}
     assert KEY not in str(paths)
+
+
+def test_a_query_parameter_given_twice_is_a_422_naming_it() -> None:
+    api = build()
+
+    response = api.client.get("/v1/communications?external_system=A&external_system=B", headers=auth())
+
+    assert response.status_code == 422
+    assert response.json()["detail"][0]["loc"] == ["query", "external_system"]
