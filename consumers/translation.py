@@ -86,7 +86,7 @@ def translate_subscription(event: SubscriptionEvent, ctx: HandlerContext, topic:
         result = _rejected(plan.rejection, source_kind=KeySource.EVENT, source_id=event.event_id,
                            operation="SUBSCRIPTION_EVENT", subscription_id=event.subscription_id,
                            event_id=event.event_id)
-        # The grant is refused, what the event takes away is not (DESIGN.md §5): publish both.
+        # The grant is refused, what the event takes away is not (docs/architecture.md §5): publish both.
         return Translation(commands=plan.commands, results=[result], outcome="rejected")
     return Translation(commands=plan.commands)
 

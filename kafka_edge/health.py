@@ -1,4 +1,4 @@
-"""``/metrics``, ``/healthz`` and ``/readyz`` for every process (DESIGN.md §7).
+"""``/metrics``, ``/healthz`` and ``/readyz`` for every process (docs/architecture.md §7).
 
 ``/healthz`` is 200 while the poll loop ran within its TTL (a stuck loop gets the pod restarted);
 ``/readyz`` is 200 while partitions are assigned and the KMS breaker is closed.

@@ -1,6 +1,6 @@
 """Consumer lag, in messages and in seconds, read from the broker the way ``kafka-consumer-groups`` does.
 
-Lag of one partition is ``high watermark - committed offset`` of a consumer group (DESIGN.md §7);
+Lag of one partition is ``high watermark - committed offset`` of a consumer group (docs/architecture.md §7);
 time lag is the age of the oldest unprocessed message, i.e. ``now - timestamp`` of the message at the
 committed offset. Both are broker facts: they are read with the group's *committed* offsets, not from
 any consumer's in-memory position, so every process and the CLI see the same numbers.

@@ -1,4 +1,4 @@
-"""The product's Prometheus metrics, exactly as DESIGN.md §7 names them.
+"""The product's Prometheus metrics, exactly as docs/architecture.md §7 names them.
 
 One module holds every metric so names, types and labels live in one place; processes import the
 objects they update. Label values never carry PINs, texts or ids of customers.

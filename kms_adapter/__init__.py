@@ -1,4 +1,4 @@
-"""The KMS port, its SOAP adapter, error mapping, an in-memory fake and the KMS simulator (DESIGN.md §4).
+"""The KMS port, its SOAP adapter, error mapping, an in-memory fake and the KMS simulator (docs/architecture.md §4).
 
 - :mod:`.port`: ``KmsPort`` (Protocol), ``KmsOutcome``, ``ClientState``, ``QUERY_SECTIONS``
 - :mod:`.errors`: ``KmsError`` and its retryable/terminal subclasses

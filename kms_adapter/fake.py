@@ -77,7 +77,7 @@ class InMemoryKms:
 
     def seed(self, secure_client_id: str, **fields: Any) -> None:
         """Create or change a card directly, e.g. ``seed("C1", entitlements=[{"product_id": "P1"}],
-        paired_chipset="STB-1", pin="0001")`` (fields and shape of DESIGN.md §8)."""
+        paired_chipset="STB-1", pin="0001")`` (fields and shape of docs/architecture.md §8)."""
         self.state.overwrite({"secure_clients": {secure_client_id: fields}})
 
     def reset(self) -> None:
@@ -107,7 +107,7 @@ class InMemoryKms:
         return client.pin if client else None
 
     def snapshot(self) -> dict[str, Any]:
-        """The state in the simulator's JSON shape (DESIGN.md §8), audit included."""
+        """The state in the simulator's JSON shape (docs/architecture.md §8), audit included."""
         return self.state.snapshot()
 
     # --- KmsPort -------------------------------------------------------------------------------------

@@ -27,7 +27,7 @@ simulator's response-shape faults in ``tests/integration/test_soap_client_vs_sim
   proxy would be worse than a clear refusal.
 - **Never resend an effect**: a reused connection that fails before the first byte of the answer
   (the server closed it while idle) is retried once on a fresh connection only when the caller says
-  the request is ``resendable`` (queries and absolute writes, DESIGN §4); otherwise the failure is a
+  the request is ``resendable`` (queries and absolute writes, docs/architecture.md §4); otherwise the failure is a
   ``KmsUnavailable("network")`` and the executor's ledger and retry policy decide.
 - **TLS**: one shared :class:`ssl.SSLContext` (:func:`tls_context`), verified by default, with an
   optional client certificate (mTLS).

@@ -1,4 +1,4 @@
-"""The KMS port (DESIGN.md §4): what the executor, the reconciler and the Web API need of a KMS.
+"""The KMS port (docs/architecture.md §4): what the executor, the reconciler and the Web API need of a KMS.
 
 Implementations: :class:`kms_adapter.soap_client.SoapKmsClient` (the real thing over SOAP) and
 :class:`kms_adapter.fake.InMemoryKms` (unit tests). Both raise only :mod:`kms_adapter.errors` types.
@@ -50,7 +50,7 @@ MUTATING_OPERATIONS: frozenset[str] = frozenset(
     }
 )
 
-#: Mutating operations that are effects, not absolute states (DESIGN.md §4): sending one twice shows
+#: Mutating operations that are effects, not absolute states (docs/architecture.md §4): sending one twice shows
 #: the message twice on a KMS that does not deduplicate by idempotency key. Every other operation
 #: converges when repeated, so an adapter may resend it; an effect it never resends on its own.
 EFFECT_OPERATIONS: frozenset[str] = frozenset({"SEND_MAIL", "SEND_MESSAGE", "SEND_MAIL_GLOBAL", "SEND_MESSAGE_GLOBAL"})

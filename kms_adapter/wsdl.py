@@ -1,4 +1,4 @@
-"""The packaged WSDL and the KMS vocabulary it defines (DESIGN.md §4).
+"""The packaged WSDL and the KMS vocabulary it defines (docs/architecture.md §4).
 
 Shared by the SOAP client and the simulator so the two cannot disagree on names.
 """

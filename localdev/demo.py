@@ -1,4 +1,4 @@
-"""``kmsbridge demo``: the feature list played end to end on the local stack (DESIGN.md §6).
+"""``kmsbridge demo``: the feature list played end to end on the local stack (docs/architecture.md §6).
 
 Each step produces real records to Kafka, waits (bounded) until the KMS simulator's state or the
 results topic shows the expected outcome, and prints the household's KMS state as a table. The demo

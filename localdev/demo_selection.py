@@ -1,4 +1,4 @@
-"""The demo's chapter on per-box channels and revocation (DESIGN.md §1 item 12, §5).
+"""The demo's chapter on per-box channels and revocation (docs/architecture.md §1 item 12, §5).
 
 A second Aluxsat household, a living-room box (MAIN) and a bedroom box (TWIN1, which the provider
 lets carry BASIC only):

@@ -2,7 +2,7 @@
 
 The broker's jars are resolved from Maven Central by ``tools/kafka/pom.xml`` into ``.cache/kafka/libs``
 (see :func:`ensure_jars`); Java 17+ runs them. Nothing here mocks Kafka: tests that exercise commits,
-transactions, rebalances or lag get the real thing (DESIGN.md §6).
+transactions, rebalances or lag get the real thing (docs/architecture.md §6).
 
 Lifecycle, as :func:`start_broker` does it:
 

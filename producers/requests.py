@@ -1,4 +1,4 @@
-"""Building and publishing support-agent requests (``ServiceRequest`` on ``kms.requests``, DESIGN.md §3).
+"""Building and publishing support-agent requests (``ServiceRequest`` on ``kms.requests``, docs/architecture.md §3).
 
 The CLI verbs and the Web API use the same two pieces:
 

@@ -1,6 +1,6 @@
 """Topic administration: the topics kmsbridge uses, their configs, idempotent creation, readiness.
 
-:data:`TOPIC_TABLE` is the one table of each topic's cleanup policy and retention (DESIGN.md §3);
+:data:`TOPIC_TABLE` is the one table of each topic's cleanup policy and retention (docs/architecture.md §3);
 :class:`TopicPolicy` holds the numbers an operator may change (``KMSBRIDGE_TOPICS__*``, the chart's
 ``topics`` values). ``kmsbridge topics create`` (run by the local stack and by the Helm hook Job)
 plans every topic with :func:`plan_topics` and applies the plan with :func:`ensure_topics`: a missing

@@ -1,4 +1,4 @@
-"""The domain core (DESIGN.md §2, floor 1): provider config, entitlement rules, planning, keys.
+"""The domain core (docs/architecture.md §2, floor 1): provider config, entitlement rules, planning, keys.
 
 Pure: no Kafka, HTTP, SQL or clock; the only I/O is reading the provider file. Both the translator
 and the reconciler plan through this package, so a real-time change and a reset converge on the same

@@ -21,7 +21,7 @@ from schemas.records import KmsCommand, Message, Operation, Priority, Product, S
 
 __all__ = ["GLOBAL_CLIENT", "CommandFactory"]
 
-#: ``secure_client_id`` (and Kafka key) of global operations (DESIGN.md §3).
+#: ``secure_client_id`` (and Kafka key) of global operations (docs/architecture.md §3).
 GLOBAL_CLIENT = "*"
 
 

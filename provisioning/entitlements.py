@@ -1,4 +1,4 @@
-"""Which KMS products each device of a subscription should hold (DESIGN.md §3 "entitled").
+"""Which KMS products each device of a subscription should hold (docs/architecture.md §3 "entitled").
 
 The single source of the entitlement rule, used by planning (translator) and by the reconciler:
 

@@ -2,13 +2,13 @@
 
 A :class:`Rejection` is an *answer*, not an exception: planning returns it inside a ``Plan`` and the
 translator turns it into a REJECTED ``KmsResult`` (``error_code`` / ``error_description``), never a
-DLQ entry (DESIGN.md §5). The codes are a contract with CRM, dashboards and runbooks: add new ones,
+DLQ entry (docs/architecture.md §5). The codes are a contract with CRM, dashboards and runbooks: add new ones,
 never rename or reuse one.
 
 Descriptions name the offending input (a distributor, a secure client, a service code, a limit) but
-never a PIN or a message text (DESIGN.md §5, STYLE.md "never print a payload").
+never a PIN or a message text (docs/architecture.md §5, STYLE.md "never print a payload").
 
-A distributor's service list *filters* what its device receives (DESIGN.md §1, feature 1): a
+A distributor's service list *filters* what its device receives (docs/architecture.md §1, feature 1): a
 household with MAIN ("*") and TWIN1 ([BASIC]) that buys SPORTS for every box gets SPORTS on MAIN
 only. Only a service chosen *explicitly* (``services[].distributors``) for a distributor that may
 not carry it is rejected, with ``SERVICE_NOT_ALLOWED_ON_DISTRIBUTOR``.

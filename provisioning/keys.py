@@ -1,4 +1,4 @@
-"""Deterministic idempotency keys: the ONE place they are made (DESIGN.md §5).
+"""Deterministic idempotency keys: the ONE place they are made (docs/architecture.md §5).
 
 A key is ``<source kind>:<source id>:<secure client>:<OPERATION>[:<discriminator>]``, e.g.
 ``ev:0b7e3c1e-8f2a-4c4e-9a51-3f6d2a9d7c10:4120051539:SYNC_ENTITLEMENTS``. It is

@@ -1,4 +1,4 @@
-"""Outcomes of requests: PENDING → COMPLETED or REJECTED (DESIGN.md §1 item 11).
+"""Outcomes of requests: PENDING → COMPLETED or REJECTED (docs/architecture.md §1 item 11).
 
 One request can yield several ``KmsResult``s: a subscription target gets one command per device, a
 rejection made by the translator gets one REJECTED result, a reset run gets a ``ReconcileReport``.

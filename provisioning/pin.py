@@ -1,4 +1,4 @@
-"""The parental-PIN rule, in one place: exactly four ASCII digits (DESIGN.md §1, feature 7).
+"""The parental-PIN rule, in one place: exactly four ASCII digits (docs/architecture.md §1, feature 7).
 
 Used by the provider file (its ``default_pin``) and by SET_PIN requests. Descriptions never contain
 the PIN itself.
@@ -13,7 +13,7 @@ from provisioning.errors import INVALID_PIN, Rejection
 
 __all__ = ["DEFAULT_PIN", "PIN_RULE", "is_valid_pin", "validate_pin"]
 
-#: The PIN a provider gets when its file sets none (DESIGN.md §1, feature 1).
+#: The PIN a provider gets when its file sets none (docs/architecture.md §1, feature 1).
 DEFAULT_PIN: Final = "0001"
 #: The rule in words, for error messages.
 PIN_RULE: Final = "must be exactly 4 ASCII digits"

@@ -1,7 +1,7 @@
 """What planning returns: the commands to publish, and why a part of the input was refused.
 
 A :class:`Plan` holds commands, a :class:`~provisioning.errors.Rejection`, or both: a subscription
-event whose grant is rejected still plans what it takes away (DESIGN.md §5 "Revocation is never
+event whose grant is rejected still plans what it takes away (docs/architecture.md §5 "Revocation is never
 held back"), so its plan carries the revoking commands *and* the rejection; the translator publishes
 the commands and a REJECTED result. Requests and communications are refused whole (a rejection, no
 commands). An empty plan without a rejection is a valid answer ("nothing to send", e.g. a

@@ -1,4 +1,4 @@
-"""Subscription event → KMS commands (DESIGN.md §1 feature 2, §5): the translator's whole job.
+"""Subscription event → KMS commands (docs/architecture.md §1 feature 2, §5): the translator's whole job.
 
 :func:`plan_subscription` is pure: the same event and provider always give ``==`` commands, so a
 redelivered event is recognised downstream by its idempotency keys. Every command is absolute
@@ -112,7 +112,7 @@ def plan_reset(
     secure_client_ids: Collection[str] | None = None,
     pair: Collection[str] = (),
 ) -> Plan:
-    """Re-synchronisation of a subscription's current state by a reconcile run (DESIGN.md §1, 3-4).
+    """Re-synchronisation of a subscription's current state by a reconcile run (docs/architecture.md §1, 3-4).
 
     ``event`` is the latest state the projector stored. Each current device (or only those in
     ``secure_client_ids``) gets SYNC_ENTITLEMENTS evaluated at ``at`` (CLEAR_ENTITLEMENTS when the

@@ -1,12 +1,12 @@
-"""The provisioning provider: distributors, service → product map, default PIN (DESIGN.md §1, §8).
+"""The provisioning provider: distributors, service → product map, default PIN (docs/architecture.md §1, §8).
 
 ``ProviderConfig`` is the validated, immutable form of ``provider.yaml``. Every problem found while
 loading is reported as a :class:`ProviderConfigError` whose message names the key path
 (``distributors.TWIN1.requires: unknown distributor 'TWIN9'``), so a bad file fails at start with a
-message an operator can act on (DESIGN.md §6).
+message an operator can act on (docs/architecture.md §6).
 
 ``default_pin`` is held as ``SecretStr``. It is an operator default, not a customer secret, but it is
-written to every new card as that household's parental PIN until they change it, and DESIGN.md §5
+written to every new card as that household's parental PIN until they change it, and docs/architecture.md §5
 says PINs never reach logs; masking it keeps ``repr(provider)`` safe to log at start-up and treats
 every PIN in the system the same way (``KmsCommand.pin`` is ``SecretStr`` too).
 

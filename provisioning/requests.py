@@ -1,4 +1,4 @@
-"""Support-agent requests and mail-run communications → KMS commands (DESIGN.md §1 features 5-7, 9).
+"""Support-agent requests and mail-run communications → KMS commands (docs/architecture.md §1 features 5-7, 9).
 
 Pure, like the rest of ``provisioning/``: when a request or communication targets a subscription,
 the caller looks up its devices and passes them as ``devices`` (``None`` = the subscription is not

@@ -1,4 +1,4 @@
-"""What an event takes away, planned whatever else is wrong with it (DESIGN.md §5).
+"""What an event takes away, planned whatever else is wrong with it (docs/architecture.md §5).
 
 "Revocation is never held back": validation (:mod:`provisioning.validation`) may reject what an
 event *grants*, never what it *takes away*. This module names the boxes that hold nothing after an

@@ -1,4 +1,4 @@
-"""Message texts for Mail and on-screen Message (DESIGN.md §1 features 5-6): the text-mode rules.
+"""Message texts for Mail and on-screen Message (docs/architecture.md §1 features 5-6): the text-mode rules.
 
 * **ANSI**: the text must encode in Windows-1252 (``cp1252``); its length is in characters, which
   are also its bytes.

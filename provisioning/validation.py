@@ -1,4 +1,4 @@
-"""The rules a subscription must satisfy before anything is granted to it (DESIGN.md §1, §5).
+"""The rules a subscription must satisfy before anything is granted to it (docs/architecture.md §1, §5).
 
 :func:`validate_subscription` is the single gate: planning calls it first and, on the first
 violation, rejects what the event grants (no box is paired, given a PIN or entitlements), while what

@@ -1,4 +1,4 @@
-"""The reconciler (DESIGN.md §2, floor 2): projector, desired-state store, drift detection, reset runs.
+"""The reconciler (docs/architecture.md §2, floor 2): projector, desired-state store, drift detection, reset runs.
 
 Modules: :mod:`.store` (desired state, on :data:`~reconciler.tables.DESIRED_METADATA`),
 :mod:`.projector` (``crm.subscriptions`` → store), :mod:`.drift` (pure comparison),

@@ -25,7 +25,7 @@ entitles it (live products) or pairs it with any box: ``unknown_to_crm`` is set 
 unpaired, like a removed device in real time. A card the KMS holds that no event of the subscription
 ever named cannot be attributed to it and is not looked at.
 
-**A stored state that validation rejects** is compared in the revoking direction only (DESIGN.md
+**A stored state that validation rejects** is compared in the revoking direction only (docs/architecture.md
 §5): the devices :func:`provisioning.revocation.revoked_devices` names must hold nothing (their
 pairing and PIN are not looked at), retired cards are handled as above, and every other (standing)
 device may keep only the live products it holds that the entitlement rule still grants it

@@ -1,4 +1,4 @@
-"""The reset job (DESIGN.md §1 items 3-4, §5): level-based, like a Kubernetes controller.
+"""The reset job (docs/architecture.md §1 items 3-4, §5): level-based, like a Kubernetes controller.
 
 One run, for one :class:`~schemas.records.ReconcileRequest`:
 

@@ -1,4 +1,4 @@
-"""The provisioning request log (DESIGN.md §1 item 14): writes, search, a box's history, outcomes.
+"""The provisioning request log (docs/architecture.md §1 item 14): writes, search, a box's history, outcomes.
 
 **Writes** (:meth:`RequestLog.write`) take one batch of decoded records and apply it in one
 transaction, with ``INSERT ... ON CONFLICT`` statements of a few hundred rows each:

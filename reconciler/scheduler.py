@@ -1,4 +1,4 @@
-"""The scheduler of run definitions, inside ``kmsbridge run reconciler`` (DESIGN.md §1 item 13).
+"""The scheduler of run definitions, inside ``kmsbridge run reconciler`` (docs/architecture.md §1 item 13).
 
 Every ``tick_seconds`` each reconciler replica:
 

@@ -1,4 +1,4 @@
-"""Avro bytes <-> pydantic records, in both wire framings of DESIGN.md §3.
+"""Avro bytes <-> pydantic records, in both wire framings of docs/architecture.md §3.
 
 Writing:
 

@@ -1,4 +1,4 @@
-"""Limits every record obeys at the edge (DESIGN.md §3): id characters and lengths, array sizes.
+"""Limits every record obeys at the edge (docs/architecture.md §3): id characters and lengths, array sizes.
 
 One rule for the Web API, the CLI and every consumer: the pydantic twins in :mod:`schemas.records`
 use these types, so a record that breaks a limit fails validation wherever it enters (a 4xx naming

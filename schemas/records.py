@@ -1,4 +1,4 @@
-"""Pydantic twins of every Avro record in ``schemas/*.avsc`` (DESIGN.md §3).
+"""Pydantic twins of every Avro record in ``schemas/*.avsc`` (docs/architecture.md §3).
 
 Each model validates a record as it arrives from Kafka, the CLI or the Web API. The Avro schema
 file of the same name is the wire contract; ``tests/unit/test_schemas_match_models.py`` keeps the
@@ -188,7 +188,7 @@ class SubscriptionEvent(_Record):
     removed_devices: list[Device] = Field(default_factory=list, max_length=MAX_REMOVED_DEVICES)
     # Devices put on by this change. Optional (default empty): when absent, ACTIVATED treats every
     # device as new and a DEVICES_CHANGED that removes a box from a distributor treats the box now on
-    # that distributor as its swap. Added to DESIGN.md §3 on purpose, see README "Records".
+    # that distributor as its swap. Added to docs/architecture.md §3 on purpose, see README "Records".
     added_devices: list[Device] = Field(default_factory=list, max_length=MAX_REMOVED_DEVICES)
 
 

@@ -1,4 +1,4 @@
-"""Root fixtures: the Kafka broker, one per test session (DESIGN.md §6).
+"""Root fixtures: the Kafka broker, one per test session (docs/architecture.md §6).
 
 The broker is chosen in this order: ``KMSBRIDGE_KAFKA__BOOTSTRAP_SERVERS`` if set (with any other
 ``KMSBRIDGE_KAFKA__*`` client settings); else a testcontainers Kafka when a Docker engine answers; else

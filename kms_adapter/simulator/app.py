@@ -4,7 +4,7 @@ Endpoints (all but ``/healthz`` require ``Authorization: Bearer <token>``, else 
 
 - ``POST /kms``: the SOAP endpoint of ``irdeto.wsdl``; ``GET /kms?wsdl`` serves the WSDL with its
   address pointing back here.
-- ``GET /admin/state``: the whole state (JSON shape of DESIGN.md §8).
+- ``GET /admin/state``: the whole state (JSON shape of docs/architecture.md §8).
 - ``POST /admin/state``: overwrite part of it (see :meth:`.state.SimulatorState.overwrite`).
 - ``GET /admin/faults`` / ``POST /admin/faults``: read or change injected faults (:mod:`.faults`),
   among them the response-shape faults (:mod:`.shapes`).

@@ -4,7 +4,7 @@ Pure logic, no I/O: the HTTP app (:mod:`.app`) and the in-memory fake (:mod:`kms
 drive this one model, so a unit test against the fake and an integration test against the simulator
 see the same KMS behaviour.
 
-Rules (the simulated KMS's contract, see DESIGN.md §4 and §8):
+Rules (the simulated KMS's contract, see docs/architecture.md §4 and §8):
 
 - Every mutating call carries an idempotency key. The first *applied* answer for a key is remembered;
   a repeated key returns that answer with ``duplicate=True``, applies nothing and is audited with
@@ -92,7 +92,7 @@ OK = Answer("OK", "Success")
 
 @dataclass(slots=True)
 class SecureClient:
-    """One card as the KMS holds it (the JSON shape of DESIGN.md §8)."""
+    """One card as the KMS holds it (the JSON shape of docs/architecture.md §8)."""
 
     entitlements: list[dict[str, str | None]] = field(default_factory=list)
     paired_chipset: str | None = None
@@ -321,7 +321,7 @@ class SimulatorState:
                 )
         return out
 
-    # --- the JSON view (DESIGN.md §8) ----------------------------------------------------------------
+    # --- the JSON view (docs/architecture.md §8) ----------------------------------------------------------------
 
     def snapshot(self) -> dict[str, Any]:
         """The whole state as ``GET /admin/state`` returns it (a deep copy)."""

@@ -1,4 +1,4 @@
-"""``kmsbridge communications list``: the communication queue (DESIGN.md §8).
+"""``kmsbridge communications list``: the communication queue (docs/architecture.md §8).
 
 ::
 

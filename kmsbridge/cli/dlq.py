@@ -1,4 +1,4 @@
-"""``kmsbridge dlq list TOPIC.dlq`` and ``kmsbridge dlq replay TOPIC.dlq`` (DESIGN.md §1 item 16).
+"""``kmsbridge dlq list TOPIC.dlq`` and ``kmsbridge dlq replay TOPIC.dlq`` (docs/architecture.md §1 item 16).
 
 ``list`` shows where each dead letter came from and why (never its payload). ``replay`` produces the
 chosen records to their original topic only, and records each replay in the database

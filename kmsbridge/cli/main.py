@@ -1,4 +1,4 @@
-"""The ``kmsbridge`` command (DESIGN.md §8). Exit codes: 0 done, 1 rejected or failed, 2 bad input."""
+"""The ``kmsbridge`` command (docs/architecture.md §8). Exit codes: 0 done, 1 rejected or failed, 2 bad input."""
 
 from __future__ import annotations
 

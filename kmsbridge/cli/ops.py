@@ -1,4 +1,4 @@
-"""Operator verbs (DESIGN.md §8): ``set-pin``, ``reauthorise``, ``send-message``, ``query``, ``mail-run``.
+"""Operator verbs (docs/architecture.md §8): ``set-pin``, ``reauthorise``, ``send-message``, ``query``, ``mail-run``.
 
 Writes publish a ``ServiceRequest`` to ``kms.requests`` (the translator plans it, the executor applies
 it). With ``--wait`` the verb waits, at most ``--timeout`` seconds, for the outcome on ``kms.results``

@@ -1,4 +1,4 @@
-"""``kmsbridge runs``: reset and mail run definitions, their executions (DESIGN.md §8).
+"""``kmsbridge runs``: reset and mail run definitions, their executions (docs/architecture.md §8).
 
 ::
 

@@ -1,4 +1,4 @@
-"""``kmsbridge simulator``: run the KMS simulator, read its state, inject faults (DESIGN.md §8).
+"""``kmsbridge simulator``: run the KMS simulator, read its state, inject faults (docs/architecture.md §8).
 
 ::
 

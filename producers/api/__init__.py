@@ -1,4 +1,4 @@
-"""The kmsbridge Web API (DESIGN.md §1 item 10): FastAPI app factory, auth, models and routes."""
+"""The kmsbridge Web API (docs/architecture.md §1 item 10): FastAPI app factory, auth, models and routes."""
 
 from __future__ import annotations
 

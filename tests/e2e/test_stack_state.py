@@ -1,4 +1,4 @@
-"""The local stack starts from one consistent state (issue 16 item 7): a stack brought up again after
+"""The local stack starts from one consistent state: a stack brought up again after
 ``stack down`` has empty Kafka topics, an empty database and an empty simulator, or with ``--keep`` all
 three as the last run left them. Either way a reset preview finds no drift."""
 

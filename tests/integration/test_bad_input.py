@@ -7,7 +7,7 @@ after it share their partition): the translator, the executor, the projector and
 in threads, and an outcome feed (the Web API's reader of ``kms.results``). Each test sends one class to
 every consumer's topic, then a valid record behind it, and shows
 
-* the class ends where DESIGN §5 says: a DLQ entry naming its consumer and reason, a REJECTED result
+* the class ends where docs/architecture.md §5 says: a DLQ entry naming its consumer and reason, a REJECTED result
   (or report), or a counted skip; and
 * the valid record behind it is applied, so the partition moved on.
 
@@ -76,7 +76,7 @@ def ends(four: str, feed: str) -> dict[str, str]:
     return dict.fromkeys(CONSUMERS[:4], four) | {"feed": feed}
 
 
-#: Where each class ends, per consumer (DESIGN §5); "n/a": the class means nothing to that consumer.
+#: Where each class ends, per consumer (docs/architecture.md §5); "n/a": the class means nothing to that consumer.
 EXPECTED: dict[str, dict[str, str]] = {
     "undecodable": ends("DLQ bad_magic", "skipped"),
     "unknown schema": ends("DLQ unknown_fingerprint", "skipped"),

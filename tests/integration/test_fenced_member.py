@@ -1,4 +1,4 @@
-"""A fenced static member ends its process, and the supervisor's restart brings it back (issue 16 item 1).
+"""A fenced static member ends its process, and the supervisor's restart brings it back.
 
 Every process with static membership (``group.instance.id`` from ``KMSBRIDGE_GROUP_INSTANCE_ID``, else
 ``$POD_NAME``, plus ``-<process>``) is started as ``kmsbridge run`` under the chaos drills'

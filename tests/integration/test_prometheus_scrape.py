@@ -1,4 +1,4 @@
-"""A real Prometheus scrapes the local stack with the chart's alert rules (DESIGN.md §7).
+"""A real Prometheus scrapes the local stack with the chart's alert rules (docs/architecture.md §7).
 
 The stack (`kmsbridge stack up --json`) runs translator, executor and the rest against the session's
 broker, with a topic and group prefix of its own. Prometheus scrapes every process's /metrics every

@@ -157,7 +157,7 @@ def test_rejected_event_yields_a_rejected_result_and_grants_nothing_in_the_kms(
         assert result.error_code == code
     else:  # five devices: either too many viewing points or the unknown TWIN4, both are rejections
         assert result.error_code in {"TOO_MANY_VIEWING_POINTS", "UNKNOWN_DISTRIBUTOR"}
-    # only revocations reach the KMS (boxes that cannot stand are cleared, DESIGN.md §5)
+    # only revocations reach the KMS (boxes that cannot stand are cleared, docs/architecture.md §5)
     assert {a["operation"] for a in kms_simulator.audit()} <= {"CLEAR_ENTITLEMENTS", "UNPAIR"}
     assert all(products(kms_simulator, d.secure_client_id) == set() for d in devices)
 

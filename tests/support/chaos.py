@@ -261,7 +261,7 @@ class Stream:
 
     @staticmethod
     def _expected(ev: SubscriptionEvent, device: Device) -> CardState:
-        """What the KMS must hold for ``device`` after ``ev``, by the rules of DESIGN.md §3 and the
+        """What the KMS must hold for ``device`` after ``ev``, by the rules of docs/architecture.md §3 and the
         example provider (MAIN carries every service, TWIN1 only BASIC), not by the planner."""
         products: set[str] = set()
         if ev.state is SubscriptionState.ACTIVE:

@@ -77,7 +77,7 @@ class SimulatorHandle:
         return dict(self._json("GET", "/admin/state"))
 
     def set_state(self, partial: dict[str, Any]) -> dict[str, Any]:
-        """``POST /admin/state``: overwrite part of the state (DESIGN.md §8)."""
+        """``POST /admin/state``: overwrite part of the state (docs/architecture.md §8)."""
         return dict(self._json("POST", "/admin/state", partial))
 
     def client_state(self, secure_client_id: str) -> dict[str, Any] | None:

@@ -1,4 +1,4 @@
-"""The alert rules of the chart (``helm/kmsbridge/files/alerts.yaml``, DESIGN.md §7).
+"""The alert rules of the chart (``helm/kmsbridge/files/alerts.yaml``, docs/architecture.md §7).
 
 ``promtool check rules`` validates syntax and lint, ``promtool test rules`` runs the unit tests in
 ``helm/kmsbridge/tests/alerts_test.yaml`` (each alert firing and not firing). The structural checks

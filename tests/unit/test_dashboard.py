@@ -94,7 +94,7 @@ def test_every_panel_query_names_only_metrics_the_product_exports() -> None:
         unknown = names - exported
         assert not unknown, f"panel {title!r} reads metrics the product does not export: {sorted(unknown)}"
         used |= names
-    # the dashboard covers every metric of DESIGN.md §7 (histograms through their buckets)
+    # the dashboard covers every metric of docs/architecture.md §7 (histograms through their buckets)
     expected = {n for n in exported if not n.endswith(("_count", "_sum"))}
     assert expected - used == set(), f"metrics without a panel: {sorted(expected - used)}"
 

@@ -1,4 +1,4 @@
-"""The executor's offset rule: store only below the lowest unfinished message (DESIGN.md §5)."""
+"""The executor's offset rule: store only below the lowest unfinished message (docs/architecture.md §5)."""
 
 from __future__ import annotations
 

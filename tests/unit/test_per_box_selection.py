@@ -1,4 +1,4 @@
-"""Per-box channel selection (DESIGN.md §1 item 12, §3 ``services[].distributors``) and schema v1 events."""
+"""Per-box channel selection (docs/architecture.md §1 item 12, §3 ``services[].distributors``) and schema v1 events."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The record limits of schemas/limits.py hold in every record model (DESIGN.md §3, README "Limits").
+"""The record limits of schemas/limits.py hold in every record model (docs/architecture.md §3, README "Limits").
 
 For each field class (id, name, distributor, idempotency key, topic, text, array) a value just
 inside the limit is accepted and one just outside is refused, with the error located at the field;

@@ -1,4 +1,4 @@
-"""Revocation is never held back (DESIGN.md §5): a rejected grant still plans what the event takes away."""
+"""Revocation is never held back (docs/architecture.md §5): a rejected grant still plans what the event takes away."""
 
 from __future__ import annotations
 
