@@ -303,12 +303,7 @@ class ReadAhead:
     def _read(self, batch: _Batch) -> None:
         """Read ``batch`` (three queries); a failure leaves its commands to the :class:`Ledger`'s own
         reads, which then fail or succeed each on its own (a content error is one command's)."""
-        for key in batch.keys:
-            if self._unread.get(key) is batch:
-                del self._unread[key]
-        for pair in batch.attributes:
-            if self._unread_attributes.get(pair) is batch:
-                del self._unread_attributes[pair]
+        self._forget(batch)
         if batch in self._batches:
             self._batches.remove(batch)
         now = time.monotonic()
@@ -340,13 +335,16 @@ class ReadAhead:
         if self._origins:
             self._origins = {a: v for a, v in self._origins.items() if v[0] >= limit}
         while self._batches and self._batches[0].polled_at < now - self.MAX_UNREAD_SECONDS:
-            stale = self._batches.pop(0)
-            for key in stale.keys:
-                if self._unread.get(key) is stale:
-                    del self._unread[key]
-            for pair in stale.attributes:
-                if self._unread_attributes.get(pair) is stale:
-                    del self._unread_attributes[pair]
+            self._forget(self._batches.pop(0))
+
+    def _forget(self, batch: _Batch) -> None:
+        """Drop ``batch``'s claims on the keys and attributes no read has answered yet."""
+        for key in batch.keys:
+            if self._unread.get(key) is batch:
+                del self._unread[key]
+        for pair in batch.attributes:
+            if self._unread_attributes.get(pair) is batch:
+                del self._unread_attributes[pair]
 
 
 def _settle(done: asyncio.Future[None], exc: BaseException | None) -> None:

@@ -86,11 +86,11 @@ def runner_for(kms: InMemoryKms, ledger: Ledger, *, budget: int = BUDGET) -> tup
     return CommandRunner(kms, ledger, breaker, attempt_budget=budget, retry_initial=0.001, retry_max=0.005), breaker
 
 
-def run_one(kms: InMemoryKms, ledger: Ledger, cmd: KmsCommand) -> RunOutcome:
+def run_one(kms: InMemoryKms, ledger: Ledger, cmd: KmsCommand, *, replayed: bool = False) -> RunOutcome:
     async def main() -> RunOutcome:
         runner, breaker = runner_for(kms, ledger)
         try:
-            return await runner.run(cmd)
+            return await runner.run(cmd, replayed=replayed)
         finally:
             await breaker.aclose()
 
@@ -416,14 +416,7 @@ def test_a_replay_from_the_dlq_sends_an_undelivered_command_again_and_a_redelive
     redelivered = run_one(kms, ledger, mail("C1", "m3"))
     calls_before_the_replay = len(kms.executed)
 
-    async def replay() -> RunOutcome:
-        runner, breaker = runner_for(kms, ledger)
-        try:
-            return await runner.run(mail("C1", "m3"), replayed=True)
-        finally:
-            await breaker.aclose()
-
-    replayed = asyncio.run(replay())
+    replayed = run_one(kms, ledger, mail("C1", "m3"), replayed=True)
 
     assert first.result.error_code == OUTCOME_UNKNOWN
     assert redelivered.result.duplicate and calls_before_the_replay == 1
@@ -435,12 +428,5 @@ def test_a_replay_of_a_command_that_completed_is_not_sent_again(ledger: Ledger) 
     kms = FlakyKms()
     run_one(kms, ledger, mail("C1", "m4"))
 
-    async def replay() -> RunOutcome:
-        runner, breaker = runner_for(kms, ledger)
-        try:
-            return await runner.run(mail("C1", "m4"), replayed=True)
-        finally:
-            await breaker.aclose()
-
-    assert asyncio.run(replay()).result.duplicate
+    assert run_one(kms, ledger, mail("C1", "m4"), replayed=True).result.duplicate
     assert len(kms.executed) == 1
