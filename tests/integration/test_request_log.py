@@ -20,7 +20,7 @@ import pytest
 from click.testing import CliRunner
 from confluent_kafka import Consumer, TopicPartition
 from pydantic import SecretStr
-from test_reconciler import _in_thread, run, start_projector, start_reconciler
+from test_reconciler import run, start_projector, start_reconciler
 
 from kmsbridge.cli import main as cli_main
 from kmsbridge.db import upgrade
@@ -42,7 +42,7 @@ from schemas.records import (
 )
 from tests.support.pg import new_database
 from tests.support.pipeline import Pipeline, wait_until
-from tests.support.processes import RunningProcess, start_executor, start_translator
+from tests.support.processes import RunningProcess, start_executor, start_in_thread, start_translator
 from tests.support.simulator import SimulatorHandle
 
 pytestmark = pytest.mark.integration
@@ -83,7 +83,7 @@ def log(pipeline: Pipeline) -> Iterator[RequestLog]:
 
 def start_request_log(pipeline: Pipeline) -> RunningProcess:
     writer = build_request_log_writer(pipeline.settings)
-    return _in_thread("request-log", writer.run, writer.request_stop, writer)
+    return start_in_thread("request-log", writer.run, writer.request_stop, writer)
 
 
 @pytest.fixture
