@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 import click
 from confluent_kafka import Producer
 
-from kafka_edge.kafka_clients import producer_config
+from kafka_edge.kafka_clients import close_producer, producer_config
 from kmsbridge.cli.common import EXIT_FAILED, cli_settings, fail
 from kmsbridge.cli.table import format_rows, parse_time
 from kmsbridge.settings import Settings
@@ -109,7 +109,10 @@ def replay_cmd(topic: str, since: datetime | None, error_classes: tuple[str, ...
                    f"before, {len(plan.filtered)} filtered out, {len(plan.refused)} refused")
         return
     producer = Producer(producer_config(settings.kafka_config()))
-    delivered = replay(producer, plan, topic)
+    try:
+        delivered = replay(producer, plan, topic)
+    finally:
+        close_producer(producer, 5)
     now = datetime.now(UTC)
     store.record_replays([{"dlq_topic": topic, "partition": d.partition, "offset": d.offset, "target_topic": origin,
                            "error_class": d.error_class[:64], "replayed_at": now} for d in delivered])

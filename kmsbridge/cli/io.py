@@ -11,6 +11,7 @@ from typing import Any
 import click
 from confluent_kafka import Consumer, KafkaError, Producer
 
+from kafka_edge.kafka_clients import close_producer
 from kmsbridge.cli.common import EXIT_FAILED, cli_settings, fail
 from kmsbridge.settings import Settings, SettingsError
 from producers.errors import TopicAdminError
@@ -63,15 +64,17 @@ def produce_cmd(kind: str, file_: Path) -> None:
         if err is not None:
             errors.append(str(err))
 
-    for record in records:
-        while True:
-            try:
-                producer.produce(topic, key=record_key(record).encode(), value=codec.encode(record, topic),
-                                 on_delivery=delivered)
-                break
-            except BufferError:
-                producer.poll(0.1)
-    remaining = producer.flush(30)
+    try:
+        for record in records:
+            while True:
+                try:
+                    producer.produce(topic, key=record_key(record).encode(), value=codec.encode(record, topic),
+                                     on_delivery=delivered)
+                    break
+                except BufferError:
+                    producer.poll(0.1)
+    finally:
+        remaining = close_producer(producer, 30)
     if errors or remaining:
         fail(f"{len(errors) + remaining} of {len(records)} records not delivered: {errors[:3]}", EXIT_FAILED)
     click.echo(f"produced {len(records)} {kind} records to {topic}")

@@ -21,6 +21,7 @@ from datetime import UTC, date, datetime, timedelta
 import click
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
+from kafka_edge.kafka_clients import close_producer
 from kmsbridge.cli.common import EXIT_FAILED, cli_settings, fail
 from kmsbridge.settings import Settings
 from schemas.codec import Codec
@@ -92,9 +93,12 @@ def publish_request(settings: Settings, codec: Codec, request: ReconcileRequest)
     topic = settings.topic("reconcile_requests")
     producer = Producer({**settings.kafka_config(), "enable.idempotence": True})
     errors: list[KafkaError] = []
-    producer.produce(topic, key=record_key(request).encode(), value=codec.encode(request, topic),
-                     on_delivery=lambda err, _msg: errors.append(err) if err is not None else None)
-    if producer.flush(30) or errors:
+    try:
+        producer.produce(topic, key=record_key(request).encode(), value=codec.encode(request, topic),
+                         on_delivery=lambda err, _msg: errors.append(err) if err is not None else None)
+    finally:
+        remaining = close_producer(producer, 30)
+    if remaining or errors:
         raise click.ClickException(f"the request was not delivered to {topic}: {errors[0] if errors else 'timeout'}")
 
 
