@@ -11,6 +11,11 @@ local stack share one SQLite file; replicas share one PostgreSQL):
 
 A database made before migrations existed (the executor's ``LEDGER_METADATA.create_all``) has the
 ledger tables but no ``alembic_version``: it is stamped at ``0001_ledger`` first, then upgraded.
+
+The upgrade is each process's first connection to the database, so a database that does not answer
+stops start-up there: :func:`upgrade` raises :class:`~kmsbridge.errors.SettingsError` naming
+``KMSBRIDGE_DATABASE_URL`` and the address it tried (never the password), which ``kmsbridge run``
+reports as it reports any bad setting: one line, no traceback.
 """
 
 from __future__ import annotations
@@ -26,15 +31,31 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import inspect, text
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import URL, Connection, Engine
+from sqlalchemy.exc import InterfaceError, OperationalError
 
-__all__ = ["BASELINE_REVISION", "MIGRATIONS_DIR", "alembic_config", "current_revision", "head_revision", "upgrade"]
+from kmsbridge.errors import SettingsError
+
+__all__ = [
+    "BASELINE_REVISION",
+    "DATABASE_URL_SETTING",
+    "MIGRATIONS_DIR",
+    "alembic_config",
+    "current_revision",
+    "head_revision",
+    "unreachable",
+    "upgrade",
+]
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 #: The revision that creates the executor's ledger tables.
 BASELINE_REVISION = "0001_ledger"
 #: Any constant shared by every kmsbridge process: the PostgreSQL advisory lock of migrations.
 _PG_LOCK_KEY = 0x6B6D7362  # "kmsb"
+#: The setting that holds the database URL (``Settings.database_url``).
+DATABASE_URL_SETTING = "KMSBRIDGE_DATABASE_URL"
+#: Default ports of the server dialects, for a URL that names none.
+_DEFAULT_PORTS = {"postgresql": 5432, "mysql": 3306, "mariadb": 3306, "mssql": 1433, "oracle": 1521}
 
 
 def alembic_config(connection: Connection | None = None) -> Config:
@@ -58,8 +79,10 @@ def current_revision(engine: Engine) -> str | None:
 
 
 def upgrade(engine: Engine, revision: str = "head") -> None:
-    """Bring the schema to ``revision`` (idempotent, concurrency-safe; see the module docstring)."""
-    with _file_lock(engine), engine.begin() as conn:
+    """Bring the schema to ``revision`` (idempotent, concurrency-safe; see the module docstring).
+
+    Raises :class:`~kmsbridge.errors.SettingsError` (:func:`unreachable`) when no connection opens."""
+    with _file_lock(engine), _connect(engine) as conn, conn.begin():
         if conn.dialect.name == "postgresql":
             conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_LOCK_KEY})
         config = alembic_config(conn)
@@ -67,6 +90,29 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
         if "alembic_version" not in tables and "kms_ledger" in tables:
             command.stamp(config, BASELINE_REVISION)
         command.upgrade(config, revision)
+
+
+def unreachable(url: URL, exc: BaseException) -> SettingsError:
+    """The start-up error for a database that does not answer: one line naming the setting, the
+    address tried and the driver's reason (its first line, the password masked if it appears)."""
+    backend = url.get_backend_name()
+    if url.host is not None:
+        port = url.port or _DEFAULT_PORTS.get(backend)
+        where = f"{url.host}:{port}" if port else url.host
+    else:
+        where = url.database or "(no database named)"
+    cause = getattr(exc, "orig", None) or exc
+    reason = next((line.strip() for line in str(cause).splitlines() if line.strip()), type(cause).__name__)
+    if url.password:
+        reason = reason.replace(str(url.password), "***")
+    return SettingsError(f"{DATABASE_URL_SETTING}: cannot connect to the {backend} database at {where}: {reason}")
+
+
+def _connect(engine: Engine) -> Connection:
+    try:
+        return engine.connect()
+    except (OperationalError, InterfaceError) as exc:
+        raise unreachable(engine.url, exc) from exc
 
 
 @contextlib.contextmanager

@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
+
+from producers.topics import min_insync_replicas_for
 
 __all__ = ["StackState", "load_state", "save_state", "stack_dir"]
 
@@ -21,7 +23,10 @@ def stack_dir() -> Path:
 @dataclass
 class StackState:
     bootstrap: str = ""
-    broker_pid: int | None = None  # None when bootstrap servers were given
+    broker_pid: int | None = None  # the single broker; None for a cluster or when bootstrap servers were given
+    #: the nodes of the stack's own cluster (``stack up --brokers 3``), each ``node_id``, ``pid``, ``port``;
+    #: empty for the single broker
+    brokers: list[dict[str, Any]] = field(default_factory=list)
     simulator_url: str = ""
     api_url: str = ""
     token_file: str = ""
@@ -31,6 +36,15 @@ class StackState:
     database_url: str = ""
     logs: str = ""
     processes: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def topic_settings(self) -> dict[str, str]:
+        """The topic settings of the stack's Kafka: replication 3 and ``min.insync.replicas=2`` on its
+        cluster, nothing (the settings' defaults) on the single broker or a configured cluster."""
+        if not self.brokers:
+            return {}
+        replication = min(3, len(self.brokers))
+        return {"KMSBRIDGE_TOPICS__REPLICATION_FACTOR": str(replication),
+                "KMSBRIDGE_TOPICS__MIN_INSYNC_REPLICAS": str(min_insync_replicas_for(replication))}
 
     def metrics(self) -> dict[str, str]:
         return {name: f"http://127.0.0.1:{p['port']}/metrics" for name, p in self.processes.items()
@@ -46,7 +60,8 @@ def load_state(folder: Path | None = None) -> StackState | None:
     if not path.exists():
         return None
     data = json.loads(path.read_text())
-    return StackState(**data)
+    known = {f.name for f in fields(StackState)}  # a field added later defaults; one dropped is ignored
+    return StackState(**{k: v for k, v in data.items() if k in known})
 
 
 def save_state(state: StackState, folder: Path) -> None:

@@ -33,15 +33,21 @@ def stack_group() -> None:
 @click.option("--keep", is_flag=True,
               help="keep the last run's data: Kafka's topics and offsets, the database and the simulator's "
                    "secure clients (default: a stack that is down starts with all three empty)")
-def up_cmd(as_json: bool, processes: tuple[str, ...], keep: bool) -> None:
+@click.option("--brokers", type=click.Choice([str(n) for n in stack.BROKER_COUNTS]), default="1", show_default=True,
+              help="Kafka nodes: 1, or a 3-node KRaft cluster (each node broker and controller; topics with "
+                   "replication factor 3 and min.insync.replicas=2)")
+def up_cmd(as_json: bool, processes: tuple[str, ...], keep: bool, brokers: str) -> None:
     """Start what is not running. A stack that is down starts from empty data, or with --keep from the
-    data the last `stack down` left; a running stack keeps its data either way."""
+    data the last `stack down` left; a running stack keeps its data either way. A running or kept stack
+    has the broker count it was started with; asking for another fails (exit 2)."""
     provider = Path(os.environ.get("KMSBRIDGE_PROVIDER_FILE", DEFAULT_PROVIDER))
     if not provider.exists():
         fail(f"KMSBRIDGE_PROVIDER_FILE: {provider} does not exist")
     try:
-        state = stack.up(provider_file=provider, processes=processes or None, keep=keep,
+        state = stack.up(provider_file=provider, processes=processes or None, keep=keep, brokers=int(brokers),
                          log=(lambda _m: None) if as_json else click.echo)
+    except stack.StackConflict as exc:
+        fail(str(exc))
     except (BrokerError, RuntimeError) as exc:
         fail(str(exc), EXIT_FAILED)
     if as_json:
@@ -53,7 +59,7 @@ def up_cmd(as_json: bool, processes: tuple[str, ...], keep: bool) -> None:
 @stack_group.command("status")
 @click.option("--json", "as_json", is_flag=True)
 def status_cmd(as_json: bool) -> None:
-    """Each process with pid, port and health (exit 1 if one is down)."""
+    """Each Kafka node and process with pid, port and health (exit 1 if one is down)."""
     rows = stack.status()
     if as_json:
         click.echo(json.dumps(rows))
@@ -70,5 +76,6 @@ def status_cmd(as_json: bool) -> None:
 
 @stack_group.command("down")
 def down_cmd() -> None:
-    """Stop all of it, nothing left running; the data stays on disk for `stack up --keep`."""
+    """Stop all of it (every Kafka node too), nothing left running; the data stays on disk for
+    `stack up --keep`."""
     stack.down(log=click.echo)

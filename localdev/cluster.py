@@ -71,6 +71,7 @@ __all__ = [
     "ClusterNode",
     "LocalCluster",
     "cluster_properties",
+    "has_cluster",
     "load_cluster",
     "main",
     "resume_cluster",
@@ -365,6 +366,16 @@ def start_cluster(folder: Path, nodes: int = 3, timeout: float = 120) -> LocalCl
     cluster._wait_ready(range(nodes), timeout)
     cluster.save()
     return cluster
+
+
+def has_cluster(folder: Path) -> bool:
+    """True when ``folder`` holds a cluster :func:`start_cluster` formatted (its state file and every
+    node's storage), which :func:`resume_cluster` can start again."""
+    try:
+        cluster = load_cluster(folder)
+    except (BrokerError, KeyError, TypeError):
+        return False
+    return all((n.data_dir / "kraft-logs" / "meta.properties").exists() for n in cluster.nodes)
 
 
 def load_cluster(folder: Path) -> LocalCluster:

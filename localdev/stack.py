@@ -16,6 +16,14 @@ loaded back (not its audit or dedup keys, which a restarted KMS would not keep e
 ``up`` is idempotent: on a stack that is (partly) running it starts only what is not running (so it
 also restarts a process that died) and discards nothing. The API key, KMS token and PIN key files are
 kept across runs.
+
+Kafka is one node (``local_broker``) or, with ``up(brokers=3)`` (``stack up --brokers 3``), a three-node
+KRaft cluster of the same jars (``localdev.cluster``) in ``kafka/``: each node broker and controller,
+every topic created with replication factor 3 and ``min.insync.replicas=2``, which every process the
+stack starts gets in its environment (``KMSBRIDGE_TOPICS__*``, :meth:`StackState.topic_settings`) with
+the three nodes as its bootstrap list. The broker count belongs to the data: a running stack, or a kept
+one brought up with ``keep``, has the count it was started with, and asking for another is refused
+(:class:`StackConflict`) rather than discarding or reusing Kafka's storage.
 """
 
 from __future__ import annotations
@@ -37,17 +45,25 @@ import httpx
 import psutil
 
 from kmsbridge.stack_state import StackState, load_state, save_state, stack_dir
+from localdev import cluster as local_cluster
 from localdev import local_broker
 from schemas.pin_seal import generate_key
 
-__all__ = ["DATABASE", "KAFKA_DIR", "PROCESSES", "SIMULATOR_STATE", "StackState", "available_processes",
-           "discard_data", "down", "load_state", "stack_dir", "status", "up"]
+__all__ = ["BROKER_COUNTS", "DATABASE", "KAFKA_DIR", "PROCESSES", "SIMULATOR_STATE", "StackConflict", "StackState",
+           "available_processes", "broker_count", "discard_data", "down", "kept_broker_count", "load_state",
+           "stack_dir", "status", "up"]
 
 PROCESSES = ("translator", "executor", "projector", "reconciler", "api", "request-log")
 #: The data of a run, under the stack folder (discarded together, or kept together with ``keep``).
 KAFKA_DIR = "kafka"
 DATABASE = "kmsbridge.db"
 SIMULATOR_STATE = "simulator-state.json"
+#: The sizes of the stack's own Kafka: one node, or a three-node cluster.
+BROKER_COUNTS = (1, 3)
+
+
+class StackConflict(ValueError):
+    """What ``up`` is asked for contradicts the stack as it runs or was kept (e.g. its broker count)."""
 
 
 def available_processes() -> tuple[str, ...]:
@@ -119,6 +135,7 @@ def process_env(state: StackState, base: dict[str, str] | None = None) -> dict[s
         "KMSBRIDGE_PIN_KEYS__FILE": state.pin_keys_file,
         "KMSBRIDGE_PROVIDER_FILE": state.provider_file,
         "KMSBRIDGE_DATABASE_URL": state.database_url,
+        **state.topic_settings(),
     })
     return env
 
@@ -127,7 +144,41 @@ def _running(state: StackState | None) -> bool:
     """Whether any part of the stack ``state`` records is still alive."""
     if state is None:
         return False
-    return _alive(state.broker_pid) or any(_alive(p.get("pid")) for p in state.processes.values())
+    return (_alive(state.broker_pid) or any(_alive(n.get("pid")) for n in state.brokers)
+            or any(_alive(p.get("pid")) for p in state.processes.values()))
+
+
+def broker_count(state: StackState) -> int | None:
+    """How many broker nodes the stack ``state`` records: None when it uses configured bootstrap servers."""
+    if state.brokers:
+        return len(state.brokers)
+    return 1 if state.broker_pid is not None else None
+
+
+def kept_broker_count(folder: Path) -> int | None:
+    """How many broker nodes the Kafka storage kept in ``folder`` holds (None: none kept)."""
+    kafka = folder / KAFKA_DIR
+    if local_cluster.has_cluster(kafka):
+        return len(local_cluster.load_cluster(kafka).nodes)
+    return 1 if local_broker.has_storage(kafka) else None
+
+
+def _check_brokers(brokers: int, previous: StackState | None, running: bool, keep: bool, folder: Path) -> None:
+    """Refuse a broker count the running or kept stack does not have (:class:`StackConflict`)."""
+    if brokers not in BROKER_COUNTS:
+        raise StackConflict(f"--brokers must be one of {', '.join(map(str, BROKER_COUNTS))}, not {brokers}")
+    if os.environ.get("KMSBRIDGE_KAFKA__BOOTSTRAP_SERVERS"):
+        if brokers != 1:
+            raise StackConflict(f"--brokers {brokers} starts the stack's own cluster, but "
+                                "KMSBRIDGE_KAFKA__BOOTSTRAP_SERVERS is set: the stack uses that cluster")
+        return
+    have = broker_count(previous) if running and previous is not None else (
+        kept_broker_count(folder) if not running and keep else None)
+    if have is not None and have != brokers:
+        which = "the running stack" if running else f"the stack kept in {folder}"
+        fix = ("`kmsbridge stack down` first" if running
+               else f"bring it up with --brokers {have}, or without --keep to start empty")
+        raise StackConflict(f"--brokers {brokers}: {which} has {have} broker node{'s' if have != 1 else ''}; {fix}")
 
 
 def discard_data(folder: Path) -> None:
@@ -137,14 +188,16 @@ def discard_data(folder: Path) -> None:
         (folder / name).unlink(missing_ok=True)
 
 
-def up(*, provider_file: Path, processes: tuple[str, ...] | None = None, keep: bool = False,
+def up(*, provider_file: Path, processes: tuple[str, ...] | None = None, keep: bool = False, brokers: int = 1,
        log: Callable[[str], object] = print) -> StackState:
-    """Start what is not running; on a stack that is down, from empty data unless ``keep`` (module docstring)."""
+    """Start what is not running; on a stack that is down, from empty data unless ``keep`` (module docstring).
+    ``brokers`` is 1 or 3; a count the running or kept stack does not have raises :class:`StackConflict`."""
     folder = stack_dir()
     logs = folder / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     previous = load_state(folder)
     running = _running(previous)
+    _check_brokers(brokers, previous, running, keep, folder)
     # 0. a stack that is down starts from one consistent state: all of its data, or none of it
     if not running and not keep:
         discard_data(folder)
@@ -156,10 +209,12 @@ def up(*, provider_file: Path, processes: tuple[str, ...] | None = None, keep: b
     state.api_key_file = str(_secret_file(folder / "api.key"))
     state.pin_keys_file = str(write_pin_keys(folder / "pin-keys.json"))
 
-    # 1. the broker, unless bootstrap servers are configured
+    # 1. the broker or the cluster, unless bootstrap servers are configured
     configured = os.environ.get("KMSBRIDGE_KAFKA__BOOTSTRAP_SERVERS")
     if configured:
         state.bootstrap, state.broker_pid = configured, None
+    elif brokers > 1:
+        _up_cluster(state, folder / KAFKA_DIR, brokers, log)
     elif not _alive(state.broker_pid):
         t0 = time.monotonic()
         kafka = folder / KAFKA_DIR
@@ -218,6 +273,25 @@ def up(*, provider_file: Path, processes: tuple[str, ...] | None = None, keep: b
     return state
 
 
+def _up_cluster(state: StackState, kafka: Path, nodes: int, log: Callable[[str], object]) -> None:
+    """Start the stack's cluster in ``kafka`` (on its storage when it has one: ``keep``, or nodes of a
+    running stack died) unless every node runs; record its nodes and bootstrap list in ``state``."""
+    if state.brokers and all(_alive(n.get("pid")) for n in state.brokers):
+        return
+    t0 = time.monotonic()
+    if local_cluster.has_cluster(kafka):
+        log(f"starting the {nodes}-node Kafka cluster on its storage ...")
+        cluster = local_cluster.resume_cluster(kafka)
+    else:
+        log(f"starting a {nodes}-node Kafka cluster ...")
+        shutil.rmtree(kafka, ignore_errors=True)  # what a start that failed before formatting left
+        cluster = local_cluster.start_cluster(kafka, nodes=nodes)
+    state.bootstrap, state.broker_pid = cluster.bootstrap, None
+    state.brokers = [{"node_id": n.node_id, "pid": n.pid, "port": n.ports.plaintext} for n in cluster.nodes]
+    log(f"  Kafka {cluster.bootstrap} (pids {', '.join(str(n.pid) for n in cluster.nodes)}; logs "
+        f"{kafka}/node-*/broker.log) in {time.monotonic() - t0:.1f}s")
+
+
 def status() -> list[dict[str, Any]]:
     state = load_state()
     if state is None:
@@ -226,6 +300,10 @@ def status() -> list[dict[str, Any]]:
     if state.broker_pid is not None:
         rows.append({"name": "kafka", "pid": state.broker_pid, "port": state.bootstrap.rsplit(":", 1)[-1],
                      "alive": _alive(state.broker_pid), "health": "ok" if _alive(state.broker_pid) else "down"})
+    for node in state.brokers:
+        alive = _alive(node.get("pid"))
+        rows.append({"name": f"kafka-{node['node_id']}", "pid": node.get("pid"), "port": node.get("port"),
+                     "alive": alive, "health": "ok" if alive else "down"})
     for name, p in state.processes.items():
         alive = _alive(p.get("pid"))
         health = "down"
@@ -311,4 +389,20 @@ def down(log: Callable[[str], object] = print) -> None:
     if state.broker_pid:
         local_broker.stop_broker(state.broker_pid)
         log("  stopped kafka")
+    if state.brokers:
+        _down_cluster(state, folder / KAFKA_DIR)
+        log(f"  stopped kafka ({len(state.brokers)} nodes)")
     (folder / "state.json").unlink(missing_ok=True)
+
+
+def _down_cluster(state: StackState, kafka: Path) -> None:
+    """Stop every node of the stack's cluster (all at once, :meth:`LocalCluster.close`); the cluster's
+    state file then records them stopped, for ``up --keep``. Without that file, the pids ``state`` has."""
+    try:
+        cluster = local_cluster.load_cluster(kafka)
+    except local_broker.BrokerError:
+        for node in state.brokers:
+            if node.get("pid"):
+                local_broker.stop_broker(int(node["pid"]))
+        return
+    cluster.close()

@@ -25,7 +25,8 @@ def fail(message: str, code: int = EXIT_BAD_INPUT) -> NoReturn:
 
 
 def stack_defaults() -> None:
-    """While the local stack is up, its addresses are the defaults; explicit settings win."""
+    """While the local stack is up, its addresses (and its cluster's topic replication) are the defaults;
+    explicit settings win."""
     state = load_state()
     if state is None:
         return
@@ -37,6 +38,7 @@ def stack_defaults() -> None:
         "KMSBRIDGE_PIN_KEYS__FILE": state.pin_keys_file,
         "KMSBRIDGE_PROVIDER_FILE": state.provider_file,
         "KMSBRIDGE_DATABASE_URL": state.database_url,
+        **state.topic_settings(),
     }
     for key, value in defaults.items():
         if value:
