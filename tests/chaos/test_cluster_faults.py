@@ -1,14 +1,19 @@
-"""Fault drills on a three-node KRaft cluster (RF 3, ``min.insync.replicas=2``) with two translators and
-two executors, as ``tests/chaos/test_faults.py`` runs them on one broker: a real simulator process, the
-processes as ``kmsbridge run``, a ledger of produced vs applied (:mod:`tests.support.cluster`).
+"""Fault drills on a three-node KRaft cluster (RF 3, ``min.insync.replicas=2``) with two translators, two
+executors, two projectors and two reconcilers on one PostgreSQL database, as ``tests/chaos/test_faults.py``
+runs them on one broker: a real simulator process, the processes as ``kmsbridge run``, a ledger of
+produced vs applied (:mod:`tests.support.cluster`).
 
 Pass criteria for every drill: nothing lost, nothing applied twice, no DLQ entry, nothing applied that no
 event asked for, a result for every applied command, and no duplicate command on ``kms.commands`` read
-with read_committed (exactly once into the topic, counted there, not behind the executor's ledger). The
-control drill runs the translator without transactions and must show duplicates, so the count is shown
-to see them. A drill that moves a group coordinator may make a process exit on its own (a static member
-fenced by its own rejoin, KAFKA-20985: exit 1; the transactional watchdog: exit 75); the supervisor starts
-it again, as Kubernetes does, and the restarts are counted in the table.
+with read_committed (exactly once into the topic, counted there, not behind the executor's ledger); the
+desired-state store holds every subscription at its newest version; every sample of the reconcilers'
+run lock held names one running reconciler and both held it, every reset run during the drill reported
+without a lock error, and a reset run after the drill finds no drift. The control drill runs one
+translator without transactions (and no projector or reconciler: it is about the translator) and must
+show duplicates, so the count is shown to see them. A drill that moves a group coordinator may make a
+process exit on its own (a static member fenced by its own rejoin, KAFKA-20985: exit 1; the transactional
+watchdog: exit 75); the supervisor starts it again, as Kubernetes does, and the restarts are counted in
+the table.
 
 The cluster is this module's own (the drills kill and stop its nodes); every drill starts with all three
 nodes running and no partition under-replicated. ``var/chaos/cluster-last-run.md`` gets the table.
@@ -39,7 +44,7 @@ from tests.support.cluster import (
     cluster_pipeline,
     cluster_table,
 )
-from tests.support.pg import new_database
+from tests.support.pg import new_database, start_postgres
 from tests.support.simulator import SimulatorProcess, start_simulator_process
 
 pytestmark = [pytest.mark.chaos, pytest.mark.timeout(3600)]
@@ -74,12 +79,25 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
         started.close()
 
 
+@pytest.fixture(scope="module")
+def drill_database_server() -> Iterator[str]:
+    """A PostgreSQL server the drills' databases live on (one database per drill)."""
+    server = start_postgres()
+    if server is None:
+        pytest.skip("no PostgreSQL binaries under /usr/lib/postgresql/*/bin (run `make system-deps`)")
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
 MakeDrill = Callable[..., ClusterDrill]
 
 
 @pytest.fixture
-def cluster_drill(cluster: LocalCluster, tmp_path: Path) -> Iterator[MakeDrill]:
-    """``make(case, size, database_url=None, **drill_options) -> ClusterDrill`` on a healthy cluster."""
+def cluster_drill(cluster: LocalCluster, drill_database_server: str, tmp_path: Path) -> Iterator[MakeDrill]:
+    """``make(case, size, database_url=None, **drill_options) -> ClusterDrill`` on a healthy cluster, on a
+    fresh database of :func:`drill_database_server` unless ``database_url`` names another."""
     for i in range(len(cluster.nodes)):
         if not cluster.running(i):
             cluster.start(i)
@@ -89,7 +107,8 @@ def cluster_drill(cluster: LocalCluster, tmp_path: Path) -> Iterator[MakeDrill]:
     def make(case: str, size: ClusterSize, *, database_url: str | None = None, **options: Any) -> ClusterDrill:
         sim = start_simulator_process(tmp_path)
         assert sim.audit_file is not None
-        pipeline = cluster_pipeline(cluster, sim.url, sim.token, tmp_path / "pipeline", database_url=database_url)
+        pipeline = cluster_pipeline(cluster, sim.url, sim.token, tmp_path / "pipeline",
+                                    database_url=database_url or new_database(drill_database_server))
         drill = ClusterDrill(case, size, pipeline, sim, sim.audit_file, load_provider(pipeline.provider_file),
                              cluster=cluster, **options)
         made.append((drill, sim))
@@ -135,6 +154,16 @@ def assert_survived(report: DrillReport, d: ClusterDrill, reports: list[ClusterR
         assert report.duplicate_commands > 0, report
     else:
         assert report.duplicate_commands == 0, report
+    assert report.projectors == len(d.projectors) and report.reconcilers == len(d.reconcilers), report
+    if d.projectors:
+        assert report.projection_behind == 0, report
+    if d.reconcilers:
+        assert report.reconcile_runs > 0 and report.reconcile_unreported == 0, report
+        assert report.reconcile_lock_errors == 0, report
+        assert report.lease_exclusive, report.lease_held
+        assert report.final_checked == report.subscriptions, report
+        assert report.final_drift == 0 and report.final_failed == 0, report
+    assert report.passed, report
 
 
 # --------------------------------------------------------------------------------------------------
@@ -172,7 +201,8 @@ def test_translator_without_transactions_killed_mid_stream_publishes_duplicates_
         cluster_drill: MakeDrill, cluster_reports: list[ClusterReport], chaos_reports: list[DrillReport]) -> None:
     size = CLUSTER_SHORT
     # one translator: the one killed owns every input partition (of two, the other may hold them all)
-    d = cluster_drill("translator kill -9 x3, no transactions (control)", size, transactions=False, translators=1)
+    d = cluster_drill("translator kill -9 x3, no transactions (control)", size, transactions=False, translators=1,
+                      projectors=0, reconcilers=0)
 
     report = d.run(d.translator_kills((5, 11, 17)))
 
@@ -261,7 +291,8 @@ def test_translator_killed_mid_stream_publishes_each_command_once_only_with_tran
         chaos_reports: list[DrillReport]) -> None:
     size = CLUSTER_FULL
     label = "transactions" if transactions else "no transactions (control)"
-    d = cluster_drill(f"translator kill -9 x3, {label}", size, transactions=transactions, translators=1)
+    d = cluster_drill(f"translator kill -9 x3, {label}", size, transactions=transactions, translators=1,
+                      projectors=0, reconcilers=0)
 
     report = d.run(d.translator_kills([f * size.duration for f in (0.2, 0.45, 0.7)]))
 

@@ -594,6 +594,8 @@ class Drill:
         self.executors = [f"executor-{i}" for i in range(executors)]
         self.command_dlq_expected = 0
         self.notes: list[str] = []
+        #: items produced (and applied) one by one before the paced stream starts
+        self.warmup = 1
 
     # --- process control, for fault actions ------------------------------------------------------------
 
@@ -621,16 +623,18 @@ class Drill:
         began = time.monotonic()
         self.start_processes()
         feeder = Feeder(self.pipeline.producer, self.topic, self.pipeline.codec, self.stream.items, self.size.rate)
-        # warm-up: the first event goes through alone, so every process is up and assigned before faults
-        feeder.produce_next()
+        # warm-up: the first event(s) go through alone, so every process is up and assigned before faults
+        for _ in range(self.warmup):
+            feeder.produce_next()
         self.pipeline.producer.flush(30)
         warm_deadline = time.monotonic() + 90
-        while self.progress.frontier < 1:
+        while self.progress.frontier < self.warmup:
             self.supervisor.check()
             self.progress.applied([*self.audit.poll(), *self.superseded.poll()])
             if time.monotonic() > warm_deadline:
-                raise RuntimeError(f"{self.case}: the pipeline did not apply its first event within 90 s")
+                raise RuntimeError(f"{self.case}: the pipeline did not apply its warm-up within 90 s")
             time.sleep(0.2)
+        self.warmed_up()
         pending = sorted(faults, key=lambda f: f[0])
         # (label, fault end, events to catch up on)
         checkpoints: list[tuple[str, float | Future[float], int | None]] = []
@@ -686,6 +690,9 @@ class Drill:
         self.superseded.close()
         report.notes = self.notes
         return report
+
+    def warmed_up(self) -> None:
+        """Called once the warm-up items are applied, before the paced stream starts."""
 
     def _command_poison(self) -> None:
         if not self.command_poison:
