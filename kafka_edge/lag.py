@@ -27,9 +27,11 @@ How :meth:`LagReader.read` computes them, in steps (repeated in the code):
    marker; counting that marker would show lag 1 forever on an idle, caught-up group and fire the stall
    alert.)
 
-:class:`LagMonitor` runs that every ``interval`` seconds in a daemon thread with its *own* clients and
-sets ``kmsbridge_consumer_lag`` / ``kmsbridge_consumer_lag_seconds`` / ``kmsbridge_consumer_committed_offset``
-(labels ``process``, ``group``, ``topic``, ``partition``, as kminion and kafka-lag-exporter label theirs);
+:class:`LagMonitor` runs that every ``interval`` seconds in a daemon thread with its *own* clients, for
+each consumer group of a process (the executor has two: ``<prefix>-executor`` on ``kms.commands`` and
+``<prefix>-executor-express`` on ``kms.commands.express``), and sets ``kmsbridge_consumer_lag`` /
+``kmsbridge_consumer_lag_seconds`` / ``kmsbridge_consumer_committed_offset`` (labels ``process``,
+``group``, ``topic``, ``partition``, as kminion and kafka-lag-exporter label theirs);
 it never touches the process's consumer, so a slow broker answer never delays the poll loop. Every
 replica of a process exports the lag of the whole group (not only its own partitions), so queries
 aggregate with ``max by (process, topic, partition)`` before summing.
@@ -42,7 +44,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from confluent_kafka import (
@@ -323,26 +325,34 @@ def existing_groups(kafka_config: Mapping[str, str], candidates: Iterable[str], 
 
 
 class LagMonitor:
-    """Sets the lag gauges of one process's consumer group every ``interval`` seconds.
+    """Sets the lag gauges of one process's consumer groups every ``interval`` seconds.
 
-    It runs in a daemon thread with its own Kafka clients, never the process's consumer. A failed round
-    is logged and retried at the next interval; gauges of partitions that disappeared are removed, and
-    a time lag that could not be measured removes its series (unknown is absent, not 0).
+    ``group`` reads ``topics``; ``extra_groups`` are the process's other groups and their topics (the
+    executor's express lane is read by a group of its own), labelled with the same ``process``. It
+    runs in a daemon thread with its own Kafka clients, never the process's consumers. A group whose
+    round failed is logged, keeps its gauges and is asked again at the next interval; gauges of
+    partitions that disappeared are removed, and a time lag that could not be measured removes its
+    series (unknown is absent, not 0).
     """
 
     def __init__(self, kafka_config: Mapping[str, str], process: str, group: str,
-                 topics: Sequence[str] | None = None, *, interval: float = 15.0, timeout: float = 10.0) -> None:
+                 topics: Sequence[str] | None = None, *, extra_groups: Mapping[str, Sequence[str] | None] | None = None,
+                 interval: float = 15.0, timeout: float = 10.0) -> None:
         if interval <= 0:
             raise ValueError("interval must be > 0 seconds")
         self.process = process
         self.group = group
         self.topics = list(topics) if topics is not None else None
+        #: every group measured, with its topics (None: the topics it committed on)
+        self.groups: dict[str, list[str] | None] = {group: self.topics}
+        for name, names in (extra_groups or {}).items():
+            self.groups[name] = list(names) if names is not None else None
         self.interval = interval
         self.timeout = timeout
         self._kafka_config = dict(kafka_config)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._published: set[TopicPartitionKey] = set()
+        self._published: dict[str, set[TopicPartitionKey]] = {}
         self._lock = threading.Lock()
         self.rounds = 0  # completed rounds, for tests and debugging
 
@@ -357,7 +367,7 @@ class LagMonitor:
         """Stop the thread; waits for a round in progress (bounded by ``timeout``, default the round's)."""
         self._stop.set()
         if self._thread is not None:
-            self._thread.join(self.timeout + 5 if timeout is None else timeout)
+            self._thread.join(self.timeout * len(self.groups) + 5 if timeout is None else timeout)
 
     def _run(self) -> None:
         reader: LagReader | None = None
@@ -365,34 +375,50 @@ class LagMonitor:
             while not self._stop.is_set():
                 try:
                     reader = reader or LagReader(self._kafka_config, client_id=f"{self.group}-lag")
-                    self.publish(reader.read(self.group, self.topics, self.timeout))
-                except (LagError, KafkaException) as exc:
-                    log.warning("lag of group %s not measured: %s", self.group, exc)
+                    self._round(reader)
+                except KafkaException as exc:
+                    log.warning("lag of process %s not measured: %s", self.process, exc)
                 except Exception:  # never let the monitor die silently; the next round tries again
-                    log.exception("lag monitor of group %s failed", self.group)
+                    log.exception("lag monitor of process %s failed", self.process)
                 # Event.wait is the schedule (and wakes at once on stop), not a synchronisation stand-in.
                 self._stop.wait(self.interval)
         finally:
             if reader is not None:
                 reader.close()
 
-    def publish(self, lags: Iterable[PartitionLag]) -> None:
-        """Set the gauges from one round of lags and forget partitions that are gone."""
+    def _round(self, reader: LagReader) -> None:
+        rows: list[PartitionLag] = []
+        failed: list[str] = []
+        for group, topics in self.groups.items():
+            try:
+                rows.extend(reader.read(group, topics, self.timeout))
+            except (LagError, KafkaException) as exc:
+                log.warning("lag of group %s not measured: %s", group, exc)
+                failed.append(group)
+        self.publish(rows, failed=failed)
+
+    def publish(self, lags: Iterable[PartitionLag], *, failed: Collection[str] = ()) -> None:
+        """Set the gauges from one round of lags (labelled with each row's group) and forget the
+        partitions that are gone, except of the ``failed`` groups, whose gauges stay as they were."""
         with self._lock:
-            seen: set[TopicPartitionKey] = set()
+            seen: dict[str, set[TopicPartitionKey]] = {}
             for row in lags:
-                labels = (self.process, self.group, row.topic, str(row.partition))
+                labels = (self.process, row.group, row.topic, str(row.partition))
                 CONSUMER_LAG.labels(*labels).set(row.lag)
                 CONSUMER_COMMITTED_OFFSET.labels(*labels).set(row.committed)
                 if row.lag_seconds is None:
                     _remove(CONSUMER_LAG_SECONDS, labels)
                 else:
                     CONSUMER_LAG_SECONDS.labels(*labels).set(row.lag_seconds)
-                seen.add((row.topic, row.partition))
-            for topic, partition in self._published - seen:
-                labels = (self.process, self.group, topic, str(partition))
-                for gauge in (CONSUMER_LAG, CONSUMER_LAG_SECONDS, CONSUMER_COMMITTED_OFFSET):
-                    _remove(gauge, labels)
+                seen.setdefault(row.group, set()).add((row.topic, row.partition))
+            for group in set(self._published) | set(seen):
+                if group in failed:
+                    seen[group] = self._published.get(group, set()) | seen.get(group, set())
+                    continue
+                for topic, partition in self._published.get(group, set()) - seen.get(group, set()):
+                    labels = (self.process, group, topic, str(partition))
+                    for gauge in (CONSUMER_LAG, CONSUMER_LAG_SECONDS, CONSUMER_COMMITTED_OFFSET):
+                        _remove(gauge, labels)
             self._published = seen
             self.rounds += 1
 

@@ -48,9 +48,11 @@ __all__ = [
     "build_executor",
     "build_translator",
     "engine_for",
+    "express_group",
     "load_provider_or_exit",
     "run_executor",
     "run_translator",
+    "start_executor_lag_monitor",
     "start_lag_monitor",
     "translator_inputs",
 ]
@@ -128,13 +130,28 @@ def start_health(settings: Settings) -> tuple[HealthState, HealthServer | None]:
     return state, server
 
 
-def start_lag_monitor(settings: Settings, process: str, group: str, topics: list[str]) -> LagMonitor | None:
-    """Lag gauges of ``process``'s group, refreshed off the poll loop with its own clients, when the process
-    serves metrics."""
+def start_lag_monitor(settings: Settings, process: str, group: str, topics: list[str], *,
+                      extra_groups: dict[str, list[str]] | None = None) -> LagMonitor | None:
+    """Lag gauges of ``process``'s group (and its ``extra_groups``), refreshed off the poll loop with its
+    own clients, when the process serves metrics."""
     if not settings.metrics_port:
         return None
-    return LagMonitor(settings.kafka_config(), process, group, topics=topics,
+    return LagMonitor(settings.kafka_config(), process, group, topics=topics, extra_groups=extra_groups,
                       interval=settings.lag_interval_seconds).start()
+
+
+def express_group(settings: Settings) -> str:
+    """The consumer group of the executor's express lane: a group of its own (docs/traffic.md)."""
+    return settings.group_id("executor-express")
+
+
+def start_executor_lag_monitor(settings: Settings) -> LagMonitor | None:
+    """The executor's lag gauges: its group on ``kms.commands`` and, with the express lane, the express
+    group on ``kms.commands.express`` (both labelled ``process="executor"``)."""
+    express = ({express_group(settings): [settings.topic("commands_express")]}
+               if settings.executor.express_lane else None)
+    return start_lag_monitor(settings, "executor", settings.group_id("executor"), [settings.topic("commands")],
+                             extra_groups=express)
 
 
 def _instance(settings: Settings, process: str) -> str:
@@ -266,7 +283,7 @@ def build_executor(settings: Settings, health: HealthState | None = None) -> Exe
     # the express lane: a consumer (and group) of its own, so its records never wait behind the regular
     # lane's read-ahead or its pauses (docs/traffic.md)
     express_consumer = make_consumer(consumer_config(
-        kafka, f"{group}-express", instance_id=settings.instance_id("executor-express"),
+        kafka, express_group(settings), instance_id=settings.instance_id("executor-express"),
         prefetch_kbytes=ex_cfg.express_prefetch_kbytes)) if express else None
     executor = Executor(consumer, producer, codec, runner,
                         ExecutorConfig(commands_topic=commands, results_topic=settings.topic("results"),
@@ -293,7 +310,7 @@ async def _executor_main(settings: Settings) -> None:
     loop.add_signal_handler(signal.SIGTERM, app.executor.request_stop)
     loop.add_signal_handler(signal.SIGINT, app.executor.request_stop)
     log.info("executor started kms=%s", mask_url(settings.kms.endpoint))
-    lag = start_lag_monitor(settings, "executor", settings.group_id("executor"), [settings.topic("commands")])
+    lag = start_executor_lag_monitor(settings)
     try:
         await app.run()
     finally:

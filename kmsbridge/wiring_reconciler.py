@@ -39,6 +39,7 @@ __all__ = [
     "build_projector",
     "build_reconciler",
     "build_reset_job",
+    "express_topic",
     "job_config",
     "migrated_engine",
     "run_projector",
@@ -96,8 +97,13 @@ def run_projector(settings: Settings) -> None:
 # --- reconciler --------------------------------------------------------------------------------------
 
 
+def express_topic(settings: Settings) -> str | None:
+    """The express lane's topic, None when the lane is off (everything then travels on kms.commands)."""
+    return settings.topic("commands_express") if settings.executor.express_lane else None
+
+
 def job_config(settings: Settings) -> JobConfig:
-    return JobConfig(commands_topic=settings.topic("commands"))
+    return JobConfig(commands_topic=settings.topic("commands"), express_topic=express_topic(settings))
 
 
 def build_reset_job(settings: Settings, kms: KmsPort, sink: CommandSink, *, engine: Engine | None = None,
@@ -159,8 +165,8 @@ def build_reconciler(settings: Settings, health: HealthState | None = None,
     kms = build_kms(settings, provider)
     producer = make_producer(producer_config(kafka))
     codec = build_codec(settings)
-    job = build_reset_job(settings, kms, KafkaCommandSink(producer, codec, settings.topic("commands")),
-                          engine=engine)
+    sink = KafkaCommandSink(producer, codec, settings.topic("commands"), express_topic=express_topic(settings))
+    job = build_reset_job(settings, kms, sink, engine=engine)
     config = consumer_config(kafka, settings.group_id("reconciler"), instance_id=settings.instance_id("reconciler"))
     config["enable.auto.commit"] = False  # a request is committed only after its report is delivered
     requests = settings.topic("reconcile_requests")

@@ -25,7 +25,8 @@ One run, for one :class:`~schemas.records.ReconcileRequest`:
    PINs), with keys derived from the run id. A repair whose fingerprint matches an unexpired
    expectation of an earlier run is in flight already and is not published again
    (:mod:`reconciler.expectations`). Commands are published to ``kms.commands`` and flushed per
-   batch; only then are the batch's expectations recorded.
+   batch; only then are the batch's expectations recorded. A single reset's commands are ``EXPRESS``
+   and go to the express lane instead (:func:`reconciler.publish.run_priority`).
 6. **Report**: counts (checked, in_sync, drifted, commands_published, failed, rejected), the
    explicitly named subscriptions the store does not hold (``unknown_subscriptions``), the rejection
    code of each rejected subscription (``rejections``, capped at ``item_cap``), drift items capped
@@ -65,10 +66,10 @@ from reconciler.expectations import Expectations, fingerprint
 from reconciler.lock import LeaseLost, LockTimeout, RunLock
 from reconciler.model import Selection, StoredSubscription
 from reconciler.progress import Progress
-from reconciler.publish import CommandSink
+from reconciler.publish import CommandSink, run_priority, topic_for
 from reconciler.store import DesiredStateStore
 from schemas.errors import describe_validation_error
-from schemas.records import DriftItem, KmsCommand, ReconcileReport, ReconcileRequest
+from schemas.records import DriftItem, KmsCommand, Priority, ReconcileReport, ReconcileRequest
 
 __all__ = ["JobConfig", "ResetJob", "RunInterrupted", "RunStats", "report_error"]
 
@@ -93,6 +94,7 @@ class JobConfig:
     lock_wait_seconds: float = 300.0
     progress_log_seconds: float = 10.0
     commands_topic: str | None = None  # recorded in each command's source
+    express_topic: str | None = None  # the express lane, recorded in a single reset's commands' source
 
 
 @dataclass
@@ -312,6 +314,9 @@ class ResetJob:
         expected: list[tuple[str, str, str]] = []
         settled: list[str] = []
         drifted_before = stats.drifted
+        priority = run_priority(request)
+        topic = (topic_for(priority, self.config.commands_topic, self.config.express_topic)
+                 if self.config.commands_topic else None)
         for stored, drift in zip(batch.subscriptions, batch.drifts, strict=True):
             sid = stored.event.subscription_id
             stats.checked += 1
@@ -336,13 +341,15 @@ class ResetJob:
                 continue
             plan = plan_repair(stored.event, self._provider, run_id=request.run_id, at=at,
                                secure_client_ids=drift.resync, pair=drift.pair, default_pin=drift.default_pin,
-                               retired=drift.retired, keep=drift.keep, process_name=PROCESS,
-                               topic=self.config.commands_topic)
+                               retired=drift.retired, keep=drift.keep, process_name=PROCESS, topic=topic)
             digest = fingerprint(plan.commands)
             if batch.pending.get(sid) == digest:
                 stats.pending += 1
                 continue
-            commands.extend(plan.commands)
+            if priority is not Priority.REGULAR:
+                commands.extend(c.model_copy(update={"priority": priority}) for c in plan.commands)
+            else:
+                commands.extend(plan.commands)
             expected.append((sid, request.run_id, digest))
         if commands:
             if check_lease is not None:

@@ -1,4 +1,18 @@
-"""Where a reset run's commands go: ``kms.commands`` (keyed by secure client), or a list in tests.
+"""Where a reset run's commands go: ``kms.commands`` or the express lane (keyed by secure client), or a
+list in tests.
+
+**The lane of a run** (:func:`run_priority`, the one place the rule lives; docs/traffic.md). A *single
+reset* is a run whose filter names exactly one subscription (``subscription_ids`` of length one): the
+reset of one subscription an agent asks for (``kmsbridge reconcile --subscription S``, the Web API's
+``POST /v1/subscriptions/{id}/reset``, a ``RESET_SUBSCRIPTION`` request), which at most one
+subscription can match, whatever other filters it carries. Its repair commands are ``EXPRESS`` and
+travel on ``kms.commands.express``, as the commands of the other agents' requests do. Every other run
+(a creation period, subscription types, several subscriptions, everything) is ``REGULAR`` and stays
+on ``kms.commands``. A preview publishes nothing. There is no reset of one secure client: a box is
+reset through the subscription that holds it.
+
+The topic follows the priority (:func:`topic_for`), as the translator's choice does: an ``EXPRESS``
+command goes to the express topic when the express lane is on, everything else to the commands topic.
 
 The Kafka edge wraps librdkafka outcomes into :class:`PublishFailed` here: a command counts as
 published only once :meth:`KafkaCommandSink.flush` saw it delivered.
@@ -12,9 +26,25 @@ from confluent_kafka import KafkaError, Message, Producer
 
 from schemas.codec import Codec
 from schemas.keys import record_key
-from schemas.records import KmsCommand
+from schemas.records import KmsCommand, Priority, ReconcileRequest
 
-__all__ = ["CollectingSink", "CommandSink", "KafkaCommandSink", "PublishFailed"]
+__all__ = ["CollectingSink", "CommandSink", "KafkaCommandSink", "PublishFailed", "is_single", "run_priority",
+           "topic_for"]
+
+
+def is_single(request: ReconcileRequest) -> bool:
+    """A single reset: the run's filter names exactly one subscription (see the module docstring)."""
+    return len(request.subscription_ids) == 1
+
+
+def run_priority(request: ReconcileRequest) -> Priority:
+    """The priority, and so the lane, of a run's repair commands: ``EXPRESS`` for a single reset."""
+    return Priority.EXPRESS if is_single(request) else Priority.REGULAR
+
+
+def topic_for(priority: Priority, topic: str, express_topic: str | None) -> str:
+    """The topic of a command of ``priority``: the express lane for ``EXPRESS`` when there is one."""
+    return express_topic if express_topic and priority is Priority.EXPRESS else topic
 
 
 class PublishFailed(Exception):
@@ -30,20 +60,24 @@ class CommandSink(Protocol):
 
 
 class KafkaCommandSink:
-    """Produces each command to ``topic`` with the secure client as key (the executor's ordering key)."""
+    """Produces each command to ``topic``, or an ``EXPRESS`` one to ``express_topic`` when given
+    (:func:`topic_for`), with the secure client as key (the executor's ordering key)."""
 
-    def __init__(self, producer: Producer, codec: Codec, topic: str, *, flush_timeout: float = 60.0) -> None:
+    def __init__(self, producer: Producer, codec: Codec, topic: str, *, express_topic: str | None = None,
+                 flush_timeout: float = 60.0) -> None:
         self._producer = producer
         self._codec = codec
         self.topic = topic
+        self.express_topic = express_topic
         self._timeout = flush_timeout
         self._errors: list[str] = []
 
     def publish(self, command: KmsCommand) -> None:
-        value = self._codec.encode(command, self.topic)
+        topic = topic_for(command.priority, self.topic, self.express_topic)
+        value = self._codec.encode(command, topic)
         while True:
             try:
-                self._producer.produce(self.topic, key=record_key(command).encode(), value=value,
+                self._producer.produce(topic, key=record_key(command).encode(), value=value,
                                        on_delivery=self._delivered)
                 return
             except BufferError:  # the local queue is full: let librdkafka send some
@@ -57,7 +91,8 @@ class KafkaCommandSink:
         remaining = self._producer.flush(self._timeout)
         errors, self._errors = self._errors, []
         if remaining or errors:
-            raise PublishFailed(f"{len(errors) + remaining} command(s) not delivered to {self.topic}: "
+            topics = " or ".join(t for t in (self.topic, self.express_topic) if t)
+            raise PublishFailed(f"{len(errors) + remaining} command(s) not delivered to {topics}: "
                                 f"{'; '.join(errors[:3]) or 'flush timed out'}")
 
 

@@ -1,6 +1,7 @@
 """``kmsbridge lag``: lag per consumer group, topic and partition (like ``kafka-consumer-groups``).
 
-By default it shows the product's groups (``<group_prefix>-translator|executor|projector|reconciler``)
+By default it shows the product's groups
+(``<group_prefix>-translator|executor|executor-express|projector|reconciler|request-log``)
 that exist on the broker; ``--group`` names others. Numbers come from :mod:`kafka_edge.lag`: the group's
 committed offsets against the high watermark, and the age of the oldest unprocessed message.
 """
@@ -18,8 +19,9 @@ from kmsbridge.cli.common import EXIT_FAILED, cli_settings, fail
 
 __all__ = ["CONSUMING_PROCESSES", "format_table", "lag_cmd"]
 
-#: The processes that consume with a consumer group of their own (``Settings.group_id``).
-CONSUMING_PROCESSES = ("translator", "executor", "projector", "reconciler", "request-log")
+#: The consumer groups of the processes (``Settings.group_id``); the executor's express lane is read by a
+#: group of its own (:func:`kmsbridge.wiring.express_group`).
+CONSUMING_PROCESSES = ("translator", "executor", "executor-express", "projector", "reconciler", "request-log")
 
 _HEADER = ("GROUP", "TOPIC", "PARTITION", "COMMITTED", "END", "LAG", "LAG-SECONDS")
 

@@ -194,11 +194,13 @@ def test_crd_objects_are_well_formed() -> None:
         assert obj["apiVersion"] == "keda.sh/v1alpha1"
         target = obj["spec"]["scaleTargetRef"]["name"]
         assert target in _by_kind(objects, "Deployment")
-        (trigger,) = [t for t in obj["spec"]["triggers"] if t["type"] == "kafka"]
-        meta = trigger["metadata"]
-        assert {"bootstrapServers", "consumerGroup", "lagThreshold"} <= set(meta)
-        assert meta["consumerGroup"] == f"kmsbridge-{target.removeprefix('rel-kmsbridge-')}"
-        assert all(isinstance(v, str) for v in meta.values()), "KEDA trigger metadata values are strings"
+        kafka = [t for t in obj["spec"]["triggers"] if t["type"] == "kafka"]
+        # the component's own group first; the executor's express group second (tests/unit/test_express_chart.py)
+        assert kafka[0]["metadata"]["consumerGroup"] == f"kmsbridge-{target.removeprefix('rel-kmsbridge-')}"
+        for trigger in kafka:
+            meta = trigger["metadata"]
+            assert {"bootstrapServers", "consumerGroup", "lagThreshold"} <= set(meta)
+            assert all(isinstance(v, str) for v in meta.values()), "KEDA trigger metadata values are strings"
         # a KEDA-scaled Deployment leaves replicas to KEDA
         assert "replicas" not in _by_kind(objects, "Deployment")[target]["spec"]
 
@@ -207,9 +209,9 @@ def test_crd_objects_are_well_formed() -> None:
     assert set(params) == {"username", "password", "ca"}
     assert params["password"]["name"] == "kmsbridge-kafka"
     for obj in _by_kind(sasl, "ScaledObject").values():
-        (kafka,) = [t for t in obj["spec"]["triggers"] if t["type"] == "kafka"]
-        assert (kafka["metadata"]["sasl"], kafka["metadata"]["tls"]) == ("scram_sha512", "enable")
-        assert kafka["authenticationRef"]["name"] == "rel-kmsbridge-kafka"
+        for kafka in (t for t in obj["spec"]["triggers"] if t["type"] == "kafka"):
+            assert (kafka["metadata"]["sasl"], kafka["metadata"]["tls"]) == ("scram_sha512", "enable")
+            assert kafka["authenticationRef"]["name"] == "rel-kmsbridge-kafka"
 
 
 def test_the_executor_scaler_reports_no_lag_while_the_kms_breaker_is_open() -> None:
@@ -217,12 +219,12 @@ def test_the_executor_scaler_reports_no_lag_while_the_kms_breaker_is_open() -> N
     executor = scalers["rel-kmsbridge-executor"]["spec"]
     triggers = {t["name"]: t for t in executor["triggers"]}
 
-    assert set(triggers) == {"breaker_open", "lag"}
+    assert set(triggers) == {"breaker_open", "lag", "express_lag"}
     breaker = triggers["breaker_open"]
     assert breaker["type"] == "prometheus" and breaker["metadata"]["serverAddress"] == PROMETHEUS
     assert breaker["metadata"]["query"] == 'max(kmsbridge_kms_breaker_open{namespace="kms"}) or vector(0)'
     modifiers = executor["advanced"]["scalingModifiers"]
-    assert modifiers["formula"] == "breaker_open > 0 ? 0 : lag"
+    assert modifiers["formula"].startswith("breaker_open > 0 ? 0 : ")
     assert modifiers["target"] == triggers["lag"]["metadata"]["lagThreshold"]
     # the translator never calls the KMS: its scaler is the lag alone
     assert [t["type"] for t in scalers["rel-kmsbridge-translator"]["spec"]["triggers"]] == ["kafka"]

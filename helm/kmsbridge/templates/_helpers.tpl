@@ -488,6 +488,9 @@ hammer a KMS that is down.
 {{- $root := .root -}}
 {{- $v := $root.Values -}}
 {{- $c := index $v .component -}}
+{{- /* the executor's express lane is read by a group of its own: a second Kafka trigger on its lag */ -}}
+{{- $express := and (eq .component "executor") $v.executor.trafficControl.expressLane -}}
+{{- $gate := and (hasKey $c.keda "breakerGate") $c.keda.breakerGate.enabled -}}
 apiVersion: keda.sh/v1alpha1
 kind: ScaledObject
 metadata:
@@ -504,11 +507,17 @@ spec:
   maxReplicaCount: {{ $c.keda.maxReplicas }}
   pollingInterval: 30
   cooldownPeriod: 300
-  {{- $gate := and (hasKey $c.keda "breakerGate") $c.keda.breakerGate.enabled }}
   {{- if $gate }}
   advanced:
     scalingModifiers:
+      {{- if $express }}
+      {{- /* the larger of the two lanes' needs, the express lag weighed to the regular target, as the
+      HPA takes the larger of two triggers without the gate */}}
+      {{- $weight := divf (float64 $c.keda.lagThreshold) (float64 $c.keda.expressLagThreshold) }}
+      formula: {{ printf "breaker_open > 0 ? 0 : (lag > express_lag * %v ? lag : express_lag * %v)" $weight $weight | quote }}
+      {{- else }}
       formula: "breaker_open > 0 ? 0 : lag"
+      {{- end }}
       target: {{ $c.keda.lagThreshold | quote }}
       metricType: AverageValue
   {{- end }}
@@ -521,27 +530,36 @@ spec:
         query: {{ printf "max(kmsbridge_kms_breaker_open{namespace=\"%s\"}) or vector(0)" $root.Release.Namespace | quote }}
         threshold: "1"
     {{- end }}
-    - type: kafka
-      {{- if $gate }}
-      name: lag
-      {{- end }}
-      metadata:
-        bootstrapServers: {{ required "kafka.bootstrapServers is required" $v.kafka.bootstrapServers | quote }}
-        consumerGroup: {{ printf "%s-%s" $v.groupPrefix .component | quote }}
-        {{- with $c.keda.topic }}
-        topic: {{ printf "%s%s" $v.topicPrefix . | quote }}
-        {{- end }}
-        lagThreshold: {{ $c.keda.lagThreshold | quote }}
-        offsetResetPolicy: earliest
-        allowIdleConsumers: "false"
-        {{- if $v.kafka.sasl.enabled }}
-        sasl: {{ get (dict "PLAIN" "plaintext" "SCRAM-SHA-256" "scram_sha256" "SCRAM-SHA-512" "scram_sha512" "OAUTHBEARER" "oauthbearer") $v.kafka.sasl.mechanism | required "kafka.sasl.mechanism must be PLAIN, SCRAM-SHA-256, SCRAM-SHA-512 or OAUTHBEARER" | quote }}
-        {{- end }}
-        {{- if has $v.kafka.securityProtocol (list "SSL" "SASL_SSL") }}
-        tls: enable
-        {{- end }}
-      {{- if or $v.kafka.sasl.enabled $v.kafka.tls.caSecret }}
-      authenticationRef:
-        name: {{ include "kmsbridge.fullname" $root }}-kafka
-      {{- end }}
+    {{- include "kmsbridge.kafkaTrigger" (dict "root" $root "name" (ternary "lag" "" $gate) "group" (printf "%s-%s" $v.groupPrefix .component) "topic" $c.keda.topic "lagThreshold" $c.keda.lagThreshold) | nindent 4 }}
+    {{- if $express }}
+    {{- include "kmsbridge.kafkaTrigger" (dict "root" $root "name" (ternary "express_lag" "" $gate) "group" (printf "%s-executor-express" $v.groupPrefix) "topic" "kms.commands.express" "lagThreshold" $c.keda.expressLagThreshold) | nindent 4 }}
+    {{- end }}
+{{- end }}
+
+{{- /* One KEDA Kafka trigger: the lag of consumer group `group` (on `topic`, or every topic it consumes). */ -}}
+{{- define "kmsbridge.kafkaTrigger" -}}
+{{- $v := .root.Values -}}
+- type: kafka
+  {{- with .name }}
+  name: {{ . }}
+  {{- end }}
+  metadata:
+    bootstrapServers: {{ required "kafka.bootstrapServers is required" $v.kafka.bootstrapServers | quote }}
+    consumerGroup: {{ .group | quote }}
+    {{- with .topic }}
+    topic: {{ printf "%s%s" $v.topicPrefix . | quote }}
+    {{- end }}
+    lagThreshold: {{ .lagThreshold | quote }}
+    offsetResetPolicy: earliest
+    allowIdleConsumers: "false"
+    {{- if $v.kafka.sasl.enabled }}
+    sasl: {{ get (dict "PLAIN" "plaintext" "SCRAM-SHA-256" "scram_sha256" "SCRAM-SHA-512" "scram_sha512" "OAUTHBEARER" "oauthbearer") $v.kafka.sasl.mechanism | required "kafka.sasl.mechanism must be PLAIN, SCRAM-SHA-256, SCRAM-SHA-512 or OAUTHBEARER" | quote }}
+    {{- end }}
+    {{- if has $v.kafka.securityProtocol (list "SSL" "SASL_SSL") }}
+    tls: enable
+    {{- end }}
+  {{- if or $v.kafka.sasl.enabled $v.kafka.tls.caSecret }}
+  authenticationRef:
+    name: {{ include "kmsbridge.fullname" .root }}-kafka
+  {{- end }}
 {{- end }}
