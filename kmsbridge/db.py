@@ -13,9 +13,10 @@ A database made before migrations existed (the executor's ``LEDGER_METADATA.crea
 ledger tables but no ``alembic_version``: it is stamped at ``0001_ledger`` first, then upgraded.
 
 The upgrade is each process's first connection to the database, so a database that does not answer
-stops start-up there: :func:`upgrade` raises :class:`~kmsbridge.errors.SettingsError` naming
+stops start-up there: :func:`upgrade` raises :class:`~kmsbridge.errors.Unreachable` naming
 ``KMSBRIDGE_DATABASE_URL`` and the address it tried (never the password), which ``kmsbridge run``
-reports as it reports any bad setting: one line, no traceback.
+reports in one line, without a traceback, exiting 1 (a failure its supervisor retries; a bad setting
+exits 2).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from sqlalchemy import inspect, text
 from sqlalchemy.engine import URL, Connection, Engine
 from sqlalchemy.exc import InterfaceError, OperationalError
 
-from kmsbridge.errors import SettingsError
+from kmsbridge.errors import Unreachable
 
 __all__ = [
     "BASELINE_REVISION",
@@ -81,7 +82,7 @@ def current_revision(engine: Engine) -> str | None:
 def upgrade(engine: Engine, revision: str = "head") -> None:
     """Bring the schema to ``revision`` (idempotent, concurrency-safe; see the module docstring).
 
-    Raises :class:`~kmsbridge.errors.SettingsError` (:func:`unreachable`) when no connection opens."""
+    Raises :class:`~kmsbridge.errors.Unreachable` (:func:`unreachable`) when no connection opens."""
     with _file_lock(engine), _connect(engine) as conn, conn.begin():
         if conn.dialect.name == "postgresql":
             conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_LOCK_KEY})
@@ -92,7 +93,7 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
         command.upgrade(config, revision)
 
 
-def unreachable(url: URL, exc: BaseException) -> SettingsError:
+def unreachable(url: URL, exc: BaseException) -> Unreachable:
     """The start-up error for a database that does not answer: one line naming the setting, the
     address tried and the driver's reason (its first line, the password masked if it appears)."""
     backend = url.get_backend_name()
@@ -105,7 +106,7 @@ def unreachable(url: URL, exc: BaseException) -> SettingsError:
     reason = next((line.strip() for line in str(cause).splitlines() if line.strip()), type(cause).__name__)
     if url.password:
         reason = reason.replace(str(url.password), "***")
-    return SettingsError(f"{DATABASE_URL_SETTING}: cannot connect to the {backend} database at {where}: {reason}")
+    return Unreachable(f"{DATABASE_URL_SETTING}: cannot connect to the {backend} database at {where}: {reason}")
 
 
 def _connect(engine: Engine) -> Connection:

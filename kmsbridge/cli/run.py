@@ -10,6 +10,7 @@ import click
 
 from kafka_edge.errors import FatalKafkaError
 from kmsbridge.cli.common import EXIT_FAILED, cli_settings, fail
+from kmsbridge.errors import Unreachable
 from kmsbridge.settings import SettingsError
 from kmsbridge.tracing import setup_tracing
 from schemas.errors import SchemaRegistryRefused
@@ -50,6 +51,8 @@ def run_cmd(process: str) -> None:
     setup_tracing(process)  # OTLP export when OTEL_EXPORTER_OTLP_ENDPOINT is set, else off
     try:
         runner(settings)
+    except Unreachable as exc:  # the database is down: fail, so the supervisor tries again
+        fail(str(exc), EXIT_FAILED)
     except SettingsError as exc:
         fail(str(exc))
     # e.g. refused credentials (Kafka's or the Schema Registry's): fail closed, say why, let the supervisor act

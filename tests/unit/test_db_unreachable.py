@@ -38,7 +38,7 @@ def test_upgrade_against_a_closed_port_names_the_setting_and_the_address_but_not
     assert PASSWORD not in message
 
 
-def test_run_with_the_database_down_exits_with_one_line_naming_the_setting(tmp_path: Path) -> None:
+def test_run_with_the_database_down_exits_1_with_one_line_naming_the_setting(tmp_path: Path) -> None:
     url, port = closed_port_url()
     pin_keys = tmp_path / "pin-keys.json"
     pin_keys.write_text(json.dumps({"current": "k1", "keys": {"k1": generate_key()}}))
@@ -49,7 +49,7 @@ def test_run_with_the_database_down_exits_with_one_line_naming_the_setting(tmp_p
 
     result = kmsbridge(["run", "executor"], env, timeout=120)
 
-    assert result.returncode == 2, result.stdout + result.stderr
+    assert result.returncode == 1, result.stdout + result.stderr
     errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1, result.stderr
     assert errors[0].startswith(f"error: KMSBRIDGE_DATABASE_URL: cannot connect to the postgresql database at "
