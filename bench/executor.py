@@ -184,26 +184,53 @@ _PROFILE_ROWS: list[tuple[str, str, tuple[str, ...]]] = [
 ]
 
 
-def profile_executor(env: BenchEnv, commands: int, n: int = SATURATION_N, keep: Path | None = None) -> dict[str, Any]:
-    """An executor under cProfile at L = 0: where a command's CPU goes."""
+#: The executor under cProfile, profiling only between SIGUSR1 (start) and SIGUSR2 (stop, write the
+#: stats to ``argv[1]``): the measured commands, without start-up, imports, group join and warm-up.
+_PROFILED_EXECUTOR = """
+import cProfile, os, runpy, signal, sys
+out, profiler = sys.argv[1], cProfile.Profile()
+def stop(*_):
+    profiler.disable()
+    profiler.dump_stats(out + ".part")
+    os.replace(out + ".part", out)
+signal.signal(signal.SIGUSR1, lambda *_: profiler.enable())
+signal.signal(signal.SIGUSR2, stop)
+sys.argv = ["kmsbridge", "run", "executor"]
+runpy.run_module("kmsbridge.cli", run_name="__main__")
+"""
+
+
+def profile_executor(env: BenchEnv, commands: int, n: int = SATURATION_N, keep: Path | None = None,
+                     tree: Path | None = None) -> dict[str, Any]:
+    """An executor (from ``tree``, default this one) under cProfile at L = 0, profiled while it runs
+    the measured commands only: where a command's CPU goes, and how many ledger reads went to the
+    database one command at a time."""
     import pstats
+    import signal
 
     from bench.common import ROOT
 
-    pipe = env.pipeline("profiled", extra_env={"KMSBRIDGE_EXECUTOR__MAX_INFLIGHT": str(n)})
+    extra = {"KMSBRIDGE_EXECUTOR__MAX_INFLIGHT": str(n), **({"PYTHONPATH": str(tree)} if tree else {})}
+    pipe = env.pipeline("profiled-before" if tree else "profiled", extra_env=extra)
     topic = pipe.settings.topic("commands")
     prof_path = pipe.workdir / "executor.prof"
     proc = env.adopt(subprocess.Popen(
-        [sys.executable, "-m", "cProfile", "-o", str(prof_path), "-m", "kmsbridge.cli", "run", "executor"],
-        env=pipe.env(), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL))
+        [sys.executable, "-c", _PROFILED_EXECUTOR, str(prof_path)], env=pipe.env(), cwd=tree or ROOT,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL))
     _warm_up(env, topic)
+    proc.send_signal(signal.SIGUSR1)
     point = _run_point(env, topic, proc.pid, n=n, latency_ms=0, count=commands, timeout=600)
+    proc.send_signal(signal.SIGUSR2)
+    deadline = time.monotonic() + 60
+    while not prof_path.exists() and time.monotonic() < deadline:  # written whole, then renamed
+        time.sleep(0.1)
     terminate(proc, 60)
     stats = pstats.Stats(str(prof_path))
     if keep is not None:
         stats.dump_stats(str(keep))
     table: dict[tuple[str, int, str], Any] = stats.stats  # type: ignore[attr-defined]
     total = sum(v[2] for v in table.values())
+
     rows: dict[str, dict[str, float]] = {}
     for label, file_suffix, names in _PROFILE_ROWS:
         hits = [v for (file, _line, name), v in table.items()
@@ -211,18 +238,72 @@ def profile_executor(env: BenchEnv, commands: int, n: int = SATURATION_N, keep: 
         cum = sum(v[3] for v in hits)
         rows[label] = {"seconds": round(cum, 3), "us_per_command": round(cum / point["commands"] * 1e6, 1),
                        "share": round(cum / total, 3) if total else float("nan")}
+    reads = _ledger_reads(table, point["commands"])
     top = sorted(table.items(), key=lambda kv: kv[1][2], reverse=True)[:20]
     return {"commands": point["commands"], "commands_per_second_under_cprofile": point["commands_per_second"],
-            "profiled_seconds": round(total, 2), "stages": rows,
+            "profiled_seconds": round(total, 2), "stages": rows, "ledger_reads": reads,
             "top_self_time": [{"function": f"{k[0].rsplit('site-packages/', 1)[-1]}:{k[1]}:{k[2]}",
                                "self_seconds": round(v[2], 3), "calls": v[1]} for k, v in top]}
+
+
+def _ledger_reads(table: dict[tuple[str, int, str], Any], commands: int) -> dict[str, int]:
+    """Ledger reads in the profile: the batch reads (``lookup_many``, ``origins_of``) and the single
+    reads (``Ledger.lookup``, ``Ledger.origin``: a command no batch read answered)."""
+    batch_reads = sum(v[1] for (file, _line, name), v in table.items()
+                      if file.endswith("consumers/ledger.py") and name == "lookup_many")
+    # ReadAhead and Ledger both define lookup and origin: tell them apart by line (Ledger comes later)
+    by_line: dict[str, list[tuple[int, int]]] = {}
+    for (file, line, name), v in table.items():
+        if file.endswith("consumers/ledger.py") and name in ("lookup", "origin"):
+            by_line.setdefault(name, []).append((line, v[1]))
+    single = {name: sorted(rows)[-1][1] if len(rows) > 1 else 0 for name, rows in by_line.items()}
+    return {"commands": commands, "batch_reads": batch_reads,
+            "single_lookups": single.get("lookup", 0), "single_origin_reads": single.get("origin", 0)}
+
+
+def _executor_from(env: BenchEnv, tree: Path | None, name: str, n: int) -> tuple[Any, str]:
+    """An executor process (from ``tree``, default this one) with N = ``n`` on fresh topics, warm."""
+    from bench.common import ROOT
+
+    extra = {"KMSBRIDGE_EXECUTOR__MAX_INFLIGHT": str(n), **({"PYTHONPATH": str(tree)} if tree else {})}
+    pipe = env.pipeline(name, extra_env=extra)
+    topic = pipe.settings.topic("commands")
+    proc = env.adopt(subprocess.Popen([sys.executable, "-m", "kmsbridge.cli", "run", "executor"],
+                                      env=pipe.env(), cwd=tree or ROOT, stdin=subprocess.DEVNULL,
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT))
+    _warm_up(env, topic)
+    return proc, topic
+
+
+def _compare_rounds(env: BenchEnv, tree: Path, *, n: int, count: int, rounds: int) -> list[dict[str, Any]]:
+    """The saturation point (L = 0) of the executor from ``tree`` and of this one, both running, measured
+    in turn ``rounds`` times (which goes first alternates)."""
+    env.simulator.set_latency(0)
+    procs = {"before": _executor_from(env, tree, "before", n), "this": _executor_from(env, None, "this", n)}
+    out: list[dict[str, Any]] = []
+    for r in range(rounds):
+        row: dict[str, Any] = {}
+        for name in (("before", "this") if r % 2 == 0 else ("this", "before")):
+            proc, topic = procs[name]
+            print(f"round {r + 1}/{rounds}: executor {name} N={n} L=0 (saturation) ...", flush=True)
+            row[name] = _run_point(env, topic, proc.pid, n=n, latency_ms=0, count=count, timeout=600)
+        out.append(row)
+    for proc, _topic in procs.values():
+        terminate(proc)
+    return out
+
+
+def _median_point(points: list[dict[str, Any]]) -> dict[str, Any]:
+    """The point of median CPU per command (its own figures, so rate and CPU stay one run's)."""
+    ranked = sorted(points, key=lambda p: p["executor_cpu_us_per_command"])
+    return ranked[(len(ranked) - 1) // 2]
 
 
 # --- orchestration ------------------------------------------------------------------------------------
 
 
 def run(grid: dict[int, list[int]], *, seconds: float, client_calls: int, results_dir: Path | None,
-        img_dir: Path | None, compare_tree: Path | None = None,
+        img_dir: Path | None, compare_tree: Path | None = None, compare_rounds: int = 3,
         profile: bool = False) -> dict[str, Any]:
     grid_ns = {n for points in grid.values() for n in points}
     sat_n = SATURATION_N if seconds > 1 else max(grid_ns)  # quick: no extra executor for saturation
@@ -253,23 +334,22 @@ def run(grid: dict[int, list[int]], *, seconds: float, client_calls: int, result
                                          timeout=max(120, 10 * count / max(expected, 1))))
             terminate(proc)
         before: dict[str, Any] | None = None
+        rounds: list[dict[str, Any]] = []
         if compare_tree is not None:
-            # the saturation run again with the executor from another source tree (before/after)
-            pipe = env.pipeline("before", extra_env={"KMSBRIDGE_EXECUTOR__MAX_INFLIGHT": str(sat_n),
-                                                     "PYTHONPATH": str(compare_tree)})
-            topic = pipe.settings.topic("commands")
-            proc = env.adopt(subprocess.Popen([sys.executable, "-m", "kmsbridge.cli", "run", "executor"],
-                                              env=pipe.env(), cwd=compare_tree, stdin=subprocess.DEVNULL,
-                                              stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT))
-            _warm_up(env, topic)
-            print(f"executor from {compare_tree} N={sat_n} L=0 (saturation, before) ...", flush=True)
-            before = _run_point(env, topic, proc.pid, n=sat_n, latency_ms=0, count=int(cap_guess * seconds),
-                                timeout=600)
-            terminate(proc)
-        prof = None
+            # the saturation point with the executor from another source tree and from this one, in
+            # alternating rounds (the machine's load moves; a round compares the two under one load)
+            rounds = _compare_rounds(env, compare_tree, n=sat_n, count=int(cap_guess * seconds),
+                                     rounds=compare_rounds)
+            before = _median_point([r["before"] for r in rounds])
+            saturation = _median_point([r["this"] for r in rounds])
+        prof = prof_before = None
         if profile:
             print(f"profiled executor N={SATURATION_N} L=0 ...", flush=True)
             prof = profile_executor(env, 3000, keep=None if results_dir is None else results_dir / "executor.prof")
+            if compare_tree is not None:
+                print(f"profiled executor from {compare_tree} N={SATURATION_N} L=0 (before) ...", flush=True)
+                prof_before = profile_executor(env, 3000, tree=compare_tree, keep=None if results_dir is None
+                                               else results_dir / "executor-before.prof")
     assert saturation is not None
     cap = saturation["commands_per_second"]
     for p in points:
@@ -281,8 +361,9 @@ def run(grid: dict[int, list[int]], *, seconds: float, client_calls: int, result
         "command": "python -m bench.executor" + ("" if seconds > 1 else " --quick")
                    + ("" if grid else " --saturation-only")
                    + (f" --compare-tree {compare_tree}" if compare_tree else ""),
-        "client_alone": client, "saturation": saturation, "saturation_before": before, "points": points,
-        "profile": prof,
+        "client_alone": client, "saturation": saturation, "saturation_before": before,
+        "compare_rounds": rounds, "points": points,
+        "profile": prof, "profile_before": prof_before,
         "order_violations": sum(p["order"]["cards_out_of_order"] for p in [*points, saturation]),
         "target_ratio": TARGET_RATIO, "met": all(ok),
     }
@@ -308,19 +389,30 @@ def report(result: dict[str, Any]) -> None:
     if before:
         rows.insert(0, ["before (--compare-tree)", before["n"], before["commands_per_second"],
                         before["executor_cpu_us_per_command"], 1e6 / before["executor_cpu_us_per_command"]])
-    print_table("Executor CPU limit (L = 0)", ["executor", "N", "commands/s", "executor CPU us/command",
-                                               "commands per CPU-second"], rows)
+    print_table("Executor CPU limit (L = 0)" + (" (median round)" if result.get("compare_rounds") else ""),
+                ["executor", "N", "commands/s", "executor CPU us/command", "commands per CPU-second"], rows)
+    if result.get("compare_rounds"):
+        print_table("Executor CPU limit, each round (before / this tree)",
+                    ["round", "before commands/s", "before CPU us/command", "this commands/s", "this CPU us/command"],
+                    [[i + 1, r["before"]["commands_per_second"], r["before"]["executor_cpu_us_per_command"],
+                      r["this"]["commands_per_second"], r["this"]["executor_cpu_us_per_command"]]
+                     for i, r in enumerate(result["compare_rounds"])])
     rows = []
     for p in result["points"]:
         rows.append([p["latency_ms"], p["n"], p["little_bound"], p["commands_per_second"], p["ratio_to_little"],
                      p["ratio_to_expected"], "CPU" if p["cpu_bound"] else "N/L", p["client_alone_calls_per_second"],
                      p["ratio_to_client_alone"], p["executor_cpu_us_per_command"],
                      f"{p['order']['cards_out_of_order']}/{p['order']['cards_checked']}"])
-    prof = result.get("profile")
-    if prof:
-        print_table(f"Profile of the executor at L = 0 (cProfile, {prof['commands']:,} commands)",
+    for name, title in (("profile_before", "before (--compare-tree)"), ("profile", "this tree")):
+        prof = result.get(name)
+        if not prof:
+            continue
+        print_table(f"Profile of the executor at L = 0, {title} (cProfile, {prof['commands']:,} commands)",
                     ["stage", "us/command", "share of process time"],
                     [[k, v["us_per_command"], f"{v['share']:.1%}"] for k, v in prof["stages"].items()])
+        reads = prof["ledger_reads"]
+        print(f"ledger reads: {reads['batch_reads']:,} batch reads, {reads['single_lookups']:,} single lookups and "
+              f"{reads['single_origin_reads']:,} single origin reads for {reads['commands']:,} commands")
     print_table(f"Executor vs N/L (target >= {TARGET_RATIO:.0%} of min(N/L, CPU limit)): "
                 + ("met" if result["met"] else "NOT met"),
                 ["L ms", "N", "N/L /s", "commands/s", "vs N/L", "vs min(N/L,CPU)", "bound",
@@ -336,13 +428,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", action="store_true", help="also profile an executor at L = 0 (cProfile)")
     parser.add_argument("--compare-tree", type=Path,
                         help="also run the saturation point with the executor from this source tree (before/after)")
+    parser.add_argument("--compare-rounds", type=int, default=3,
+                        help="rounds of the before/after saturation comparison (alternating; medians)")
     parser.add_argument("--saturation-only", action="store_true",
                         help="only the CPU limit (L = 0, N = 64) and the client alone, no N/L grid")
     args = parser.parse_args(argv)
     grid = {} if args.saturation_only else QUICK_GRID if args.quick else FULL_GRID
     seconds = 0.5 if args.quick else args.seconds
     run(grid, seconds=seconds, client_calls=300 if args.quick else 3000, results_dir=args.results_dir,
-        img_dir=args.img_dir, compare_tree=args.compare_tree, profile=args.profile)
+        img_dir=args.img_dir, compare_tree=args.compare_tree, compare_rounds=args.compare_rounds,
+        profile=args.profile)
     return 0
 
 

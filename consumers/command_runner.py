@@ -4,8 +4,9 @@ Steps, in order (the executor calls :meth:`CommandRunner.run` for each command, 
 commands one after the other):
 
 1. Ledger: a key already COMPLETED or REJECTED is not sent again; its result is returned with
-   ``duplicate`` true. The executor reads the keys and cards of a polled batch in one query each
-   (:meth:`CommandRunner.expect`, :meth:`CommandRunner.read_ahead`, :class:`~consumers.ledger.ReadAhead`).
+   ``duplicate`` true. The executor's commands read the ledger in chunks, one query each for keys,
+   cards and attributes (:meth:`CommandRunner.expect`, :meth:`CommandRunner.read_ahead`,
+   :class:`~consumers.ledger.ReadAhead`).
    Only a deliberate replay from the DLQ (``kmsbridge dlq replay``, the ``kmsbridge.replayed.from``
    header) runs again a command whose recorded outcome was that it could not be delivered
    (``TRANSPORT_ERROR``, ``OUTCOME_UNKNOWN``).
@@ -51,6 +52,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import random
 import time
@@ -58,6 +60,9 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
+
+from prometheus_client import Counter, Histogram
 
 from consumers.breaker import Breaker, Diagnosis
 from consumers.coalesce import Origin, attribute_of, is_newer
@@ -75,6 +80,23 @@ __all__ = ["INVALID_COMMAND", "KMS_ERROR", "MAX_HISTORY", "OUTCOME_UNKNOWN", "ST
            "UNDELIVERED", "CommandRunner", "LedgerRejected", "RunOutcome", "full_jitter"]
 
 log = logging.getLogger(__name__)
+
+
+# metric children by label values, looked up once (``labels()`` takes a lock and builds a key per call)
+@functools.cache
+def _requests(op: str, outcome: str) -> Counter:
+    return KMS_REQUESTS.labels(op, outcome)
+
+
+@functools.cache
+def _request_seconds(op: str) -> Histogram:
+    return KMS_REQUEST_SECONDS.labels(op)
+
+
+@functools.cache
+def _retries(op: str) -> Counter:
+    return KMS_RETRIES.labels(op)
+
 
 STALE_COMMAND = "STALE_COMMAND"
 TRANSPORT_ERROR = "TRANSPORT_ERROR"
@@ -141,12 +163,13 @@ class CommandRunner:
                            None if attribute is None else (cmd.secure_client_id, attribute))
 
     def read_ahead(self) -> None:
-        """The ledger reads of the commands :meth:`expect` named, in one query each for keys and cards
-        (:class:`~consumers.ledger.ReadAhead`); when it fails each command reads for itself."""
+        """The commands :meth:`expect` named since the last call are a polled batch: they read the ledger
+        in chunks as they run (:class:`~consumers.ledger.ReadAhead`); a chunk read that fails leaves
+        each of its commands to read for itself."""
         try:
             self._reads.read()
         except Exception as exc:
-            log.warning("batch ledger read failed (%s); each command reads its own", type(exc).__name__)
+            log.warning("ledger read-ahead failed (%s); each command reads its own", type(exc).__name__)
 
     async def run(self, cmd: KmsCommand, *, abandoned: Callable[[], bool] | None = None,
                   gate: asyncio.Semaphore | PriorityGate | None = None, replayed: bool = False,
@@ -209,9 +232,13 @@ class CommandRunner:
             try:
                 slot = gate.slot(express) if isinstance(gate, PriorityGate) else gate or contextlib.nullcontext()
                 async with slot:  # max_inflight KMS calls, ledger work aside
-                    outcome = await self._call(cmd)
+                    late = newer() if newer is not None else None  # again: the wait for a slot may be long
+                    if late is None:
+                        outcome = await self._call(cmd)
+                if late is not None:
+                    return await self._superseded(cmd, late)  # the slot goes unused
             except KmsRejected as exc:
-                KMS_REQUESTS.labels(op, "rejected").inc()
+                _requests(op, "rejected").inc()
                 self._breaker.record_success(card)  # the KMS answered
                 result = self._result(
                     cmd, ResultState.REJECTED, attempts=attempts, started=started,
@@ -235,8 +262,8 @@ class CommandRunner:
                             type(exc).__name__)
             else:
                 # step 5: record, then the caller publishes
-                KMS_REQUESTS.labels(op, "completed").inc()
-                KMS_REQUEST_SECONDS.labels(op).observe(time.monotonic() - t0)
+                _requests(op, "completed").inc()
+                _request_seconds(op).observe(time.monotonic() - t0)
                 self._breaker.record_success(card)
                 result = self._result(cmd, ResultState.COMPLETED, attempts=attempts, started=started,
                                       provider_error_code=outcome[0], provider_error_description=None,
@@ -246,8 +273,8 @@ class CommandRunner:
                                    origin=Origin.of(cmd) if attribute is not None else None)
                 return RunOutcome(result)
             # a transient failure
-            KMS_REQUESTS.labels(op, "transient").inc()
-            KMS_REQUEST_SECONDS.labels(op).observe(time.monotonic() - t0)
+            _requests(op, "transient").inc()
+            _request_seconds(op).observe(time.monotonic() - t0)
             history.append(f"attempt {attempts} +{t0 - started:.1f}s {kind}")
             was_open = self._breaker.is_open
             self._breaker.record_failure(card)
@@ -261,15 +288,15 @@ class CommandRunner:
                 counted = 0  # the KMS is down or flaky for everyone: not this card's fault, fresh budget
                 if diagnosis is Diagnosis.DOWN:
                     continue
-            KMS_RETRIES.labels(op).inc()
+            _retries(op).inc()
             delay = full_jitter(counted, self._initial, self._cap)
             if retry_after:
                 delay = max(delay, min(retry_after, self._cap))
             await asyncio.sleep(delay)
 
     async def _superseded(self, cmd: KmsCommand, newer_key: str) -> RunOutcome:
-        result = self._result(cmd, ResultState.COMPLETED, attempts=0, started=time.monotonic())
-        result = result.model_copy(update={"superseded_by": newer_key})
+        result = self._result(cmd, ResultState.COMPLETED, attempts=0, started=time.monotonic(),
+                              superseded_by=newer_key)
         await self._record(result)
         log.info("superseded command not sent idempotency_key=%s secure_client_id=%s superseded_by=%s",
                  cmd.idempotency_key, cmd.secure_client_id, newer_key)
@@ -346,24 +373,34 @@ class CommandRunner:
     def _result(cmd: KmsCommand, state: ResultState, *, attempts: int, started: float,
                 error_code: str | None = None, error_description: str | None = None,
                 provider_error_code: str | None = None, provider_error_description: str | None = None,
-                client_info: dict[str, dict[str, str]] | None = None) -> KmsResult:
+                client_info: dict[str, dict[str, str]] | None = None,
+                superseded_by: str | None = None) -> KmsResult:
+        """The command's result. Its ids are the command's, validated when the command was; the codes
+        and texts are ``str`` (ours, or the KMS's ``resultCode``/``resultText``), which is all the
+        record asks of them; so it is built without validation (:meth:`KmsResult.trusted`, every field
+        in declaration order), except with a query's ``client_info``, which validation copies."""
         src = cmd.source
-        return KmsResult(
-            idempotency_key=cmd.idempotency_key,
-            operation=cmd.operation.value,
-            secure_client_id=cmd.secure_client_id,
-            subscription_id=cmd.subscription_id,
-            event_id=src.event_id,
-            communication_id=src.communication_id,
-            request_id=src.request_id,
-            run_id=src.run_id,
-            state=state,
-            error_code=error_code,
-            error_description=error_description,
-            provider_error_code=provider_error_code,
-            provider_error_description=provider_error_description,
-            attempts=attempts,
-            executed_at=datetime.now(UTC),
-            latency_ms=(time.monotonic() - started) * 1000.0,
-            client_info=client_info,
-        )
+        values: dict[str, Any] = {
+            "idempotency_key": cmd.idempotency_key,
+            "operation": cmd.operation.value,
+            "secure_client_id": cmd.secure_client_id,
+            "subscription_id": cmd.subscription_id,
+            "event_id": src.event_id,
+            "communication_id": src.communication_id,
+            "request_id": src.request_id,
+            "run_id": src.run_id,
+            "state": state,
+            "error_code": error_code,
+            "error_description": error_description,
+            "provider_error_code": provider_error_code,
+            "provider_error_description": provider_error_description,
+            "attempts": attempts,
+            "executed_at": datetime.now(UTC),
+            "latency_ms": (time.monotonic() - started) * 1000.0,
+            "duplicate": False,
+            "superseded_by": superseded_by,
+            "client_info": client_info,
+        }
+        if client_info is not None:
+            return KmsResult.model_validate(values)
+        return KmsResult.trusted(values)

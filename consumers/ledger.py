@@ -7,7 +7,9 @@ PostgreSQL (production, shared by executor replicas) both work.
 Speed (docs/benchmarks.md, executor): every statement is built once, with bind parameters, so
 SQLAlchemy's compiled cache is hit instead of generating a cache key from a fresh construct per call;
 :meth:`Ledger.lookup` reads the key and the client's version on one connection, and
-:class:`ReadAhead` reads those of a whole polled batch in two queries (:meth:`Ledger.lookup_many`);
+:class:`ReadAhead` reads those of the buffered commands in chunks, one query each for keys, versions
+and origins (:meth:`Ledger.lookup_many`, :meth:`Ledger.origins_of`, written as the driver's SQL with
+one placeholder a value, which SQLAlchemy's expanding ``IN`` parameter costs several times over);
 :meth:`Ledger.record` is two single-statement upserts (``INSERT ... ON CONFLICT DO UPDATE``) in one
 transaction instead of select-then-insert-or-update twice; :class:`GroupCommit` writes the outcomes
 of one event-loop turn in one transaction.
@@ -17,9 +19,10 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy import BigInteger, Column, DateTime, MetaData, String, Table, Text, bindparam, or_, select
 from sqlalchemy.dialects import postgresql, sqlite
@@ -85,6 +88,18 @@ _VERSION_MANY = select(versions_table.c.secure_client_id, versions_table.c.subsc
     versions_table.c.secure_client_id.in_(bindparam("cards", expanding=True)))
 #: keys or cards in one ``IN`` list (SQLite before 3.32 allows 999 bound parameters a statement)
 _IN_CHUNK = 900
+#: the batch reads as the driver's SQL, one placeholder a value: SQLAlchemy renders an expanding ``IN``
+#: parameter anew on every execution (a few microseconds a value); the statements above are used
+#: instead with a driver whose placeholders are not positional ``?`` or ``%s``
+_IN_SQL = {
+    "keys": (f"SELECT idempotency_key, result_json FROM {ledger_table.name} "
+             "WHERE idempotency_key IN ({})", _GET_MANY, "keys"),
+    "cards": (f"SELECT secure_client_id, subscription_id, version FROM {versions_table.name} "
+              "WHERE secure_client_id IN ({})", _VERSION_MANY, "cards"),
+    "origins": ("SELECT secure_client_id, attribute, origin_at, subscription_id, version, idempotency_key "
+                f"FROM {origins_table.name} WHERE secure_client_id IN ({{}})", _ORIGINS_MANY, "cards"),
+}
+_PLACEHOLDER = {"qmark": "?", "format": "%s", "pyformat": "%s"}
 
 
 def _upserts(dialect_name: str) -> tuple[object, object]:
@@ -169,46 +184,38 @@ class GroupCommit:
                 _settle(done, None)
 
 
-class _Batch:
-    """What the commands of one polled batch will look up."""
-
-    __slots__ = ("attributes", "cards", "keys", "polled_at")
-
-    def __init__(self) -> None:
-        self.keys: list[str] = []
-        self.cards: dict[str, None] = {}
-        self.attributes: dict[tuple[str, str], None] = {}
-        self.polled_at = 0.0
+#: one expected command: its key, its card (version-guarded commands) and its (card, attribute)
+_Expected = tuple[str, str | None, tuple[str, str] | None]
 
 
 class ReadAhead:
-    """The ledger reads of a polled batch in three queries, instead of :meth:`Ledger.lookup` and
-    :meth:`Ledger.origin` per command.
+    """The ledger reads of the executor's buffered commands in three queries per chunk, instead of
+    :meth:`Ledger.lookup` and :meth:`Ledger.origin` per command.
 
-    The executor calls :meth:`expect` for each command of a batch as it dispatches it and :meth:`read`
-    once the batch is dispatched. The batch is read in chunks of :data:`READ_CHUNK` commands, each
-    when its first command asks (:meth:`lookup` or :meth:`origin`), so about when the per-command
-    reads would have been made, not when it was polled (the executor buffers up to ``max_buffered``
-    commands ahead): one ``IN`` query for the keys, one for the cards' versions, one for the
-    attributes' origins. Its commands are then answered
-    from what was read; anything the read does not cover, or a read that failed, falls back to the
-    :class:`Ledger`. What was read stays right because:
+    The executor calls :meth:`expect` for each command as it dispatches it, and :meth:`read` once a
+    polled batch is dispatched. Nothing is read then: the executor buffers up to ``max_buffered``
+    commands ahead, and a command may wait long behind its card's earlier ones. A read is made when a
+    command asks (:meth:`lookup`, :meth:`origin`) and what it needs is not held (or no longer fresh):
+    one ``IN`` query for the keys, one for the cards' versions, one for the attributes' origins, of
+    that command and of up to :data:`READ_CHUNK` - 1 more expected commands whose reads are not
+    fresh, oldest first (the ones to run next). Its commands are then answered from what was read;
+    a read that failed leaves its commands to the :class:`Ledger` (and to later chunks without them).
+    What was read stays right because:
 
     1. every outcome this process records goes through :class:`GroupCommit`, which hands it to
        :meth:`recorded` after its commit: a card's version rises and an attribute's origin moves here
        as in the tables (the same rules as the writes), so the second command of a card in one batch
-       sees the first's outcome, and a later batch's read keeps what is already held (it is at least
-       as new as the tables);
-    2. a key is answered from the read once: a second command with the same key in the batch, and a
-       command tried again after a failure, read the table;
-    3. an entry is used for at most :data:`MAX_AGE_SECONDS` after its read (then the table is read):
+       sees the first's outcome; a read takes the tables' rows, which hold every committed outcome;
+    2. a key is answered from a read once: a second command with the same key, and a command tried
+       again after a failure, read again;
+    3. an entry is used for at most :data:`MAX_AGE_SECONDS` after its read (then it is read again):
        a card's commands run in one process only (its partition's owner), and the bound keeps the
        window in which a previous owner's late write goes unseen close to a single lookup's.
     """
 
-    #: how long a batch read answers for its commands (seconds)
+    #: how long a read answers for its commands (seconds)
     MAX_AGE_SECONDS = 2.0
-    #: a batch none of whose commands asked within this time is forgotten (they were abandoned)
+    #: a command expected this long ago that never asked is forgotten (it was abandoned)
     MAX_UNREAD_SECONDS = 120.0
     #: commands read together: twice the default KMS slots (``max_inflight``), so the commands of one
     #: read start within about two KMS calls of each other
@@ -216,65 +223,59 @@ class ReadAhead:
 
     def __init__(self, ledger: Ledger) -> None:
         self._ledger = ledger
-        self._open: list[tuple[str, str | None, tuple[str, str] | None]] = []
-        self._unread: dict[str, _Batch] = {}  # key -> its batch, until the batch is read
-        self._unread_attributes: dict[tuple[str, str], _Batch] = {}
-        self._batches: list[_Batch] = []  # unread, oldest first
+        self._seq = 0
+        #: expected commands that have not asked yet, oldest first: seq -> (command, expected at)
+        self._pending: dict[int, tuple[_Expected, float]] = {}
+        self._pending_of: dict[str, list[int]] = {}  # key -> its pending seqs, oldest first
         self._known: dict[str, tuple[float, KmsResult | None]] = {}  # key -> (read at, its result)
         self._versions: dict[str, tuple[float, tuple[str | None, int] | None]] = {}  # card -> (read at, version)
         self._origins: dict[tuple[str, str], tuple[float, Origin | None]] = {}  # (card, attribute) -> (read at, it)
 
     def expect(self, key: str, card: str | None, attribute: tuple[str, str] | None = None) -> None:
         """``key`` (and ``card``, when the command is version-guarded, and ``attribute``, the card and
-        attribute an absolute command sets) will be looked up soon."""
-        self._open.append((key, card, attribute))
+        attribute an absolute command sets) will be looked up."""
+        self._seq += 1
+        self._pending[self._seq] = ((key, card, attribute), time.monotonic())
+        self._pending_of.setdefault(key, []).append(self._seq)
 
     def read(self) -> None:
-        """The batch :meth:`expect` named since the last call is complete. It is read in chunks of
-        :data:`READ_CHUNK` commands in the order they were polled, each when its first command asks:
-        a chunk's commands start close together (the KMS slots take them in turn), so each read is
-        fresh when its commands use it."""
-        items, self._open = self._open, []
-        now = time.monotonic()
-        self._purge(now)
-        for start in range(0, len(items), self.READ_CHUNK):
-            batch = _Batch()
-            batch.polled_at = now
-            for key, card, attribute in items[start:start + self.READ_CHUNK]:
-                batch.keys.append(key)
-                self._unread[key] = batch
-                if card is not None:
-                    batch.cards[card] = None
-                if attribute is not None:
-                    batch.attributes[attribute] = None
-                    self._unread_attributes[attribute] = batch
-            self._batches.append(batch)
+        """A polled batch is dispatched: reads that are no longer fresh and commands expected too long
+        ago are forgotten. The batch is read in chunks as its commands ask (class docstring)."""
+        self._purge(time.monotonic())
 
     def lookup(self, key: str, card: str | None) -> tuple[KmsResult | None, tuple[str | None, int] | None]:
-        """:meth:`Ledger.lookup`, answered from the batch read when it covers ``key`` (and ``card``)."""
-        batch = self._unread.get(key)
-        if batch is not None:
-            self._read(batch)
-        now = time.monotonic()
+        """:meth:`Ledger.lookup`, answered from a chunk read (made now when ``key`` or ``card`` is not
+        held fresh)."""
+        expected = self._started(key)
+        attribute = expected[2] if expected is not None else None
         read = self._known.pop(key, None)
-        if read is None or now - read[0] > self.MAX_AGE_SECONDS:
-            return self._ledger.lookup(key, card)
+        if not self._fresh(read) or (read is not None and read[1] is None and card is not None
+                                     and not self._fresh(self._versions.get(card))):
+            if not self._read_chunk((key, card, attribute)):
+                return self._ledger.lookup(key, card)
+            read = self._known.pop(key, None)
+            if not self._fresh(read):
+                return self._ledger.lookup(key, card)
+        assert read is not None
         if read[1] is not None or card is None:
             return read[1], None
         held = self._versions.get(card)
-        if held is None or now - held[0] > self.MAX_AGE_SECONDS:
+        if held is None or not self._fresh(held):
             return self._ledger.lookup(key, card)
         return None, held[1]
 
     def origin(self, secure_client_id: str, attribute: str) -> Origin | None:
-        """:meth:`Ledger.origin`, answered from the batch read when it holds the attribute."""
+        """:meth:`Ledger.origin`, answered from a chunk read (made now when the attribute is not held
+        fresh)."""
         pair = (secure_client_id, attribute)
-        batch = self._unread_attributes.get(pair)
-        if batch is not None:
-            self._read(batch)
         held = self._origins.get(pair)
-        if held is None or time.monotonic() - held[0] > self.MAX_AGE_SECONDS:
-            return self._ledger.origin(secure_client_id, attribute)
+        if not self._fresh(held):
+            if not self._read_chunk(None, pair):
+                return self._ledger.origin(secure_client_id, attribute)
+            held = self._origins.get(pair)
+            if held is None or not self._fresh(held):
+                return self._ledger.origin(secure_client_id, attribute)
+        assert held is not None
         return held[1]
 
     def recorded(self, entries: Iterable[Entry]) -> None:
@@ -300,33 +301,79 @@ class ReadAhead:
             if current is None or current[0] != entry.subscription_id or entry.version > current[1]:
                 self._versions[card] = (read_at, (entry.subscription_id, entry.version))
 
-    def _read(self, batch: _Batch) -> None:
-        """Read ``batch`` (three queries); a failure leaves its commands to the :class:`Ledger`'s own
-        reads, which then fail or succeed each on its own (a content error is one command's)."""
-        self._forget(batch)
-        if batch in self._batches:
-            self._batches.remove(batch)
-        now = time.monotonic()
-        fresh = now - self.MAX_AGE_SECONDS
-        # what is held and fresh is at least as new as the tables (rule 1)
-        cards = [card for card in batch.cards if card not in self._versions or self._versions[card][0] < fresh]
-        attributes = [pair for pair in batch.attributes
-                      if pair not in self._origins or self._origins[pair][0] < fresh]
+    def _fresh(self, held: tuple[float, object] | None) -> bool:
+        return held is not None and time.monotonic() - held[0] <= self.MAX_AGE_SECONDS
+
+    def _started(self, key: str) -> _Expected | None:
+        """The oldest expected command of ``key`` asks: it is no longer pending."""
+        seqs = self._pending_of.get(key)
+        if not seqs:
+            return None
+        seq = seqs.pop(0)
+        if not seqs:
+            del self._pending_of[key]
+        expected = self._pending.pop(seq, None)
+        return None if expected is None else expected[0]
+
+    def _read_chunk(self, asking: _Expected | None, pair: tuple[str, str] | None = None) -> bool:
+        """Read what ``asking`` (or ``pair``) needs together with up to :data:`READ_CHUNK` - 1 pending
+        commands whose key is not held fresh, oldest first (three queries). False when it failed: the
+        chunk's pending commands then leave it (each asks again, without the others)."""
+        keys: list[str] = []
+        cards: dict[str, None] = {}
+        attributes: dict[tuple[str, str], None] = {}
+
+        def add(expected: _Expected) -> None:
+            keys.append(expected[0])
+            if expected[1] is not None:
+                cards[expected[1]] = None
+            if expected[2] is not None:
+                attributes[expected[2]] = None
+
+        if asking is not None:
+            add(asking)
+        if pair is not None:
+            attributes[pair] = None
+        taken: list[int] = []
+        limit = time.monotonic() - self.MAX_AGE_SECONDS
+        for seq, (expected, _at) in self._pending.items():
+            if len(keys) >= self.READ_CHUNK:
+                break
+            read = self._known.get(expected[0])
+            if read is not None and read[0] >= limit:
+                continue  # read lately, still fresh
+            add(expected)
+            taken.append(seq)
         try:
-            known, versions = self._ledger.lookup_many(batch.keys, cards)
-            origins = self._ledger.origins_of(attributes) if attributes else {}
+            known, versions = self._ledger.lookup_many(keys, list(cards))
+            origins = self._ledger.origins_of(list(attributes)) if attributes else {}
         except Exception:
-            return
-        for key in batch.keys:
+            for seq in taken:
+                self._drop(seq)
+            return False
+        now = time.monotonic()
+        for key in keys:
             self._known[key] = (now, known.get(key))
         for card in cards:
             self._versions[card] = (now, versions.get(card))
-        for pair in attributes:
-            self._origins[pair] = (now, origins.get(pair))
+        for attribute in attributes:
+            self._origins[attribute] = (now, origins.get(attribute))
+        return True
+
+    def _drop(self, seq: int) -> None:
+        expected = self._pending.pop(seq, None)
+        if expected is None:
+            return
+        key = expected[0][0]
+        seqs = self._pending_of.get(key)
+        if seqs is not None and seq in seqs:
+            seqs.remove(seq)
+            if not seqs:
+                del self._pending_of[key]
 
     def _purge(self, now: float) -> None:
-        """Forget reads older than :data:`MAX_AGE_SECONDS` and batches unread for
-        :data:`MAX_UNREAD_SECONDS` (commands abandoned before their lookup)."""
+        """Forget reads older than :data:`MAX_AGE_SECONDS` and commands expected more than
+        :data:`MAX_UNREAD_SECONDS` ago that never asked (abandoned before their lookup)."""
         limit = now - self.MAX_AGE_SECONDS
         if self._known:
             self._known = {k: v for k, v in self._known.items() if v[0] >= limit}
@@ -334,17 +381,12 @@ class ReadAhead:
             self._versions = {c: v for c, v in self._versions.items() if v[0] >= limit}
         if self._origins:
             self._origins = {a: v for a, v in self._origins.items() if v[0] >= limit}
-        while self._batches and self._batches[0].polled_at < now - self.MAX_UNREAD_SECONDS:
-            self._forget(self._batches.pop(0))
-
-    def _forget(self, batch: _Batch) -> None:
-        """Drop ``batch``'s claims on the keys and attributes no read has answered yet."""
-        for key in batch.keys:
-            if self._unread.get(key) is batch:
-                del self._unread[key]
-        for pair in batch.attributes:
-            if self._unread_attributes.get(pair) is batch:
-                del self._unread_attributes[pair]
+        unread = now - self.MAX_UNREAD_SECONDS
+        while self._pending:
+            seq, (_expected, at) = next(iter(self._pending.items()))
+            if at >= unread:
+                break
+            self._drop(seq)
 
 
 def _settle(done: asyncio.Future[None], exc: BaseException | None) -> None:
@@ -364,6 +406,10 @@ class Ledger:
         # drivers may fold an executemany INSERT into one multi-row statement, which PostgreSQL
         # refuses when one card's version is raised twice in it
         self._sequential_many = engine.dialect.name == "sqlite"
+        self._placeholder = _PLACEHOLDER.get(engine.dialect.paramstyle)
+        # what the driver hands back for a stored time, as SQLAlchemy reads it (SQLite: text)
+        origin_at = engine.dialect.type_descriptor(origins_table.c.origin_at.type)
+        self._read_time = origin_at.result_processor(engine.dialect, None)
 
     def get(self, key: str) -> KmsResult | None:
         with self._engine.connect() as conn:
@@ -388,14 +434,22 @@ class Ledger:
         known: dict[str, KmsResult] = {}
         versions: dict[str, tuple[str | None, int]] = {}
         with self._engine.connect() as conn:
-            for i in range(0, len(keys), _IN_CHUNK):
-                for key, result_json in conn.execute(_GET_MANY, {"keys": list(keys[i:i + _IN_CHUNK])}):
-                    known[key] = KmsResult.model_validate_json(result_json)
-            for i in range(0, len(cards), _IN_CHUNK):
-                for card, subscription_id, version in conn.execute(_VERSION_MANY,
-                                                                   {"cards": list(cards[i:i + _IN_CHUNK])}):
-                    versions[card] = (subscription_id, int(version))
+            for key, result_json in self._rows_in(conn, "keys", keys):
+                known[key] = KmsResult.model_validate_json(result_json)
+            for card, subscription_id, version in self._rows_in(conn, "cards", cards):
+                versions[card] = (subscription_id, int(version))
         return known, versions
+
+    def _rows_in(self, conn: Connection, kind: str, values: Sequence[str]) -> Iterator[Sequence[Any]]:
+        """The rows of ``_IN_SQL[kind]`` for ``values``, :data:`_IN_CHUNK` values a statement."""
+        sql, statement, name = _IN_SQL[kind]
+        for i in range(0, len(values), _IN_CHUNK):
+            chunk = list(values[i:i + _IN_CHUNK])
+            if self._placeholder is None:
+                yield from conn.execute(statement, {name: chunk})
+            else:
+                yield from conn.exec_driver_sql(sql.format(",".join([self._placeholder] * len(chunk))),
+                                                tuple(chunk))
 
     def record(self, result: KmsResult, *, version: int | None = None,
                subscription_id: str | None = None) -> None:
@@ -428,17 +482,17 @@ class Ledger:
         with self._engine.connect() as conn:
             return self._origins_on(conn, attributes)
 
-    @staticmethod
-    def _origins_on(conn: Connection, attributes: Sequence[tuple[str, str]]) -> dict[tuple[str, str], Origin]:
+    def _origins_on(self, conn: Connection, attributes: Sequence[tuple[str, str]]) -> dict[tuple[str, str], Origin]:
         wanted = set(attributes)
         cards = list(dict.fromkeys(card for card, _ in attributes))
+        read_time = self._read_time if self._placeholder is not None else None  # driver SQL: raw values
         found: dict[tuple[str, str], Origin] = {}
-        for i in range(0, len(cards), _IN_CHUNK):
-            for card, attribute, at, subscription_id, version, key in conn.execute(
-                    _ORIGINS_MANY, {"cards": cards[i:i + _IN_CHUNK]}):
-                if (card, attribute) in wanted:
-                    found[(card, attribute)] = Origin(_aware(at), subscription_id,
-                                                      None if version is None else int(version), key)
+        for card, attribute, at, subscription_id, version, key in self._rows_in(conn, "origins", cards):
+            if (card, attribute) in wanted:
+                if read_time is not None:
+                    at = read_time(at)
+                found[(card, attribute)] = Origin(_aware(at), subscription_id,
+                                                  None if version is None else int(version), key)
         return found
 
     def origin(self, secure_client_id: str, attribute: str) -> Origin | None:
