@@ -35,6 +35,9 @@ class StackState:
     provider_file: str = ""
     database_url: str = ""
     logs: str = ""
+    #: ``stack up --replicas N``: each of translator, executor and projector runs N times (1: once)
+    replicas: int = 1
+    #: by name: each process, or each replica of one (``translator-0``), ``pid`` and ``port``
     processes: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def topic_settings(self) -> dict[str, str]:
@@ -65,6 +68,10 @@ def load_state(folder: Path | None = None) -> StackState | None:
 
 
 def save_state(state: StackState, folder: Path) -> None:
+    """Write ``state`` to ``folder/state.json``, mode 0600: its database URL may hold a password."""
     tmp = folder / "state.json.tmp"
-    tmp.write_text(json.dumps(asdict(state), indent=2))
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(json.dumps(asdict(state), indent=2))
     tmp.replace(folder / "state.json")

@@ -36,16 +36,21 @@ def stack_group() -> None:
 @click.option("--brokers", type=click.Choice([str(n) for n in stack.BROKER_COUNTS]), default="1", show_default=True,
               help="Kafka nodes: 1, or a 3-node KRaft cluster (each node broker and controller; topics with "
                    "replication factor 3 and min.insync.replicas=2)")
-def up_cmd(as_json: bool, processes: tuple[str, ...], keep: bool, brokers: str) -> None:
+@click.option("--replicas", type=click.IntRange(min=1), default=1, show_default=True,
+              help="run N translators, N executors and N projectors (named <process>-<i>, each its own "
+                   "POD_NAME and metrics port) and 2 reconcilers; the api and the request log run once")
+def up_cmd(as_json: bool, processes: tuple[str, ...], keep: bool, brokers: str, replicas: int) -> None:
     """Start what is not running. A stack that is down starts from empty data, or with --keep from the
     data the last `stack down` left; a running stack keeps its data either way. A running or kept stack
-    has the broker count it was started with; asking for another fails (exit 2)."""
+    has the broker count it was started with, and a running stack its replica count and database;
+    asking for another fails (exit 2). The database is KMSBRIDGE_DATABASE_URL when it is set (e.g.
+    PostgreSQL; the stack never empties it), else the stack folder's SQLite file."""
     provider = Path(os.environ.get("KMSBRIDGE_PROVIDER_FILE", DEFAULT_PROVIDER))
     if not provider.exists():
         fail(f"KMSBRIDGE_PROVIDER_FILE: {provider} does not exist")
     try:
         state = stack.up(provider_file=provider, processes=processes or None, keep=keep, brokers=int(brokers),
-                         log=(lambda _m: None) if as_json else click.echo)
+                         replicas=replicas, log=(lambda _m: None) if as_json else click.echo)
     except stack.StackConflict as exc:
         fail(str(exc))
     except (BrokerError, RuntimeError) as exc:
@@ -67,9 +72,9 @@ def status_cmd(as_json: bool) -> None:
     if not rows:
         click.echo("no stack is running")
         return
-    click.echo(f"{'process':<12} {'pid':>8} {'port':>6}  health")
+    click.echo(f"{'process':<14} {'pid':>8} {'port':>6}  health")
     for r in rows:
-        click.echo(f"{r['name']:<12} {r['pid']!s:>8} {r['port']!s:>6}  {r['health']}")
+        click.echo(f"{r['name']:<14} {r['pid']!s:>8} {r['port']!s:>6}  {r['health']}")
     if not all(r["alive"] for r in rows):
         raise SystemExit(EXIT_FAILED)
 

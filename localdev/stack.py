@@ -24,6 +24,20 @@ stack starts gets in its environment (``KMSBRIDGE_TOPICS__*``, :meth:`StackState
 the three nodes as its bootstrap list. The broker count belongs to the data: a running stack, or a kept
 one brought up with ``keep``, has the count it was started with, and asking for another is refused
 (:class:`StackConflict`) rather than discarding or reusing Kafka's storage.
+
+Each process runs once, under its own name, or with ``up(replicas=N)`` (``stack up --replicas N``, N > 1)
+as N translators, N executors and N projectors and two reconcilers (which share the reconcile lease);
+the api and the request log run once. A replica is named ``<process>-<i>`` (:func:`plan`), has its own
+metrics port and gets that name as ``POD_NAME``, from which the product derives its Kafka
+``group.instance.id`` and transactional id (``Settings.instance_id``): replicas of one process never
+fence each other. ``KMSBRIDGE_GROUP_INSTANCE_ID``, which would win over ``POD_NAME`` and give every
+replica the same id, is left out of a replica's environment. A running stack has the replica count it
+was started with; asking for another is refused (:class:`StackConflict`).
+
+The database is ``KMSBRIDGE_DATABASE_URL`` when it is set (PostgreSQL, as in production), else the
+SQLite file ``kmsbridge.db`` of the stack folder. The stack empties only its own SQLite file; a database
+it is given is never emptied (a fresh start wants an empty one). Replicas on the SQLite file share it
+and contend for its write lock; ``up`` says so once and starts them.
 """
 
 from __future__ import annotations
@@ -44,13 +58,15 @@ from typing import Any
 import httpx
 import psutil
 
+from kmsbridge.settings import mask_url
 from kmsbridge.stack_state import StackState, load_state, save_state, stack_dir
 from localdev import cluster as local_cluster
 from localdev import local_broker
 from schemas.pin_seal import generate_key
 
-__all__ = ["BROKER_COUNTS", "DATABASE", "KAFKA_DIR", "PROCESSES", "SIMULATOR_STATE", "StackConflict", "StackState",
-           "available_processes", "broker_count", "discard_data", "down", "kept_broker_count", "load_state",
+__all__ = ["BROKER_COUNTS", "DATABASE", "KAFKA_DIR", "PROCESSES", "RECONCILER_REPLICAS", "REPLICATED",
+           "SIMULATOR_STATE", "Replica", "StackConflict", "StackState", "available_processes", "broker_count",
+           "database_note", "discard_data", "down", "kept_broker_count", "load_state", "plan", "replica_env",
            "stack_dir", "status", "up"]
 
 PROCESSES = ("translator", "executor", "projector", "reconciler", "api", "request-log")
@@ -60,10 +76,53 @@ DATABASE = "kmsbridge.db"
 SIMULATOR_STATE = "simulator-state.json"
 #: The sizes of the stack's own Kafka: one node, or a three-node cluster.
 BROKER_COUNTS = (1, 3)
+#: The processes ``--replicas N`` runs N times; the reconciler runs :data:`RECONCILER_REPLICAS` times
+#: (its runs take a lease, so a second one is a standby that takes over), every other process once.
+REPLICATED = ("translator", "executor", "projector")
+RECONCILER_REPLICAS = 2
+#: The settings that name a process's Kafka static membership; a replica gets its own ``POD_NAME``.
+POD_NAME = "POD_NAME"
+GROUP_INSTANCE_ID = "KMSBRIDGE_GROUP_INSTANCE_ID"
 
 
 class StackConflict(ValueError):
     """What ``up`` is asked for contradicts the stack as it runs or was kept (e.g. its broker count)."""
+
+
+@dataclass(frozen=True)
+class Replica:
+    """One process the stack starts: ``name`` (its key in ``state.json``, its log file), the ``process``
+    it runs (``kmsbridge run PROCESS``) and the ``POD_NAME`` it gets (``None``: the environment's)."""
+
+    name: str
+    process: str
+    pod_name: str | None = None
+
+
+def plan(processes: tuple[str, ...], replicas: int = 1) -> list[Replica]:
+    """The processes to start for ``processes`` at ``replicas`` (module docstring): with 1, each process
+    once under its plain name; with more, ``<process>-<i>`` for each replica, named so as its POD_NAME."""
+    if replicas < 1:
+        raise StackConflict(f"--replicas must be at least 1, not {replicas}")
+    out: list[Replica] = []
+    for process in processes:
+        count = replicas if process in REPLICATED else RECONCILER_REPLICAS if process == "reconciler" else 1
+        if replicas == 1 or count == 1:
+            out.append(Replica(process, process))
+        else:
+            out.extend(Replica(f"{process}-{i}", process, f"{process}-{i}") for i in range(count))
+    return out
+
+
+def replica_env(env: dict[str, str], replica: Replica) -> dict[str, str]:
+    """``env`` for ``replica``: its own ``POD_NAME`` (and no group instance id setting, which would win
+    over it) when it is one of several replicas, ``env`` unchanged otherwise."""
+    if replica.pod_name is None:
+        return dict(env)
+    # the settings are case-insensitive: drop every spelling of the setting
+    out = {k: v for k, v in env.items() if k.upper() != GROUP_INSTANCE_ID}
+    out[POD_NAME] = replica.pod_name
+    return out
 
 
 def available_processes() -> tuple[str, ...]:
@@ -181,6 +240,36 @@ def _check_brokers(brokers: int, previous: StackState | None, running: bool, kee
         raise StackConflict(f"--brokers {brokers}: {which} has {have} broker node{'s' if have != 1 else ''}; {fix}")
 
 
+def _check_replicas(replicas: int, previous: StackState | None, running: bool) -> None:
+    """Refuse a replica count the running stack does not have (:class:`StackConflict`)."""
+    if running and previous is not None and previous.replicas != replicas:
+        raise StackConflict(f"--replicas {replicas}: the running stack has {previous.replicas} "
+                            f"replica{'s' if previous.replicas != 1 else ''} of each process; "
+                            "`kmsbridge stack down` first")
+
+
+def _database_url(previous: StackState | None, running: bool, folder: Path) -> str:
+    """The stack's database: ``KMSBRIDGE_DATABASE_URL`` when set, else its SQLite file; a running stack
+    keeps the one it runs on, and another one configured is refused (:class:`StackConflict`)."""
+    configured = os.environ.get("KMSBRIDGE_DATABASE_URL", "")
+    if running and previous is not None and previous.database_url:
+        if configured and configured != previous.database_url:
+            raise StackConflict(f"KMSBRIDGE_DATABASE_URL is {mask_url(configured)}, but the running stack "
+                                f"uses {mask_url(previous.database_url)}; `kmsbridge stack down` first")
+        return previous.database_url
+    return configured or f"sqlite:///{folder / DATABASE}"
+
+
+def database_note(database_url: str, replicas: list[Replica]) -> str | None:
+    """The line ``up`` logs about its database: replicas sharing the SQLite file, or the configured one."""
+    if not database_url.startswith("sqlite"):
+        return f"  database {mask_url(database_url)} (KMSBRIDGE_DATABASE_URL; the stack does not empty it)"
+    if any(r.pod_name for r in replicas):
+        return (f"  {len(replicas)} processes share the SQLite file {database_url.removeprefix('sqlite:///')} "
+                "and contend for its write lock; production runs on PostgreSQL (set KMSBRIDGE_DATABASE_URL)")
+    return None
+
+
 def discard_data(folder: Path) -> None:
     """Remove a stopped stack's data: Kafka's storage, the database and the simulator's saved state."""
     shutil.rmtree(folder / KAFKA_DIR, ignore_errors=True)
@@ -189,22 +278,28 @@ def discard_data(folder: Path) -> None:
 
 
 def up(*, provider_file: Path, processes: tuple[str, ...] | None = None, keep: bool = False, brokers: int = 1,
-       log: Callable[[str], object] = print) -> StackState:
+       replicas: int = 1, log: Callable[[str], object] = print) -> StackState:
     """Start what is not running; on a stack that is down, from empty data unless ``keep`` (module docstring).
-    ``brokers`` is 1 or 3; a count the running or kept stack does not have raises :class:`StackConflict`."""
+    ``brokers`` is 1 or 3; a count the running or kept stack does not have raises :class:`StackConflict`,
+    as does a ``replicas`` count the running stack does not have, or another database than it runs on."""
     folder = stack_dir()
     logs = folder / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     previous = load_state(folder)
     running = _running(previous)
     _check_brokers(brokers, previous, running, keep, folder)
+    _check_replicas(replicas, previous, running)
+    replicas_of = plan(processes or available_processes(), replicas)
+    database_url = _database_url(previous, running, folder)
+    note = database_note(database_url, replicas_of)
     # 0. a stack that is down starts from one consistent state: all of its data, or none of it
     if not running and not keep:
         discard_data(folder)
     state = previous if previous is not None and running else StackState()
     state.logs = str(logs)
     state.provider_file = str(provider_file.resolve())
-    state.database_url = state.database_url or f"sqlite:///{folder / DATABASE}"
+    state.database_url = database_url
+    state.replicas = replicas
     state.token_file = str(_secret_file(folder / "kms.token"))
     state.api_key_file = str(_secret_file(folder / "api.key"))
     state.pin_keys_file = str(write_pin_keys(folder / "pin-keys.json"))
@@ -250,19 +345,22 @@ def up(*, provider_file: Path, processes: tuple[str, ...] | None = None, keep: b
     save_state(state, folder)
     env = process_env(state)
 
-    # 4. every process
-    for name in processes or available_processes():
+    # 4. every process (each replica of it)
+    if note:
+        log(note)
+    for replica in replicas_of:
+        name = replica.name
         cur = state.processes.get(name, {})
         if _alive(cur.get("pid")):
             continue
         port = local_broker.free_port()
-        penv = dict(env)
-        if name == "api":
+        penv = replica_env(env, replica)
+        if replica.process == "api":
             penv["KMSBRIDGE_API__PORT"] = str(port)
             state.api_url = f"http://127.0.0.1:{port}"
         else:
             penv["KMSBRIDGE_METRICS_PORT"] = str(port)
-        pid = _spawn([sys.executable, "-m", "kmsbridge.cli", "run", name], penv, logs / f"{name}.log")
+        pid = _spawn([sys.executable, "-m", "kmsbridge.cli", "run", replica.process], penv, logs / f"{name}.log")
         state.processes[name] = {"pid": pid, "port": port}
         save_state(state, folder)
         probe = f"http://127.0.0.1:{port}/healthz"
