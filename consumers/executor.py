@@ -21,7 +21,9 @@ Commit protocol (the numbers appear again in the code):
    express commands (and the earlier commands of a box an express command waits for) first, in the
    call slots and in the calls-per-second limiter (:mod:`consumers.limiter`). When a command's turn
    comes and a newer absolute command for the same box and attribute is already held, it is coalesced
-   (:mod:`consumers.coalesce`): COMPLETED with ``superseded_by``, no KMS call.
+   (:mod:`consumers.coalesce`): COMPLETED with ``superseded_by``, no KMS call. While the regular lane
+   has a backlog beyond what the executor holds, the look-ahead (:mod:`consumers.lookahead`) names a
+   newer one waiting at a higher offset of the command's partition too.
 5. Run it (:class:`CommandRunner`: ledger, stale guard, retries, breaker), publish its result (and
    DLQ entry, if any); the message is *finished* only when the result is delivered. A failure outside
    the KMS call (the ledger's database away, say) keeps the command and tries it again after a pause,
@@ -66,6 +68,7 @@ from prometheus_client import Counter, Histogram
 from consumers.coalesce import SUPERSEDED, Holding
 from consumers.command_runner import CommandRunner, LedgerRejected, RunOutcome
 from consumers.limiter import KmsRateLimiter, PriorityGate, replica_share
+from consumers.lookahead import LookAhead
 from kafka_edge import tracing
 from kafka_edge.assignment import Assignment
 from kafka_edge.dlq import HEADER_PREFIX, REPLAYED_FROM, DeadLetters, screen_size, screen_times
@@ -149,7 +152,8 @@ class _Lane:
 class Executor:
     def __init__(self, consumer: Consumer, producer: Producer, codec: Codec, runner: CommandRunner,
                  config: ExecutorConfig, health: HealthState | None = None, *,
-                 express_consumer: Consumer | None = None, limiter: KmsRateLimiter | None = None) -> None:
+                 express_consumer: Consumer | None = None, limiter: KmsRateLimiter | None = None,
+                 lookahead: LookAhead | None = None) -> None:
         self._consumer = consumer
         self._producer = producer
         self._codec = codec
@@ -178,6 +182,7 @@ class Executor:
         self._express_tasks = 0
         self._express_boxes: dict[str, int] = {}  # boxes with an express command waiting or running
         self._holding = Holding()  # absolute commands dispatched and not finished (coalescing)
+        self._lookahead = lookahead  # newer absolute commands beyond what is held (coalescing)
         self._limiter = limiter
         self._share_dirty = limiter is not None
         self._partition_counts: dict[str, int] = {}
@@ -221,6 +226,8 @@ class Executor:
         try:
             while not self._stopping.is_set():
                 self._apply_pause()
+                if self._lookahead is not None:  # reads ahead only while the regular lane has a backlog
+                    self._lookahead.tick(self._regular.paused, self._consumer, self._assignment)
                 self._store_offsets()  # step 6
                 self._producer.poll(0)  # delivery callbacks finish messages (step 5)
                 # step 1: poll off the event loop, the express lane first (it waits for nothing)
@@ -323,7 +330,10 @@ class Executor:
 
         def newer() -> str | None:  # coalescing: a newer absolute command of the box is held, send that one
             held = self._holding.newest_over(cmd)
-            return held.idempotency_key if held is not None else None
+            if held is not None:
+                return held.idempotency_key
+            lookahead = self._lookahead  # a newer one waiting beyond what is held
+            return lookahead.newer_than(cmd, topic, partition, offset) if lookahead is not None else None
 
         failures = 0
         while True:
@@ -481,6 +491,8 @@ class Executor:
         self._share_dirty = self._limiter is not None
         for tp in parts:
             self._tracker.forget(tp.topic, tp.partition)
+        if self._lookahead is not None:
+            self._lookahead.forget(parts)
 
     # --- step 8: shutdown --------------------------------------------------------------------------
 
@@ -503,6 +515,8 @@ class Executor:
             task.cancel()
         # commit and close may block in librdkafka while the broker is away: bounded by the watchdog
         with self._watchdog.guard("final commit and close", self._cfg.grace_seconds + 30):
+            if self._lookahead is not None:
+                await loop.run_in_executor(self._pool, self._lookahead.close)
             for lane in self._lanes:
                 held = lane.assignment.parts
                 offsets = [TopicPartition(t, p, o) for (t, p), o in committable.items() if (t, p) in held]

@@ -29,6 +29,8 @@ __all__ = [
     "KMS_REQUESTS",
     "KMS_REQUEST_SECONDS",
     "KMS_RETRIES",
+    "LOOKAHEAD_COALESCED",
+    "LOOKAHEAD_ENTRIES",
     "MESSAGES_CONSUMED",
     "MESSAGES_PROCESSED",
     "PROCESSING_SECONDS",
@@ -146,6 +148,14 @@ KMS_RATE_LIMIT_WAITS = Counter(
     "kmsbridge_kms_rate_limit_waits_total",
     "KMS calls that waited for a token of the calls-per-second limit, by operation class",
     ["class"],
+)
+LOOKAHEAD_ENTRIES = Gauge(
+    "kmsbridge_lookahead_entries",
+    "Boxes and attributes the executor's look-ahead knows a newer command for, beyond what it holds",
+)
+LOOKAHEAD_COALESCED = Counter(
+    "kmsbridge_lookahead_coalesced_total",
+    "Commands not sent because the look-ahead saw a newer one of the same box and attribute ahead",
 )
 KMS_BREAKER_OPEN = Gauge("kmsbridge_kms_breaker_open", "1 while the KMS circuit breaker is open")
 COMMANDS_INFLIGHT = Gauge("kmsbridge_commands_inflight", "Commands taken from Kafka and not yet finished")

@@ -21,6 +21,7 @@ from consumers.command_runner import CommandRunner
 from consumers.executor import Executor, ExecutorConfig
 from consumers.ledger import Ledger
 from consumers.limiter import KmsRateLimiter, RateLimits
+from consumers.lookahead import LookAhead, reader_config
 from consumers.translation import DeviceDirectory, HandlerContext, build_handlers
 from consumers.translator import TransactionalTranslator, TranslatorConfig
 from kafka_edge.health import HealthServer, HealthState
@@ -285,6 +286,12 @@ def build_executor(settings: Settings, health: HealthState | None = None) -> Exe
     express_consumer = make_consumer(consumer_config(
         kafka, express_group(settings), instance_id=settings.instance_id("executor-express"),
         prefetch_kbytes=ex_cfg.express_prefetch_kbytes)) if express else None
+    # coalescing beyond the buffer: a reader of the regular partitions, started only during a backlog
+    lookahead = LookAhead(make_consumer(reader_config(kafka, group, prefetch_kbytes=ex_cfg.prefetch_kbytes)),
+                          codec, commands, max_entries=ex_cfg.lookahead_max_entries,
+                          backlog_threshold=ex_cfg.max_buffered, max_message_bytes=settings.max_message_bytes,
+                          max_future_skew=timedelta(seconds=settings.max_future_skew_seconds),
+                          ) if ex_cfg.lookahead_max_entries > 0 else None
     executor = Executor(consumer, producer, codec, runner,
                         ExecutorConfig(commands_topic=commands, results_topic=settings.topic("results"),
                                        dlq_topic=settings.dlq(commands), max_inflight=ex_cfg.max_inflight,
@@ -294,7 +301,7 @@ def build_executor(settings: Settings, health: HealthState | None = None) -> Exe
                                        max_future_skew=timedelta(seconds=settings.max_future_skew_seconds),
                                        express_topic=express,
                                        express_dlq_topic=settings.dlq(express) if express else None),
-                        health=health, express_consumer=express_consumer, limiter=limiter)
+                        health=health, express_consumer=express_consumer, limiter=limiter, lookahead=lookahead)
     executor_ref.append(executor)
     return ExecutorApp(executor, breaker, kms, producer)
 
