@@ -216,7 +216,12 @@ def test_executor_killed_mid_stream_loses_nothing_and_applies_no_key_twice(
 
     audit = kms_simulator.audit()
     applied = Counter(a["idempotency_key"] for a in audit if not a["duplicate"])
-    assert len(applied) == 2800
+    completed = {r.idempotency_key for r in results if r.state is ResultState.COMPLETED}
+    superseded = {r.idempotency_key for r in results if r.superseded_by is not None}
+    # every command ends COMPLETED; one that never reached the KMS was superseded by a newer one of its
+    # box (coalescing), never lost; none is applied twice
+    assert len(completed) == 2800
+    assert completed - set(applied) <= superseded
+    assert set(applied) <= completed
     assert max(applied.values()) == 1
-    assert {r.idempotency_key for r in results if r.state is ResultState.COMPLETED} == set(applied)
     assert isinstance(results[0], KmsResult)
