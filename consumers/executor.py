@@ -67,11 +67,12 @@ from prometheus_client import Counter, Histogram
 
 from consumers.coalesce import SUPERSEDED, Holding
 from consumers.command_runner import CommandRunner, LedgerRejected, RunOutcome
+from consumers.command_screen import screen_command
 from consumers.limiter import KmsRateLimiter, PriorityGate, replica_share
 from consumers.lookahead import LookAhead
 from kafka_edge import tracing
 from kafka_edge.assignment import Assignment
-from kafka_edge.dlq import HEADER_PREFIX, REPLAYED_FROM, DeadLetters, screen_size, screen_times
+from kafka_edge.dlq import HEADER_PREFIX, REPLAYED_FROM, DeadLetters
 from kafka_edge.errors import CommandAbandoned, FatalKafkaError
 from kafka_edge.health import HealthState
 from kafka_edge.kafka_clients import (
@@ -80,7 +81,6 @@ from kafka_edge.kafka_clients import (
     consume_available,
     header,
     produce,
-    schema_id_header,
 )
 from kafka_edge.messages import is_record
 from kafka_edge.metrics import (
@@ -99,7 +99,6 @@ __all__ = ["Executor", "ExecutorConfig"]
 
 log = logging.getLogger(__name__)
 PROCESS = "executor"
-_TIME_FIELDS = ("created_at",)  # not_before may lie ahead on purpose (scheduled messages)
 _RETRY_CAP_SECONDS = 5.0
 
 OnDone = Callable[[], None]
@@ -272,9 +271,7 @@ class Executor:
             finish()
             return
         try:  # step 3
-            screen_size(value, self._cfg.max_message_bytes)
-            cmd = self._codec.decode(value, KmsCommand, schema_id_header(msg))
-            screen_times(cmd, _TIME_FIELDS, self._cfg.max_future_skew)
+            cmd = screen_command(self._codec, msg, value, self._cfg.max_message_bytes, self._cfg.max_future_skew)
         except PoisonMessage as exc:
             self._dead_letters.send(self._dlq_of.get(topic, self._cfg.dlq_topic), msg, exc, on_delivered=finish)
             _processed(topic, "dlq").inc()

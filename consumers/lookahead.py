@@ -50,15 +50,14 @@ from typing import Any, Final
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Message, TopicPartition
 
 from consumers.coalesce import Origin, attribute_of, is_newer
+from consumers.command_screen import screen_command
 from kafka_edge.assignment import Assignment
-from kafka_edge.dlq import screen_size, screen_times
 from kafka_edge.errors import FatalKafkaError
 from kafka_edge.kafka_clients import (
     KafkaConfig,
     KafkaErrorHandler,
     consume_available,
     consumer_config,
-    schema_id_header,
 )
 from kafka_edge.messages import is_record
 from kafka_edge.metrics import LOOKAHEAD_COALESCED, LOOKAHEAD_ENTRIES
@@ -66,13 +65,11 @@ from schemas.codec import Codec
 from schemas.errors import PoisonMessage
 from schemas.records import KmsCommand
 
-__all__ = ["SCREENED_TIME_FIELDS", "Ahead", "LookAhead", "reader_config", "runnable_command"]
+__all__ = ["Ahead", "LookAhead", "reader_config", "runnable_command"]
 
 log = logging.getLogger(__name__)
 
 PROCESS: Final = "executor-lookahead"
-#: the executor's screen of command times (``not_before`` may lie ahead on purpose: scheduled messages)
-SCREENED_TIME_FIELDS: Final = ("created_at",)
 _BATCH: Final = 500
 _IDLE_SECONDS: Final = 0.1
 
@@ -89,17 +86,14 @@ def reader_config(base: KafkaConfig, group: str, *, prefetch_kbytes: int | None 
 
 def runnable_command(codec: Codec, msg: Message, max_message_bytes: int,
                      max_future_skew: timedelta) -> KmsCommand | None:
-    """The command of ``msg`` if the executor would run it (its step-3 screen), else None."""
+    """The command of ``msg`` if the executor would run it (:func:`screen_command`), else None."""
     value = msg.value()
     if value is None:  # a tombstone: the executor skips it
         return None
     try:
-        screen_size(value, max_message_bytes)
-        cmd = codec.decode(value, KmsCommand, schema_id_header(msg))
-        screen_times(cmd, SCREENED_TIME_FIELDS, max_future_skew)
+        return screen_command(codec, msg, value, max_message_bytes, max_future_skew)
     except PoisonMessage:
         return None
-    return cmd
 
 
 @dataclass(frozen=True, slots=True)

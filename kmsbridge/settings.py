@@ -244,9 +244,9 @@ class ExecutorSettings(BaseModel):
     max_inflight: int = Field(default=64, ge=1, description="KMS calls in flight at once")
     max_buffered: int = Field(default=2000, ge=1, description="commands taken from Kafka, not yet done")
     lookahead_max_entries: int = Field(
-        default=1_000_000, ge=0, description="boxes x attributes the look-ahead keeps a newer command for while "
-        "a backlog exceeds max_buffered (about 570 bytes each, measured); 0: no look-ahead (coalescing sees "
-        "what is held)")
+        default=500_000, ge=0, description="boxes x attributes the look-ahead keeps a newer command for while "
+        "a backlog exceeds max_buffered (about 570 bytes each, measured: ~285 MB full); 0: no look-ahead "
+        "(coalescing sees what is held)")
     retry_initial_seconds: float = Field(default=0.2, gt=0)
     retry_max_seconds: float = Field(default=5.0, gt=0)
     attempt_budget: int = Field(default=6, ge=1, description="attempts per command while the breaker is closed")

@@ -124,6 +124,8 @@ settings read *_FILE), secretKeyRef for the database URL and the Kafka SASL cred
 - name: KMSBRIDGE_EXECUTOR__RATE_LIMITS__{{ upper $class }}
   value: {{ $rate | quote }}
 {{- end }}
+- name: KMSBRIDGE_EXECUTOR__LOOKAHEAD_MAX_ENTRIES
+  value: {{ .lookaheadMaxEntries | quote }}
 {{- end }}
 {{- with $v.schemaRegistry }}
 {{- if .url }}
