@@ -20,7 +20,7 @@ import pytest
 from click.testing import CliRunner
 from confluent_kafka import Consumer, TopicPartition
 from pydantic import SecretStr
-from test_reconciler import run, start_projector, start_reconciler
+from test_reconciler import run, start_projector, start_reconciler, wait_projected
 
 from kmsbridge.cli import main as cli_main
 from kmsbridge.db import upgrade
@@ -29,6 +29,7 @@ from kmsbridge.wiring_request_log import build_request_log_writer
 from producers.dead_letters import read_dead_letters
 from producers.topics import wait_for_topics
 from reconciler.request_log_store import LogFilter, RequestLog
+from reconciler.store import DesiredStateStore
 from schemas.records import (
     Device,
     EventType,
@@ -140,12 +141,20 @@ def test_every_command_of_events_requests_and_a_reset_run_is_logged_once_with_it
     pipeline.produce("requests", [pin, bad_pin, refresh])
     wait_until("the PIN set", lambda: (sim.client_state(MAIN.secure_client_id) or {}).get("pin") == "4321")
     sim.set_state({"secure_clients": {OTHER.secure_client_id: {"entitlements": []}}})  # drift for a reset
+    engine = engine_for(pipeline.settings)
+    try:  # the projector, a process of its own, has S-2 before the reset run reads it
+        wait_projected(DesiredStateStore(engine), {"S-2": 1})
+    finally:
+        engine.dispose()
     report = run(pipeline, subscription_ids=["S-2"])
     assert report.commands_published >= 1
 
     def to_end(logical: str) -> list[Any]:  # every record of the topic up to its current end
         letters = read_dead_letters(pipeline.settings.kafka_config(), pipeline.settings.topic(logical))
         return [pipeline.codec.decode_any(d.value) for d in letters]
+
+    def all_commands() -> list[KmsCommand]:  # both lanes: requests and the single reset travel express
+        return to_end("commands") + to_end("commands_express")
 
     def logged() -> dict[str, dict[str, Any]]:
         out: dict[str, dict[str, Any]] = {}
@@ -161,12 +170,12 @@ def test_every_command_of_events_requests_and_a_reset_run_is_logged_once_with_it
 
     def settled() -> bool:
         rows = logged()
-        commands = {c.idempotency_key for c in to_end("commands")}
+        commands = {c.idempotency_key for c in all_commands()}
         return (rows.get(f"@run:{report.run_id}", {}).get("state") == "COMPLETED"
                 and {k for k, e in rows.items() if e["kind"] == "COMMAND" and e["state"] != "PENDING"} == commands)
 
     wait_until("the log caught up with kms.commands and kms.results", settled, timeout=60)
-    commands: list[KmsCommand] = to_end("commands")
+    commands: list[KmsCommand] = all_commands()
     keys = {c.idempotency_key for c in commands}
     assert any(c.source.run_id == report.run_id for c in commands)
     results: list[KmsResult] = to_end("results")
