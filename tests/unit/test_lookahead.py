@@ -2,7 +2,7 @@
 that it does nothing while the regular lane flows. The reader is a double of the consumer surface the
 look-ahead uses, holding each partition's committed records; the index is read by the test's own calls
 to :meth:`LookAhead.read_once` (no thread). Aborted and open transactions are read from the real broker
-in tests/integration/test_lookahead.py."""
+in tests/integration/test_lookahead_catch_up.py."""
 
 from __future__ import annotations
 
