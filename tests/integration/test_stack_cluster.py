@@ -7,27 +7,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import psutil
 import pytest
 from confluent_kafka.admin import AdminClient, ConfigResource
 
 from tests.support.cli import REPO, clean_env, kmsbridge
+from tests.support.processes import alive, process_environ
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 
 CARD = "4120051539"  # the MAIN box of examples/subscriptions.jsonl
-
-
-def alive(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
-
-
-def process_environ(pid: int) -> dict[str, str]:
-    raw = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-    return dict(item.decode().split("=", 1) for item in raw if b"=" in item)
 
 
 def topic_layout(bootstrap: str) -> dict[str, tuple[set[int], str]]:

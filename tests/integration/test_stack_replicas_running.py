@@ -7,13 +7,10 @@ nothing alive."""
 from __future__ import annotations
 
 import json
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
-import psutil
 import pytest
 from confluent_kafka.admin import AdminClient
 from sqlalchemy import create_engine, select
@@ -22,34 +19,14 @@ from reconciler.tables import subscriptions_table
 from tests.integration.events import activation
 from tests.support.cli import clean_env, kmsbridge
 from tests.support.pg import new_database, postgres_url  # noqa: F401 (the session fixture)
+from tests.support.pipeline import wait_until
+from tests.support.processes import alive, process_environ
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(400)]
 
 SCALED = ("translator", "executor", "projector", "reconciler")
 REPLICAS = [f"{p}-{i}" for p in SCALED for i in (0, 1)]
 SUBSCRIPTIONS = {f"S-R{i}": f"91000{i:02d}" for i in range(6)}  # subscription -> its box's card
-
-
-def alive(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
-
-
-def process_environ(pid: int) -> dict[str, str]:
-    raw = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-    return dict(item.decode().split("=", 1) for item in raw if b"=" in item)
-
-
-def wait_until(what: str, check: Callable[[], Any], timeout: float = 90) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def simulator_clients(state: dict[str, Any], folder: Path) -> dict[str, Any]:
@@ -110,13 +87,14 @@ def test_stack_up_with_two_replicas_on_postgresql_runs_each_replica_apart_and_do
         assert produced.returncode == 0, produced.stderr
         wait_until("every box entitled on the simulator", lambda: all(
             (simulator_clients(state, folder).get(card) or {}).get("entitlements")
-            for card in SUBSCRIPTIONS.values()))
+            for card in SUBSCRIPTIONS.values()), timeout=90, interval=0.5)
         wait_until("every subscription projected in PostgreSQL",
-                   lambda: projected(database_url) == dict.fromkeys(SUBSCRIPTIONS, 1))
+                   lambda: projected(database_url) == dict.fromkeys(SUBSCRIPTIONS, 1), timeout=90, interval=0.5)
 
         # both executors are members of the executor's group, each with its own static membership id
         members = wait_until("two members in the executor's group", lambda: (
-            m if len(m := group_members(state["bootstrap"], "kmsbridge-executor")) == 2 else None))
+            m if len(m := group_members(state["bootstrap"], "kmsbridge-executor")) == 2 else None),
+            timeout=90, interval=0.5)
         assert sorted(m.group_instance_id for m in members) == ["executor-0-executor", "executor-1-executor"]
 
         down = kmsbridge(["stack", "down"], env)

@@ -10,13 +10,16 @@ import asyncio
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
+
+import psutil
 
 from consumers.translator import TransactionalTranslator
 from kmsbridge.settings import Settings
 from kmsbridge.wiring import ExecutorApp, build_executor, build_translator
 
-__all__ = ["RunningProcess", "start_executor", "start_in_thread", "start_translator"]
+__all__ = ["RunningProcess", "alive", "process_environ", "start_executor", "start_in_thread", "start_translator"]
 
 
 @dataclass
@@ -88,3 +91,17 @@ def start_executor(settings: Settings) -> RunningProcess:
     proc.stop_fn = stop
     proc.handle = box["app"]
     return proc
+
+
+def alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (a zombie does not)."""
+    try:
+        return bool(psutil.Process(pid).status() != psutil.STATUS_ZOMBIE)
+    except psutil.NoSuchProcess:
+        return False
+
+
+def process_environ(pid: int) -> dict[str, str]:
+    """The environment process ``pid`` was started with (``/proc/<pid>/environ``)."""
+    raw = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    return dict(item.decode().split("=", 1) for item in raw if b"=" in item)

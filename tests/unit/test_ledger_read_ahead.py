@@ -10,37 +10,20 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import create_engine, event
-from sqlalchemy.engine import Engine
 
 from consumers.breaker import Breaker
 from consumers.coalesce import Origin
 from consumers.command_runner import STALE_COMMAND, CommandRunner
-from consumers.ledger import LEDGER_METADATA, GroupCommit, Ledger, ReadAhead
+from consumers.ledger import GroupCommit, Ledger, ReadAhead
 from kms_adapter.fake import InMemoryKms
 from schemas.records import KmsCommand, KmsResult, Operation, Product, ResultState, Source
-
-
-class Counted:
-    """A SQLite ledger that counts the SELECT statements sent to its database."""
-
-    def __init__(self, tmp_path: Path) -> None:
-        self.engine: Engine = create_engine(f"sqlite:///{tmp_path / 'ledger.db'}")
-        LEDGER_METADATA.create_all(self.engine)
-        self.ledger = Ledger(self.engine)
-        self.selects = 0
-        event.listen(self.engine, "before_cursor_execute", self._count)
-
-    def _count(self, _conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
-        if statement.lstrip().upper().startswith("SELECT"):
-            self.selects += 1
+from tests.support.ledger import Counted, counted_ledger
 
 
 @pytest.fixture
 def db(tmp_path: Path) -> Iterator[Counted]:
-    counted = Counted(tmp_path)
-    yield counted
-    counted.engine.dispose()
+    with counted_ledger(tmp_path) as counted:
+        yield counted
 
 
 def result(key: str, card: str, state: ResultState = ResultState.COMPLETED) -> KmsResult:

@@ -7,15 +7,13 @@ from __future__ import annotations
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import pytest
-from sqlalchemy import create_engine, event
-from sqlalchemy.engine import Engine
 
 import consumers.ledger as ledger_module
-from consumers.ledger import LEDGER_METADATA, Ledger, ReadAhead
+from consumers.ledger import ReadAhead
 from schemas.records import KmsResult, ResultState
+from tests.support.ledger import Counted, counted_ledger
 
 
 class Clock:
@@ -28,24 +26,10 @@ class Clock:
         return self.now
 
 
-class Counted:
-    def __init__(self, tmp_path: Path) -> None:
-        self.engine: Engine = create_engine(f"sqlite:///{tmp_path / 'ledger.db'}")
-        LEDGER_METADATA.create_all(self.engine)
-        self.ledger = Ledger(self.engine)
-        self.selects = 0
-        event.listen(self.engine, "before_cursor_execute", self._count)
-
-    def _count(self, _conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
-        if statement.lstrip().upper().startswith("SELECT"):
-            self.selects += 1
-
-
 @pytest.fixture
 def db(tmp_path: Path) -> Iterator[Counted]:
-    counted = Counted(tmp_path)
-    yield counted
-    counted.engine.dispose()
+    with counted_ledger(tmp_path) as counted:
+        yield counted
 
 
 @pytest.fixture
