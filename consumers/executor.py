@@ -513,7 +513,10 @@ class Executor:
         # commit and close may block in librdkafka while the broker is away: bounded by the watchdog
         with self._watchdog.guard("final commit and close", self._cfg.grace_seconds + 30):
             if self._lookahead is not None:
-                await loop.run_in_executor(self._pool, self._lookahead.close)
+                try:  # its error callback may raise (refused credentials): the lanes still close
+                    await loop.run_in_executor(self._pool, self._lookahead.close)
+                except FatalKafkaError as exc:
+                    fatal = fatal or exc
             for lane in self._lanes:
                 held = lane.assignment.parts
                 offsets = [TopicPartition(t, p, o) for (t, p), o in committable.items() if (t, p) in held]
