@@ -22,6 +22,7 @@ Targets: translator >= 40 % of passthrough and >= 30,000 events/s per process.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import pstats
@@ -63,7 +64,7 @@ TARGET_EVENTS_PER_SECOND = 30_000
 
 def _passthrough(bootstrap: str, topic_in: str, topic_out: str, group: str, txn_id: str, batch_size: str) -> None:
     """The translator's loop with the work taken out: consume, copy bytes, send offsets, commit."""
-    from confluent_kafka import TopicPartition
+    from confluent_kafka import OFFSET_BEGINNING, KafkaException, TopicPartition
 
     from consumers.translator import TranslatorConfig
     from kafka_edge.kafka_clients import consumer_config, make_consumer, make_producer, producer_config
@@ -94,10 +95,21 @@ def _passthrough(bootstrap: str, topic_in: str, topic_out: str, group: str, txn_
                         producer.poll(0.05)
                 part = (m.topic() or "", m.partition() or 0)
                 nxt[part] = max(nxt.get(part, 0), (m.offset() or 0) + 1)
-            producer.send_offsets_to_transaction([TopicPartition(t, p, o) for (t, p), o in nxt.items()],
-                                                 consumer.consumer_group_metadata(),
-                                                 defaults.transaction_timeout_seconds)
-            producer.commit_transaction(defaults.transaction_timeout_seconds)
+            try:
+                producer.send_offsets_to_transaction([TopicPartition(t, p, o) for (t, p), o in nxt.items()],
+                                                     consumer.consumer_group_metadata(),
+                                                     defaults.transaction_timeout_seconds)
+                producer.commit_transaction(defaults.transaction_timeout_seconds)
+            except KafkaException as exc:
+                # several passthroughs in one group (bench.scaling): a rebalance between the poll and the
+                # commit; abort and rewind to the committed offsets, as the translator does
+                if not exc.args[0].txn_requires_abort():
+                    raise
+                producer.abort_transaction(defaults.transaction_timeout_seconds)
+                for tp in consumer.committed(consumer.assignment(), timeout=10):
+                    with contextlib.suppress(KafkaException):  # a partition revoked meanwhile
+                        consumer.seek(TopicPartition(tp.topic, tp.partition,
+                                                     tp.offset if tp.offset >= 0 else OFFSET_BEGINNING))
     finally:
         consumer.close()
 
