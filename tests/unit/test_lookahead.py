@@ -203,7 +203,7 @@ def test_revoke_clears_the_partitions_entries_and_the_reader_lets_it_go() -> Non
     assert len(la) == 1
     assert la.newer_than(sync("A0", 1), TOPIC, 0, 0) is None
     assert la.newer_than(sync("A1", 1), TOPIC, 1, 0) == "A1:v2"
-    put(reader, 0, sync("A0", 3))  # records of the revoked partition are no longer read
+    put(reader, 0, sync("A0", 3))  # a revoked partition is not read
     read_all(la)
     assert 0 not in reader.next
     assert la.newer_than(sync("A0", 1), TOPIC, 0, 0) is None
